@@ -1,0 +1,47 @@
+"""Output records of SamHfModel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.utils import ModelOutput
+
+
+@dataclass
+class SamHfImageSegmentationOutput(ModelOutput):
+    """
+    iou_scores (`torch.FloatTensor` of shape `(B, P, M)`):
+        Predicted IoU of every mask (M = 3 with `multimask_output`, else 1).
+    pred_masks (`torch.FloatTensor` of shape `(B, P, M, 4g, 4g)`):
+        Low-resolution mask logits (256 x 256 for a 1024 input); `processor.post_process_masks` brings
+        them to the original image, and they can be fed back as `input_masks`.
+    image_embeddings (`torch.FloatTensor` of shape `(B, C, g, g)`, *optional*):
+        The image embeddings used, returned when the model computed them from `pixel_values`.
+    vision_hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+        Output of the patch embedding and of every ViT block, each `(B, g, g, hidden_size)`.
+    vision_attentions (`tuple(torch.FloatTensor)`, *optional*):
+        Attention weights of every ViT block, `(B * windows, heads, L, L)`.
+    mask_decoder_attentions (`tuple(torch.FloatTensor)`, *optional*):
+        Attention weights of the two-way transformer: per block (self, token->image, image->token), then
+        the final token->image attention, each `(B * P, heads, Lq, Lk)`.
+    """
+
+    iou_scores: torch.FloatTensor | None = None
+    pred_masks: torch.FloatTensor | None = None
+    image_embeddings: torch.FloatTensor | None = None
+    vision_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    vision_attentions: tuple[torch.FloatTensor, ...] | None = None
+    mask_decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class SamHfVisionEncoderOutput(ModelOutput):
+    """
+    image_embeddings (`torch.FloatTensor` of shape `(B, C, g, g)`): the neck's output.
+    hidden_states / attentions: as in `SamHfImageSegmentationOutput`.
+    """
+
+    image_embeddings: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None

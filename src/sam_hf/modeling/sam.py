@@ -1,0 +1,194 @@
+"""SamHfModel: image encoder + prompt encoder + mask decoder, with transformers' SamModel weight names."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+
+from ..configuration import SamHfConfig
+from .attention import IMPLEMENTATIONS
+from .image_encoder import SamHfVisionAttention, SamHfVisionEncoder, SamHfVisionLayer
+from .inputs import check_image_embeddings, check_pixel_values, check_prompts
+from .layers import SamHfPositionalEmbedding
+from .mask_decoder import SamHfMaskDecoder
+from .outputs import SamHfImageSegmentationOutput, SamHfVisionEncoderOutput
+from .prompt_encoder import SamHfPromptEncoder
+
+
+class SamHfPreTrainedModel(PreTrainedModel):
+    config_class = SamHfConfig
+    config: SamHfConfig
+    base_model_prefix = "sam_hf"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _no_split_modules = ["SamHfVisionLayer"]
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    # transformers' SamModel may store the tied copy of the Fourier matrix under the prompt encoder.
+    _keys_to_ignore_on_load_unexpected = [r"prompt_encoder\.shared_embedding\.positional_embedding"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, SamHfVisionAttention) and module.use_rel_pos:
+            init.zeros_(module.rel_pos_h)
+            init.zeros_(module.rel_pos_w)
+        elif isinstance(module, SamHfVisionEncoder) and module.pos_embed is not None:
+            init.zeros_(module.pos_embed)
+        elif isinstance(module, SamHfPositionalEmbedding):
+            init.normal_(module.positional_embedding, std=1.0)  # Meta's scale
+
+    def _sync_attn_implementation(self) -> None:
+        # transformers sets the top-level value directly; the setter carries it to the sub-configs
+        # that the attention modules read.
+        self.config._attn_implementation = self.config._attn_implementation
+
+    def set_attn_implementation(self, attn_implementation: str) -> None:
+        """Switch every attention of the model between "eager" and "sdpa"."""
+        if attn_implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"attn_implementation must be one of {IMPLEMENTATIONS}, got {attn_implementation!r}")
+        self.config._attn_implementation = attn_implementation
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None) -> None:
+        for module in self.modules():
+            if isinstance(module, SamHfVisionEncoder):
+                module.gradient_checkpointing = enable
+
+
+class SamHfModel(SamHfPreTrainedModel):
+    """Segment Anything: `get_image_embeddings` once per image, then `forward` with prompts.
+
+    Prompts live in the model-input frame (the resized, padded square image; the processor maps them
+    from the original image). Shapes: B images, P prompts per image, N points per prompt, M masks.
+    """
+
+    mask_threshold: float = 0.0
+
+    def __init__(self, config: SamHfConfig) -> None:
+        super().__init__(config)
+        self.shared_image_embedding = SamHfPositionalEmbedding(num_pos_feats=config.vision_config.num_pos_feats)
+        self.vision_encoder = SamHfVisionEncoder(config.vision_config)
+        self.prompt_encoder = SamHfPromptEncoder(config.prompt_encoder_config)
+        self.mask_decoder = SamHfMaskDecoder(config.mask_decoder_config)
+        self.post_init()
+        self._sync_attn_implementation()
+
+    def get_image_wide_positional_embeddings(self) -> torch.Tensor:
+        """Positional encoding of the image-embedding grid -> (C, g, g)."""
+        return self.shared_image_embedding.grid(self.config.prompt_encoder_config.image_embedding_size)
+
+    def get_image_features(self, pixel_values: torch.Tensor, *, output_hidden_states: bool = False, output_attentions: bool = False) -> SamHfVisionEncoderOutput:
+        vision = self.config.vision_config
+        check_pixel_values(pixel_values, vision.image_size, vision.num_channels)
+        pixel_values = pixel_values.to(self.vision_encoder.patch_embed.projection.weight.dtype)
+        embeddings, hidden, attentions = self.vision_encoder(
+            pixel_values, output_hidden_states=output_hidden_states, output_attentions=output_attentions
+        )
+        return SamHfVisionEncoderOutput(image_embeddings=embeddings, hidden_states=hidden, attentions=attentions)
+
+    def get_image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixel_values (B, 3, S, S) -> image embeddings (B, C, g, g)."""
+        return self.get_image_features(pixel_values).image_embeddings
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_points: torch.Tensor | None = None,
+        input_labels: torch.Tensor | None = None,
+        input_boxes: torch.Tensor | None = None,
+        input_masks: torch.Tensor | None = None,
+        image_embeddings: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SamHfImageSegmentationOutput | tuple:
+        r"""
+        pixel_values (`(B, 3, S, S)`): preprocessed images; or give `image_embeddings` `(B, C, g, g)`.
+        input_points (`(B, P, N, 2)`): x, y in the model-input frame.
+        input_labels (`(B, P, N)` int): 1 positive, 0 negative, -1 not a point, -10 padding slot
+            (ignored: padding never changes a result). Default: all 1.
+        input_boxes (`(B, P, 4)`): x0, y0, x1, y1 in the model-input frame.
+        input_masks (`(B, 1, 4g, 4g)` or `(B, P, 4g, 4g)`): low-res mask logits, one per image or per prompt.
+        multimask_output (`bool`): three masks per prompt (True) or the single best-trained one.
+        """
+        unknown = set(kwargs) - {"original_sizes", "reshaped_input_sizes", "prompt_mask"}
+        if unknown:
+            raise TypeError(f"SamHfModel.forward got unexpected arguments {sorted(unknown)}")
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        if (pixel_values is None) == (image_embeddings is None):
+            raise ValueError("give exactly one of pixel_values and image_embeddings")
+
+        computed_embeddings, hidden, vision_attn = None, None, None
+        if pixel_values is not None:
+            vision = self.get_image_features(pixel_values, output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+            image_embeddings, hidden, vision_attn = vision.image_embeddings, vision.hidden_states, vision.attentions
+            computed_embeddings = image_embeddings
+        else:
+            prompt_cfg = self.config.prompt_encoder_config
+            check_image_embeddings(image_embeddings, prompt_cfg.hidden_size, prompt_cfg.image_embedding_size)
+
+        batch = image_embeddings.shape[0]
+        check_prompts(
+            batch_size=batch, input_points=input_points, input_labels=input_labels, input_boxes=input_boxes,
+            input_masks=input_masks, mask_size=self.config.prompt_encoder_config.mask_input_size,
+        )
+        if input_points is not None and input_labels is None:
+            input_labels = torch.ones(input_points.shape[:3], dtype=torch.long, device=input_points.device)
+
+        sparse, sparse_valid, dense = self.prompt_encoder(
+            positional_embedding=self.shared_image_embedding, batch_size=batch, input_points=input_points,
+            input_labels=input_labels, input_boxes=input_boxes, input_masks=input_masks,
+        )
+        masks, iou, decoder_attn = self.mask_decoder(
+            image_embeddings=image_embeddings, image_pe=self.get_image_wide_positional_embeddings(),
+            sparse_embeddings=sparse, sparse_valid=sparse_valid, dense_embeddings=dense,
+            multimask_output=multimask_output, output_attentions=output_attentions,
+        )
+        output = SamHfImageSegmentationOutput(
+            iou_scores=iou, pred_masks=masks, image_embeddings=computed_embeddings,
+            vision_hidden_states=hidden, vision_attentions=vision_attn, mask_decoder_attentions=decoder_attn,
+        )
+        return output if return_dict else output.to_tuple()
+
+    # Meta's original checkpoints -------------------------------------------------------------
+    @classmethod
+    def from_meta_state_dict(cls, state_dict: dict, config: SamHfConfig) -> "SamHfModel":
+        """Build a model from a state dict of Meta's `segment_anything` (strict: every key used)."""
+        from ..checkpoints import load_meta_state_dict
+
+        return load_meta_state_dict(cls, state_dict, config)
+
+    @classmethod
+    def from_meta_checkpoint(cls, path: str | os.PathLike, *, variant: str | None = None, config: SamHfConfig | None = None) -> "SamHfModel":
+        """Load `sam_vit_{b,l,h}_*.pth` (`torch.load(weights_only=True)`); give `variant` or `config`."""
+        from ..checkpoints import read_meta_checkpoint
+        from ..variants import config_for_variant
+
+        if (variant is None) == (config is None):
+            raise ValueError("give exactly one of variant ('vit_b', 'vit_l', 'vit_h', 'tiny') and config")
+        if config is None:
+            config = config_for_variant(variant)
+        return cls.from_meta_state_dict(read_meta_checkpoint(path), config)
+
+    # Saving: a saved folder is complete (model, config and processor) --------------------------
+    def save_pretrained(self, save_directory, *args, processor=None, **kwargs):
+        """Save the model and, unless the folder already has one, a matching `SamHfProcessor`."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        has_processor = any(
+            os.path.exists(os.path.join(save_directory, name)) for name in ("processor_config.json", "preprocessor_config.json")
+        )
+        if has_processor and processor is None:
+            return
+        if processor is None:
+            from ..processing import SamHfImageProcessor, SamHfProcessor
+
+            processor = SamHfProcessor(image_processor=SamHfImageProcessor(longest_edge=self.config.vision_config.image_size))
+        processor.save_pretrained(save_directory)
