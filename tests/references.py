@@ -4,12 +4,11 @@ on identical random weights."""
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 
 from sam_hf.checkpoints import convert_to_meta_state_dict
 from sam_hf.configuration import SamHfConfig
+from sam_hf.meta_reference import build_meta_sam  # noqa: F401  (re-exported for tests)
 
 
 def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -23,29 +22,6 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
                 noise = 1.0 + 0.1 * noise
             param.copy_(noise)
     return model
-
-
-def build_meta_sam(config: SamHfConfig):
-    """Meta's `Sam` with the sizes of `config` (random weights)."""
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-
-    v, p, d = config.vision_config, config.prompt_encoder_config, config.mask_decoder_config
-    grid = v.image_size // v.patch_size
-    encoder = ImageEncoderViT(
-        depth=v.num_hidden_layers, embed_dim=v.hidden_size, img_size=v.image_size, mlp_ratio=v.mlp_dim / v.hidden_size,
-        norm_layer=partial(torch.nn.LayerNorm, eps=v.layer_norm_eps), num_heads=v.num_attention_heads,
-        patch_size=v.patch_size, qkv_bias=v.qkv_bias, use_rel_pos=v.use_rel_pos, global_attn_indexes=v.global_attn_indexes,
-        window_size=v.window_size, out_chans=v.output_channels,
-    )
-    prompt = PromptEncoder(embed_dim=p.hidden_size, image_embedding_size=(grid, grid), input_image_size=(v.image_size, v.image_size),
-                           mask_in_chans=p.mask_input_channels)
-    decoder = MaskDecoder(
-        num_multimask_outputs=d.num_multimask_outputs,
-        transformer=TwoWayTransformer(depth=d.num_hidden_layers, embedding_dim=d.hidden_size, mlp_dim=d.mlp_dim,
-                                      num_heads=d.num_attention_heads, attention_downsample_rate=d.attention_downsample_rate),
-        transformer_dim=d.hidden_size, iou_head_depth=d.iou_head_depth, iou_head_hidden_dim=d.iou_head_hidden_dim,
-    )
-    return Sam(image_encoder=encoder, prompt_encoder=prompt, mask_decoder=decoder).eval()
 
 
 def meta_from_ours(model) -> torch.nn.Module:

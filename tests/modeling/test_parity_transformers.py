@@ -1,0 +1,55 @@
+"""sam_hf equals transformers' SamModel on identical random weights (same state dict, same names)."""
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from references import transformers_from_ours
+from sam_hf import SamHfModel, config_for_variant
+
+
+@torch.no_grad()
+def test_vit_b_encoder_matches_transformers():
+    """The real ViT-B geometry once: 1024 input, 64x64 grid, windows of 14 padded to 70, 4 global blocks."""
+    torch.manual_seed(0)
+    model = SamHfModel(config_for_variant("vit_b")).eval()
+    for name, param in model.named_parameters():  # exercise the zero-initialised position tables too
+        if "rel_pos" in name or "pos_embed" in name:
+            param.normal_(std=0.1)
+    reference = transformers_from_ours(model)
+    pixels = torch.randn(1, 3, 1024, 1024)
+    ours = model.get_image_embeddings(pixels)
+    assert ours.shape == (1, 256, 64, 64)
+    assert_close(ours, reference.get_image_embeddings(pixels), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+@torch.no_grad()
+def test_points_batched_images_match_transformers(tiny_model, transformers_tiny, multimask):
+    pixels = torch.randn(2, 3, 128, 128)
+    points = torch.rand(2, 3, 2, 2) * 128  # (B, P, N, 2)
+    labels = torch.randint(0, 2, (2, 3, 2))
+    ours = tiny_model(pixels, input_points=points, input_labels=labels, multimask_output=multimask)
+    ref = transformers_tiny(pixel_values=pixels, input_points=points, input_labels=labels, multimask_output=multimask)
+    assert ours.pred_masks.shape == ref.pred_masks.shape == (2, 3, 3 if multimask else 1, 32, 32)
+    assert_close(ours.pred_masks, ref.pred_masks, rtol=1e-4, atol=1e-4)
+    assert_close(ours.iou_scores, ref.iou_scores, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("with_points", [False, True])
+@torch.no_grad()
+def test_boxes_and_masks_match_transformers(tiny_model, transformers_tiny, with_points):
+    embeddings = torch.randn(2, 32, 8, 8)
+    boxes = torch.sort(torch.rand(2, 4, 2, 2) * 128, dim=2).values.reshape(2, 4, 4)  # (B, P, 4)
+    masks = torch.randn(2, 1, 32, 32)  # one per image, transformers' convention
+    points = torch.rand(2, 4, 1, 2) * 128 if with_points else None
+    labels = torch.ones(2, 4, 1, dtype=torch.long) if with_points else None
+    ours = tiny_model(image_embeddings=embeddings, input_boxes=boxes, input_masks=masks, input_points=points, input_labels=labels)
+    ref = transformers_tiny(image_embeddings=embeddings, input_boxes=boxes, input_masks=masks, input_points=points, input_labels=labels)
+    assert_close(ours.pred_masks, ref.pred_masks, rtol=1e-4, atol=1e-4)
+    assert_close(ours.iou_scores, ref.iou_scores, rtol=1e-4, atol=1e-4)
+
+
+@torch.no_grad()
+def test_image_wide_positional_embeddings_match_transformers(tiny_model, transformers_tiny):
+    assert_close(tiny_model.get_image_wide_positional_embeddings(), transformers_tiny.get_image_wide_positional_embeddings()[0])

@@ -1,0 +1,77 @@
+"""save_pretrained / from_pretrained, Auto classes, and folders written by transformers' SamModel."""
+
+import os
+
+import pytest
+import torch
+from torch.testing import assert_close
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForMaskGeneration, AutoProcessor, SamModel
+
+import sam_hf
+from references import randomize, transformers_from_ours
+from sam_hf import SamHfConfig, SamHfImageProcessor, SamHfModel, SamHfProcessor, config_for_variant
+
+
+@pytest.fixture(scope="module")
+def model():
+    return randomize(SamHfModel(config_for_variant("tiny")), seed=5).eval()
+
+
+def _outputs(model, **kwargs):
+    torch.manual_seed(11)
+    pixels = torch.randn(1, 3, 128, 128)
+    points = torch.rand(1, 2, 2, 2) * 128
+    with torch.no_grad():
+        return model(pixel_values=pixels, input_points=points, **kwargs)
+
+
+def test_saved_folder_is_complete_and_loads_with_auto_classes(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    files = set(os.listdir(tmp_path))
+    assert {"config.json", "model.safetensors"} <= files
+    assert files & {"processor_config.json", "preprocessor_config.json"}
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), SamHfConfig)
+    for auto in (AutoModel, AutoModelForMaskGeneration):
+        loaded = auto.from_pretrained(tmp_path)
+        assert isinstance(loaded, SamHfModel)
+        assert_close(_outputs(loaded).pred_masks, _outputs(model).pred_masks)
+    processor = AutoProcessor.from_pretrained(tmp_path)
+    assert isinstance(processor, SamHfProcessor)
+    assert isinstance(AutoImageProcessor.from_pretrained(tmp_path), SamHfImageProcessor)
+    assert processor.image_processor.longest_edge == 128
+
+
+def test_explicit_processor_is_saved(model, tmp_path):
+    processor = SamHfProcessor(image_processor=SamHfImageProcessor(longest_edge=128))
+    model.save_pretrained(tmp_path, processor=processor)
+    assert AutoProcessor.from_pretrained(tmp_path).image_processor.longest_edge == 128
+
+
+def test_transformers_saved_folder_loads_as_is(model, tmp_path):
+    """A folder written by transformers.SamModel (model_type "sam", like facebook/sam-vit-base)."""
+    reference = transformers_from_ours(model)
+    reference.save_pretrained(tmp_path)
+    ours = SamHfModel.from_pretrained(tmp_path)
+    assert ours.config.model_type == "sam_hf"
+    expected = _outputs(reference)
+    got = _outputs(ours)
+    assert_close(got.pred_masks, expected.pred_masks, rtol=1e-4, atol=1e-4)
+    assert_close(got.iou_scores, expected.iou_scores, rtol=1e-4, atol=1e-4)
+    # AutoModel keeps transformers' own mapping for "sam" (sam_hf does not take it over); same outputs.
+    auto = AutoModel.from_pretrained(tmp_path)
+    assert isinstance(auto, SamModel)
+    assert_close(_outputs(auto).pred_masks, got.pred_masks, rtol=1e-4, atol=1e-4)
+
+
+def test_dtype_round_trip(model, tmp_path):
+    model.to(torch.bfloat16).save_pretrained(tmp_path)
+    model.to(torch.float32)
+    loaded = SamHfModel.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert loaded.vision_encoder.patch_embed.projection.weight.dtype == torch.bfloat16
+    out = _outputs(loaded)
+    assert out.pred_masks.dtype == torch.bfloat16 and torch.isfinite(out.pred_masks.float()).all()
+
+
+def test_import_registers_only(model):
+    assert "sam_hf" in AutoConfig.for_model("sam_hf").model_type
+    assert sam_hf.__all__ and all(hasattr(sam_hf, name) for name in sam_hf.__all__)
