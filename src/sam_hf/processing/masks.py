@@ -1,0 +1,120 @@
+"""Masks between frames: model low-res logits -> original image, ground truth -> model low-res frame.
+
+Frames: the original image (H, W); the model input, resized to (h, w) with the longest side S and padded
+to (S, S); the low-res logits (L, L), L = S / 4, covering the whole padded square.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .resize import get_preprocess_shape
+
+
+def _sizes(value, name: str, batch: int) -> list[tuple[int, int]]:
+    """(B, 2) sizes as tensor/array/list -> B (H, W) int tuples, each at least 1x1."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().tolist()
+    elif isinstance(value, np.ndarray):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)) or not all(isinstance(s, (list, tuple)) and len(s) == 2 for s in value):
+        raise ValueError(f"{name} must be (B, 2) sizes as (H, W), got {value!r}")
+    if len(value) != batch:
+        raise ValueError(f"{name} must hold one (H, W) per image: {batch} masks, got {len(value)} sizes")
+    sizes = []
+    for i, (h, w) in enumerate(value):
+        if int(h) != h or int(w) != w or h < 1 or w < 1:
+            raise ValueError(f"{name}[{i}] must be positive integers (H, W), got ({h}, {w})")
+        sizes.append((int(h), int(w)))
+    return sizes
+
+
+def post_process_masks(
+    masks,
+    original_sizes,
+    reshaped_input_sizes,
+    *,
+    pad_size: int,
+    mask_threshold: float = 0.0,
+    binarize: bool = True,
+) -> list[torch.Tensor]:
+    """Low-res mask logits -> list over images of (P, M, H, W) masks at the original size.
+
+    `masks`: (B, P, M, L, L) tensor or a list of B (P, M, L, L) tensors (P may differ per image). Each is
+    upscaled to (S, S) (bilinear, align_corners=False), cropped to the resized image (h, w), then resized
+    to (H, W) (bilinear), as Meta's `Sam.postprocess_masks`; computed in float32. With `binarize` the result
+    is the bool `logits > mask_threshold`, else the float32 logits.
+    """
+    if isinstance(masks, np.ndarray):
+        masks = torch.from_numpy(masks)
+    if isinstance(masks, torch.Tensor):
+        if masks.ndim != 5:
+            raise ValueError(f"masks must be (B, P, M, L, L) low-res logits, got shape {tuple(masks.shape)}")
+        masks = list(masks.unbind(0))  # B x (P, M, L, L)
+    elif not isinstance(masks, (list, tuple)) or not masks:
+        raise TypeError(f"masks must be a (B, P, M, L, L) tensor or a list of (P, M, L, L) tensors, got {type(masks).__name__}")
+    batch = len(masks)
+    originals = _sizes(original_sizes, "original_sizes", batch)
+    reshaped = _sizes(reshaped_input_sizes, "reshaped_input_sizes", batch)
+    out = []
+    for i, (logits, (orig_h, orig_w), (new_h, new_w)) in enumerate(zip(masks, originals, reshaped)):
+        logits = torch.as_tensor(logits)
+        if logits.ndim != 4:
+            raise ValueError(f"masks[{i}] must be (P, M, L, L), got shape {tuple(logits.shape)}")
+        if new_h > pad_size or new_w > pad_size:
+            raise ValueError(
+                f"reshaped_input_sizes[{i}] = ({new_h}, {new_w}) must fit in the padded input side {pad_size}"
+            )
+        logits = logits.to(torch.float32)
+        upscaled = F.interpolate(logits, (pad_size, pad_size), mode="bilinear", align_corners=False)  # (P, M, S, S)
+        cropped = upscaled[..., :new_h, :new_w]  # (P, M, h, w)
+        full = F.interpolate(cropped, (orig_h, orig_w), mode="bilinear", align_corners=False)  # (P, M, H, W)
+        out.append(full > mask_threshold if binarize else full)
+    return out
+
+
+def masks_to_low_res(
+    mask, *, longest_edge: int, low_res_size: int, binarize: bool = True, name: str = "masks"
+) -> torch.Tensor:
+    """Ground-truth masks (K, H, W) or (H, W) in the original frame -> (K, L, L) float32 in the low-res frame.
+
+    Resize to (h, w) like the image (longest side to S; bilinear with antialiasing on the 0/1 values),
+    pad with zeros to (S, S), then average each (S/L x S/L) block down to (L, L): the covered fraction.
+    `binarize` thresholds that fraction at 0.5 (values 0.0 / 1.0).
+    """
+    if isinstance(mask, np.ndarray):
+        mask = torch.from_numpy(np.ascontiguousarray(mask))
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{name} must be a numpy array or torch tensor of shape (K, H, W) or (H, W), got {type(mask).__name__}")
+    if mask.ndim == 2:
+        mask = mask[None]  # (1, H, W)
+    if mask.ndim != 3:
+        raise ValueError(f"{name} must have shape (K, H, W) or (H, W), got {tuple(mask.shape)}")
+    if mask.shape[1] == 0 or mask.shape[2] == 0:
+        raise ValueError(f"{name} is empty: (H, W) = ({mask.shape[1]}, {mask.shape[2]})")
+    if longest_edge % low_res_size != 0:
+        raise ValueError(f"low_res_size ({low_res_size}) must divide longest_edge ({longest_edge})")
+    if mask.dtype != torch.bool:
+        if mask.is_floating_point():
+            bad = ~torch.isfinite(mask) | (mask < 0) | (mask > 1)
+        elif mask.is_complex():
+            raise TypeError(f"{name} must be bool, integer 0/1 or float in [0, 1], got dtype {mask.dtype}")
+        else:
+            bad = (mask != 0) & (mask != 1)
+        if bool(bad.any()):
+            raise ValueError(
+                f"{name} must hold bool, 0/1 integers or floats in [0, 1], got values in "
+                f"[{mask.min().item()}, {mask.max().item()}]"
+            )
+    height, width = mask.shape[-2:]
+    new_h, new_w = get_preprocess_shape(height, width, longest_edge)
+    if min(new_h, new_w) < 1:
+        raise ValueError(f"{name}: a mask of (H, W) = ({height}, {width}) has a side of zero pixels after resizing")
+    values = mask.detach().to("cpu", torch.float32)[:, None]  # (K, 1, H, W)
+    resized = F.interpolate(values, (new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
+    padded = F.pad(resized, (0, longest_edge - new_w, 0, longest_edge - new_h))  # (K, 1, S, S)
+    factor = longest_edge // low_res_size
+    low = F.avg_pool2d(padded, kernel_size=factor, stride=factor)[:, 0]  # (K, L, L)
+    return (low > 0.5).to(torch.float32) if binarize else low.clamp(0.0, 1.0)

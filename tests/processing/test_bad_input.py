@@ -1,0 +1,88 @@
+"""Every bad input raises ValueError/TypeError naming the argument; nothing is silently corrected."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sam_hf.processing import SamHfImageProcessor, SamHfProcessor
+
+IMG = np.zeros((30, 40, 3), dtype=np.uint8)
+P1 = [[[[1, 2]]]]  # one image, one prompt, one point
+
+BAD_CALLS = {
+    # images
+    "no images": (dict(images=None, input_points=P1), ValueError, "images"),
+    "empty list": (dict(images=[]), ValueError, "at least one image"),
+    "zero height": (dict(images=np.zeros((0, 5, 3), np.uint8)), ValueError, "empty"),
+    "zero width pil": (dict(images=Image.new("RGB", (0, 4))), ValueError, "empty"),
+    "two channels": (dict(images=np.zeros((5, 5, 2), np.uint8)), ValueError, "(H, W, 3)"),
+    "5-d array": (dict(images=np.zeros((1, 1, 5, 5, 3), np.uint8)), ValueError, "shape"),
+    "torch hwc": (dict(images=torch.zeros(30, 40, 3, dtype=torch.uint8)), ValueError, "channels first"),
+    "int64 array": (dict(images=np.zeros((5, 5, 3), np.int64)), TypeError, "uint8"),
+    "float above 1": (dict(images=np.full((5, 5, 3), 2.0)), ValueError, "[0, 1]"),
+    "float nan": (dict(images=np.full((5, 5, 3), np.nan)), ValueError, "finite"),
+    "string": (dict(images="cat.png"), TypeError, "images"),
+    "list of strings": (dict(images=["cat.png"]), TypeError, "images[0]"),
+    "pil I out of range": (dict(images=Image.fromarray(np.full((4, 4), 70000, np.int32))), ValueError, "0..65535"),
+    "too thin": (dict(images=np.zeros((1, 500, 3), np.uint8)), ValueError, "zero pixels"),
+    # points
+    "points two levels": (dict(images=IMG, input_points=[[1, 2]]), ValueError, "input_points"),
+    "points five levels": (dict(images=IMG, input_points=[[[[[1, 2]]]]]), ValueError, "input_points"),
+    "point with 3 coords": (dict(images=IMG, input_points=[[[[1, 2, 3]]]]), ValueError, "input_points[0][0][0]"),
+    "point nan": (dict(images=IMG, input_points=[[[[1, float("nan")]]]]), ValueError, "input_points[0][0][0]"),
+    "point inf": (dict(images=IMG, input_points=np.array([[[[np.inf, 2.0]]]])), ValueError, "finite"),
+    "point string": (dict(images=IMG, input_points=[[[["1", 2]]]]), TypeError, "input_points"),
+    "empty prompt": (dict(images=IMG, input_points=[[[]]]), ValueError, "input_points"),
+    "mixed depth": (dict(images=IMG, input_points=[[[[1, 2]], [3, 4]]]), ValueError, "input_points[0][1]"),
+    "points per image mismatch": (dict(images=IMG, input_points=[[[1, 2]], [[3, 4]]]), ValueError, "one entry per image"),
+    # labels
+    "label 2": (dict(images=IMG, input_points=P1, input_labels=[[[2]]]), ValueError, "input_labels[0][0]"),
+    "label -10 from user": (dict(images=IMG, input_points=P1, input_labels=[[[-10]]]), ValueError, "{1, 0, -1}"),
+    "label 0.5": (dict(images=IMG, input_points=P1, input_labels=[[[0.5]]]), ValueError, "input_labels"),
+    "label bool": (dict(images=IMG, input_points=P1, input_labels=[[[True]]]), TypeError, "input_labels"),
+    "labels count": (dict(images=IMG, input_points=P1, input_labels=[[[1, 0]]]), ValueError, "one label per point"),
+    "labels prompts": (dict(images=IMG, input_points=P1, input_labels=[[[1], [0]]]), ValueError, "one entry per prompt"),
+    "labels without points": (dict(images=IMG, input_labels=[[[1]]]), ValueError, "input_labels"),
+    # boxes
+    "box x1 < x0": (dict(images=IMG, input_boxes=[[[10, 0, 5, 5]]]), ValueError, "x0 <= x1"),
+    "box y1 < y0": (dict(images=IMG, input_boxes=[[[0, 10, 5, 5]]]), ValueError, "input_boxes[0][0]"),
+    "box three numbers": (dict(images=IMG, input_boxes=[[[0, 0, 5]]]), ValueError, "4 numbers"),
+    "box two levels": (dict(images=IMG, input_boxes=[[0, 0, 5, 5]]), ValueError, "[image][box]"),
+    "box nan": (dict(images=IMG, input_boxes=[[[0, 0, float("nan"), 5]]]), ValueError, "finite"),
+    "boxes per image mismatch": (dict(images=[IMG, IMG], input_boxes=[[[0, 0, 5, 5]]]), ValueError, "one entry per image"),
+    "points and boxes disagree": (dict(images=IMG, input_points=P1, input_boxes=[[[0, 0, 1, 1], [0, 0, 2, 2]]]), ValueError, "same prompts"),
+    # call
+    "unknown argument": (dict(images=IMG, segmentation_maps=IMG), TypeError, "segmentation_maps"),
+    "bad return_tensors": (dict(images=IMG, return_tensors="tf"), ValueError, "return_tensors"),
+    "images and sizes": (dict(images=IMG, original_sizes=[(30, 40)]), ValueError, "original_sizes"),
+    "bad sizes": (dict(original_sizes=[(30, 0)], input_points=P1), ValueError, "original_sizes[0]"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CALLS))
+def test_bad_call_raises(case):
+    kwargs, error, fragment = BAD_CALLS[case]
+    processor = SamHfProcessor(SamHfImageProcessor(longest_edge=64))
+    with pytest.raises(error) as info:
+        processor(**kwargs)
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, fragment",
+    [
+        (dict(longest_edge=0), ValueError, "longest_edge"),
+        (dict(longest_edge=128.0), ValueError, "longest_edge"),
+        (dict(pixel_mean=[1, 2]), TypeError, "pixel_mean"),
+        (dict(pixel_std=[1, 0, 1]), ValueError, "pixel_std"),
+        (dict(size={"longest_edge": 1024}), TypeError, "size"),
+    ],
+)
+def test_bad_image_processor_settings(kwargs, error, fragment):
+    with pytest.raises(error, match=fragment):
+        SamHfImageProcessor(**kwargs)
+
+
+def test_processor_needs_our_image_processor():
+    with pytest.raises(TypeError, match="image_processor"):
+        SamHfProcessor(image_processor=object())

@@ -1,0 +1,202 @@
+"""SamHfPredictor equals Meta's SamPredictor on identical random weights, on a non-square image."""
+import numpy as np
+import pytest
+import torch
+from segment_anything import SamPredictor
+from torch.testing import assert_close
+
+from references import randomize
+from sam_hf import SamHfModel, config_for_variant
+from sam_hf.meta_reference import build_meta_sam
+from sam_hf.predictor import SamHfPredictor
+from sam_hf.processing import SamHfImageProcessor, SamHfProcessor
+
+TOL = dict(rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def models():
+    config = config_for_variant("tiny")
+    meta = randomize(build_meta_sam(config), seed=3).eval()
+    ours = SamHfModel.from_meta_state_dict(meta.state_dict(), config).eval()
+    return ours, meta
+
+
+@pytest.fixture(scope="module")
+def image():
+    # Smooth structure plus noise, non-square and odd-sized: (H, W) = (97, 131).
+    yy, xx = np.mgrid[:97, :131]
+    base = np.stack([xx * 1.9, yy * 2.6, ((xx - 60) ** 2 + (yy - 40) ** 2 < 900) * 200.0], axis=-1)
+    noise = np.random.RandomState(0).randint(0, 40, size=(97, 131, 3))
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def predictors(models, image):
+    ours, meta = models
+    ours_predictor = SamHfPredictor(ours, SamHfProcessor(SamHfImageProcessor(longest_edge=128)))
+    meta_predictor = SamPredictor(meta)
+    ours_predictor.set_image(image)
+    meta_predictor.set_image(image)
+    return ours_predictor, meta_predictor
+
+
+def _assert_binary_close(ours, ref, ref_logits, max_pixels=5):
+    """Binary masks agree except at most a handful of pixels, and only where the logit is near the threshold."""
+    differ = ours != ref
+    assert differ.sum() <= max_pixels, f"{differ.sum()} pixels differ"
+    assert (np.abs(ref_logits[differ]) < 1e-3).all()
+
+
+def test_image_state_matches_meta(predictors):
+    ours, meta = predictors
+    assert ours.is_image_set and ours.original_size == meta.original_size == (97, 131)
+    assert ours.input_size == meta.input_size == (95, 128)
+    assert_close(ours.get_image_embedding(), meta.get_image_embedding(), **TOL)
+
+
+PROMPTS = {
+    "one point": dict(point_coords=np.array([[60.0, 40.0]]), point_labels=np.array([1])),
+    "points": dict(point_coords=np.array([[60.0, 40.0], [120.5, 90.0], [3.0, 3.0]]), point_labels=np.array([1, 0, -1])),
+    "box": dict(box=np.array([20.0, 10.0, 110.0, 80.0])),
+    "points+box": dict(point_coords=np.array([[60.0, 40.0], [100.0, 70.0]]), point_labels=np.array([1, 0]), box=np.array([20, 10, 110, 80])),
+}
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+@pytest.mark.parametrize("prompt", list(PROMPTS))
+def test_predict_matches_meta(predictors, prompt, multimask):
+    ours, meta = predictors
+    kwargs = dict(PROMPTS[prompt], multimask_output=multimask)
+    logits, scores, low_res = ours.predict(**kwargs, return_logits=True)
+    ref_logits, ref_scores, ref_low_res = meta.predict(**kwargs, return_logits=True)
+    count = 3 if multimask else 1
+    assert logits.shape == (count, 97, 131) and scores.shape == (count,) and low_res.shape == (count, 32, 32)
+    assert_close(torch.from_numpy(low_res), torch.from_numpy(ref_low_res), **TOL)
+    assert_close(torch.from_numpy(scores), torch.from_numpy(ref_scores), **TOL)
+    assert_close(torch.from_numpy(logits), torch.from_numpy(ref_logits), **TOL)
+    masks, _, _ = ours.predict(**kwargs)
+    ref_masks, _, _ = meta.predict(**kwargs)
+    assert masks.dtype == bool and masks.shape == ref_masks.shape
+    _assert_binary_close(masks, ref_masks, ref_logits)
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+def test_mask_input_fed_back_matches_meta(predictors, multimask):
+    ours, meta = predictors
+    first = dict(point_coords=np.array([[60.0, 40.0]]), point_labels=np.array([1]))
+    _, scores, low_res = ours.predict(**first)
+    _, ref_scores, ref_low_res = meta.predict(**first)
+    best = int(np.argmax(ref_scores))
+    second = dict(point_coords=np.array([[60.0, 40.0], [20.0, 80.0]]), point_labels=np.array([1, 0]), multimask_output=multimask)
+    logits, scores2, low2 = ours.predict(**second, mask_input=low_res[best][None], return_logits=True)
+    ref_logits, ref_scores2, ref_low2 = meta.predict(**second, mask_input=ref_low_res[best][None], return_logits=True)
+    assert_close(torch.from_numpy(low2), torch.from_numpy(ref_low2), **TOL)
+    assert_close(torch.from_numpy(scores2), torch.from_numpy(ref_scores2), **TOL)
+    assert_close(torch.from_numpy(logits), torch.from_numpy(ref_logits), **TOL)
+    masks, _, _ = ours.predict(**second, mask_input=low_res[best][None])
+    _assert_binary_close(masks, ref_logits > 0, ref_logits)
+
+
+def test_predict_torch_batch_matches_meta(predictors):
+    ours, meta = predictors
+    size = ours.original_size
+    coords = torch.tensor([[[60.0, 40.0], [10.0, 10.0]], [[100.0, 70.0], [30.0, 50.0]], [[5.0, 90.0], [125.0, 2.0]]])  # (P, N, 2)
+    labels = torch.tensor([[1, 0], [1, 1], [0, -1]])
+    boxes = torch.tensor([[20.0, 10.0, 110.0, 80.0], [0.0, 0.0, 130.0, 96.0], [50.0, 50.0, 60.0, 55.0]])
+    masks_in = torch.randn(3, 1, 32, 32)
+    args = (ours.transform.apply_coords_torch(coords, size), labels, ours.transform.apply_boxes_torch(boxes, size), masks_in)
+    ref_args = (meta.transform.apply_coords_torch(coords, size), labels, meta.transform.apply_boxes_torch(boxes, size), masks_in)
+    for multimask in (True, False):
+        logits, iou, low = ours.predict_torch(*args, multimask_output=multimask, return_logits=True)
+        ref_logits, ref_iou, ref_low = meta.predict_torch(*ref_args, multimask_output=multimask, return_logits=True)
+        assert logits.shape == (3, 3 if multimask else 1, 97, 131)
+        assert_close(low, ref_low, **TOL)
+        assert_close(iou, ref_iou, **TOL)
+        assert_close(logits, ref_logits, **TOL)
+        masks, _, _ = ours.predict_torch(*args, multimask_output=multimask)
+        _assert_binary_close(masks.numpy(), (ref_logits > 0).numpy(), ref_logits.numpy())
+
+
+def test_bgr_and_other_image_forms(models, image):
+    from PIL import Image
+
+    model, _ = models
+    rgb = SamHfPredictor(model)
+    rgb.set_image(image)
+    for form, kwargs in [(image[..., ::-1].copy(), dict(image_format="BGR")), (Image.fromarray(image), {})]:
+        other = SamHfPredictor(model)
+        other.set_image(form, **kwargs)
+        assert_close(other.get_image_embedding(), rgb.get_image_embedding(), rtol=0, atol=0)
+
+
+def test_reset_and_errors_before_set_image(models):
+    predictor = SamHfPredictor(models[0])
+    for call in (lambda: predictor.predict(box=np.array([0, 0, 5, 5])),
+                 lambda: predictor.predict_torch(None, None, boxes=torch.tensor([[0.0, 0.0, 5.0, 5.0]])),
+                 predictor.get_image_embedding):
+        with pytest.raises(ValueError, match="set_image"):
+            call()
+        with pytest.raises(RuntimeError, match="set_image"):  # what Meta's SamPredictor raises
+            call()
+    predictor.set_image(np.zeros((20, 30, 3), np.uint8))
+    assert predictor.is_image_set
+    predictor.reset_image()
+    assert not predictor.is_image_set and predictor.features is None and predictor.original_size is None
+
+
+def test_bfloat16_model_runs(models, image):
+    model = SamHfModel.from_meta_state_dict(models[1].state_dict(), config_for_variant("tiny")).to(torch.bfloat16).eval()
+    predictor = SamHfPredictor(model)
+    predictor.set_image(image)
+    assert predictor.get_image_embedding().dtype == torch.bfloat16
+    masks, scores, low_res = predictor.predict(**PROMPTS["points+box"])
+    assert masks.shape == (3, 97, 131) and scores.dtype == np.float32 and np.isfinite(low_res).all()
+
+
+BAD_PREDICT = {
+    "coords without labels": (dict(point_coords=np.array([[1.0, 2.0]])), ValueError, "point_coords"),
+    "labels without coords": (dict(point_labels=np.array([1])), ValueError, "point_labels"),
+    "coords shape": (dict(point_coords=np.array([1.0, 2.0]), point_labels=np.array([1])), ValueError, "(N, 2)"),
+    "labels count": (dict(point_coords=np.array([[1.0, 2.0]]), point_labels=np.array([1, 0])), ValueError, "point_labels"),
+    "label value": (dict(point_coords=np.array([[1.0, 2.0]]), point_labels=np.array([2])), ValueError, "point_labels"),
+    "coords nan": (dict(point_coords=np.array([[np.nan, 2.0]]), point_labels=np.array([1])), ValueError, "point_coords"),
+    "box inf": (dict(box=np.array([0.0, 0.0, np.inf, 5.0])), ValueError, "box"),
+    "box shape": (dict(box=np.array([0.0, 0.0, 5.0])), ValueError, "box"),
+    "box x1 < x0": (dict(box=np.array([10.0, 0.0, 5.0, 5.0])), ValueError, "x0 <= x1"),
+    "mask shape": (dict(box=np.array([0, 0, 5, 5]), mask_input=np.zeros((32, 32))), ValueError, "(1, 32, 32)"),
+    "coords strings": (dict(point_coords=[["a", "b"]], point_labels=[1]), TypeError, "point_coords"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_PREDICT))
+def test_predict_bad_input(predictors, case):
+    kwargs, error, fragment = BAD_PREDICT[case]
+    with pytest.raises(error) as info:
+        predictors[0].predict(**kwargs)
+    assert fragment in str(info.value)
+
+
+def test_predict_torch_and_set_image_bad_input(models, predictors):
+    predictor = predictors[0]
+    with pytest.raises(ValueError, match="prompt count"):
+        predictor.predict_torch(torch.zeros(2, 1, 2), torch.ones(2, 1, dtype=torch.long), boxes=torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="point_coords"):
+        predictor.predict_torch(torch.zeros(1, 2), torch.ones(1, 2))
+    with pytest.raises(ValueError, match="mask_input"):
+        predictor.predict_torch(None, None, mask_input=torch.zeros(1, 32, 32))
+    fresh = SamHfPredictor(models[0])
+    with pytest.raises(ValueError, match="image_format"):
+        fresh.set_image(np.zeros((5, 5, 3), np.uint8), image_format="HSV")
+    with pytest.raises(ValueError, match="transformed_image"):
+        fresh.set_torch_image(torch.zeros(1, 3, 64, 64), (64, 64))
+    with pytest.raises(ValueError, match="original_image_size"):
+        fresh.set_torch_image(torch.zeros(1, 3, 128, 100), (50, 0))
+    with pytest.raises(ValueError, match="resized"):
+        fresh.set_torch_image(torch.zeros(1, 3, 128, 100), (50, 70))
+    with pytest.raises(ValueError, match="empty"):
+        fresh.set_image(np.zeros((0, 5, 3), np.uint8))
+    with pytest.raises(ValueError, match="longest_edge"):
+        SamHfPredictor(models[0], SamHfImageProcessor(longest_edge=256))
+    with pytest.raises(TypeError, match="processor"):
+        SamHfPredictor(models[0], processor="sam")
