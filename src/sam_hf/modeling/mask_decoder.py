@@ -1,5 +1,10 @@
 """Mask decoder: output tokens + prompt tokens through the two-way transformer, then mask upscaling,
-hypernetwork MLPs (one per mask token) and the IoU head."""
+hypernetwork MLPs (one per mask token) and the IoU head.
+
+The two 2x2 stride-2 transposed convolutions of the upscaling touch disjoint pixels, so each is a plain
+matmul per input pixel (C -> 2*2*C'), done channels-last; the hypernetwork product is taken before the
+pixels are put back in raster order, so only the M mask planes are rearranged, not the feature maps.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,17 @@ from torch import nn
 from ..configuration import SamHfMaskDecoderConfig
 from .layers import SamHfFeedForward, SamHfLayerNorm2d
 from .two_way_transformer import SamHfTwoWayTransformer
+
+
+def _conv_transpose_as_linear(conv: nn.ConvTranspose2d, states: torch.Tensor) -> torch.Tensor:
+    """A 2x2 stride-2 ConvTranspose2d on channels-last pixels: (..., C_in) -> (..., 2, 2, C_out)."""
+    c_in, c_out = conv.weight.shape[:2]
+    weight = conv.weight.permute(0, 2, 3, 1).reshape(c_in, 4 * c_out)  # (C_in, [a, b, C_out])
+    out = F.linear(states, weight.t(), conv.bias.repeat(4))
+    return out.view(*states.shape[:-1], 2, 2, c_out)
+
+
+_TEMPORARY_BUDGET = 24 * 2**20  # bytes; glibc's dynamic mmap threshold tops out at 32 MiB
 
 
 class SamHfMaskDecoder(nn.Module):
@@ -31,6 +47,27 @@ class SamHfMaskDecoder(nn.Module):
             input_dim=hidden, hidden_dim=config.iou_head_hidden_dim, output_dim=self.num_mask_tokens, num_layers=config.iou_head_depth
         )
 
+    def upscale_masks(self, image: torch.Tensor, hyper_in: torch.Tensor, grid: int) -> torch.Tensor:
+        """image tokens (N, g*g, C) and hypernetwork weights (N, M, C/8) -> mask logits (N, M, 4g, 4g).
+
+        Runs over groups of prompts so that its large temporaries (16 * g * g * C/8 values per prompt) stay
+        below glibc's mmap threshold and are reused instead of being page-faulted in on every call.
+        """
+        per_prompt = 16 * grid * grid * (image.shape[-1] // 8) * image.element_size()
+        group = max(1, _TEMPORARY_BUDGET // per_prompt)
+        return torch.cat([self._upscale(image[i : i + group], hyper_in[i : i + group], grid) for i in range(0, image.shape[0], group)])
+
+    def _upscale(self, image: torch.Tensor, hyper_in: torch.Tensor, grid: int) -> torch.Tensor:
+        norm = self.upscale_layer_norm
+        up = _conv_transpose_as_linear(self.upscale_conv1, image)  # (N, g*g, 2, 2, C/4)
+        up = F.gelu(F.layer_norm(up, norm.normalized_shape, norm.weight, norm.bias, norm.eps))
+        up = F.gelu(_conv_transpose_as_linear(self.upscale_conv2, up))  # (N, g*g, 2, 2, 2, 2, C/8) as [a, b, c, d]
+        batch, masks = hyper_in.shape[:2]
+        logits = up.view(batch, -1, up.shape[-1]) @ hyper_in.transpose(1, 2)  # (N, g*g*16, M)
+        logits = logits.view(batch, grid, grid, 2, 2, 2, 2, masks)  # (N, i, j, a, b, c, d, M)
+        # output pixel (4i + 2a + c, 4j + 2b + d)
+        return logits.permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(batch, masks, 4 * grid, 4 * grid)
+
     def forward(
         self,
         *,
@@ -44,35 +81,21 @@ class SamHfMaskDecoder(nn.Module):
     ):
         """image_embeddings (B, C, g, g), image_pe (C, g, g), sparse (B, P, T, C), sparse_valid (B, P, T),
         dense (B, P or 1, C, g, g) -> masks (B, P, M, 4g, 4g), iou (B, P, M), attention weights."""
-        batch, prompts, num_sparse, channels = sparse_embeddings.shape
+        batch, prompts, _, channels = sparse_embeddings.shape
         grid = image_embeddings.shape[-1]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight])  # (1 + M', C)
         tokens = torch.cat([output_tokens.expand(batch, prompts, -1, -1), sparse_embeddings.to(output_tokens.dtype)], dim=2)
-        tokens = tokens.reshape(batch * prompts, -1, channels)  # (B*P, T', C)
-        token_mask = None
+        token_mask = None  # (B, P, T'), only when some slot is padding
         if not bool(sparse_valid.all()):
-            output_valid = sparse_valid.new_ones(batch, prompts, output_tokens.shape[0])
-            token_mask = torch.cat([output_valid, sparse_valid], dim=2).reshape(batch * prompts, -1)  # (B*P, T')
+            token_mask = torch.cat([sparse_valid.new_ones(batch, prompts, output_tokens.shape[0]), sparse_valid], dim=2)
 
-        image = image_embeddings[:, None] + dense_embeddings  # (B, P or 1, C, g, g)
-        image = image.expand(batch, prompts, -1, -1, -1).reshape(batch * prompts, channels, grid * grid)
-        image = image.transpose(1, 2)  # (B*P, g*g, C)
-        pe = image_pe.reshape(1, channels, grid * grid).transpose(1, 2).to(image.dtype)  # (1, g*g, C)
+        image = (image_embeddings[:, None] + dense_embeddings).flatten(3).transpose(2, 3)  # (B, P or 1, g*g, C)
+        pe = image_pe.flatten(1).t().to(image.dtype)  # (g*g, C)
 
         tokens, image, weights = self.transformer(tokens, image, pe, token_mask, output_attentions)
-        iou_token_out = tokens[:, 0]  # (B*P, C)
-        mask_tokens_out = tokens[:, 1 : 1 + self.num_mask_tokens]  # (B*P, M', C)
-
-        image = image.transpose(1, 2).reshape(batch * prompts, channels, grid, grid)  # (B*P, C, g, g)
-        upscaled = F.gelu(self.upscale_layer_norm(self.upscale_conv1(image)))  # (B*P, C/4, 2g, 2g)
-        upscaled = F.gelu(self.upscale_conv2(upscaled))  # (B*P, C/8, 4g, 4g)
-        hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
-        )  # (B*P, M', C/8)
-        side = upscaled.shape[-1]
-        masks = hyper_in @ upscaled.flatten(2)  # (B*P, M', 4g*4g)
-        masks = masks.reshape(batch, prompts, self.num_mask_tokens, side, side)
-        iou_pred = self.iou_prediction_head(iou_token_out).reshape(batch, prompts, self.num_mask_tokens)
-
         mask_slice = slice(1, None) if multimask_output else slice(0, 1)
-        return masks[:, :, mask_slice], iou_pred[:, :, mask_slice], weights
+        iou_pred = self.iou_prediction_head(tokens[:, :, 0])[..., mask_slice]  # (B, P, M)
+        chosen = range(self.num_mask_tokens)[mask_slice]
+        hyper_in = torch.stack([self.output_hypernetworks_mlps[i](tokens[:, :, 1 + i]) for i in chosen], dim=2)  # (B, P, M, C/8)
+        masks = self.upscale_masks(image.reshape(batch * prompts, grid * grid, channels), hyper_in.flatten(0, 1), grid)
+        return masks.view(batch, prompts, len(chosen), 4 * grid, 4 * grid), iou_pred, weights

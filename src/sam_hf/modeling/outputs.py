@@ -24,7 +24,8 @@ class SamHfImageSegmentationOutput(ModelOutput):
         Attention weights of every ViT block, `(B * windows, heads, L, L)`.
     mask_decoder_attentions (`tuple(torch.FloatTensor)`, *optional*):
         Attention weights of the two-way transformer: per block (self, token->image, image->token), then
-        the final token->image attention, each `(B * P, heads, Lq, Lk)`.
+        the final token->image attention, each `(B, P, heads, Lq, Lk)` (P may be 1 where the image side is
+        still shared by all prompts).
     """
 
     iou_scores: torch.FloatTensor | None = None

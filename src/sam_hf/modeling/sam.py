@@ -11,7 +11,7 @@ from transformers import initialization as init
 
 from ..configuration import SamHfConfig
 from .attention import IMPLEMENTATIONS
-from .image_encoder import SamHfVisionAttention, SamHfVisionEncoder, SamHfVisionLayer
+from .image_encoder import SamHfVisionAttention, SamHfVisionEncoder
 from .inputs import check_image_embeddings, check_pixel_values, check_prompts
 from .layers import SamHfPositionalEmbedding
 from .mask_decoder import SamHfMaskDecoder

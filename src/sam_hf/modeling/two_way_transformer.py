@@ -3,11 +3,18 @@
 Each block: token self-attention, tokens -> image cross-attention, token MLP, image -> tokens
 cross-attention; a final tokens -> image attention closes the stack. Key-padding masks keep padded
 prompt slots invisible to every other token.
+
+Tensors keep the prompt axis: tokens (B, P, T, C); image tokens (B, P', HW, C) where P' is 1 while the
+image side is still the same for every prompt of an image (before the first image -> token attention,
+and without per-prompt mask inputs). That prompt-independent work is done once per image, not once per
+prompt. Positional encodings enter the projections as `W (x + pe) + b = W x + (W pe + b)`, so the sum
+`x + pe` is never materialised for the large image side.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..configuration import SamHfMaskDecoderConfig
@@ -29,21 +36,83 @@ class SamHfAttention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, self.internal_dim)
         self.out_proj = nn.Linear(self.internal_dim, config.hidden_size)
 
-    def _heads(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        batch, length, _ = hidden_states.shape
-        return hidden_states.reshape(batch, length, self.num_heads, -1).transpose(1, 2)  # (N, h, L, d)
+    @staticmethod
+    def project(layer: nn.Linear, states: torch.Tensor, pe: torch.Tensor | None = None) -> torch.Tensor:
+        """`layer(states + pe)` without forming `states + pe`; pe (HW, C) broadcasts over (B, P, HW, C)."""
+        if pe is None:
+            return layer(states)
+        return F.linear(states, layer.weight) + F.linear(pe, layer.weight, layer.bias)
 
-    def forward(self, query, key, value, key_mask: torch.Tensor | None = None, output_attentions: bool = False):
-        """query (N, Lq, C), key/value (N, Lk, C), key_mask (N, Lk) bool -> (N, Lq, C), weights."""
-        q, k, v = self._heads(self.q_proj(query)), self._heads(self.k_proj(key)), self._heads(self.v_proj(value))
-        mask = None if key_mask is None else key_mask[:, None, None, :]  # (N, 1, 1, Lk)
-        out, weights = attention(
-            q, k, v, scale=self.scale, mask=mask,
-            implementation=self.config._attn_implementation or "sdpa", output_attentions=output_attentions,
-        )
-        batch, _, length, _ = out.shape
-        out = out.transpose(1, 2).reshape(batch, length, self.internal_dim)  # (N, Lq, internal)
+    def heads(self, states: torch.Tensor) -> torch.Tensor:
+        """(B, P, L, C') -> (B, P, h, L, d)."""
+        batch, prompts, length, _ = states.shape
+        return states.view(batch, prompts, length, self.num_heads, -1).transpose(2, 3)
+
+    def attend(self, q, k, v, key_mask=None, output_attentions=False):
+        """q/k/v (B, P or 1, h, L, d) -> (B, P, L, C) after out_proj; key_mask (B, P, Lk) bool."""
+        mask = None if key_mask is None else key_mask[:, :, None, None, :]  # (B, P, 1, 1, Lk)
+        out, weights = attention(q, k, v, scale=self.scale, mask=mask,
+                                 implementation=self.config._attn_implementation or "sdpa", output_attentions=output_attentions)
+        batch, prompts, _, length, _ = out.shape
+        out = out.transpose(2, 3).reshape(batch, prompts, length, self.internal_dim)  # (B, P, L, C')
         return self.out_proj(out), weights
+
+    def forward(self, query, key, value, key_mask=None, output_attentions=False, *, query_pe=None, key_pe=None):
+        q = self.heads(self.project(self.q_proj, query, query_pe))
+        k = self.heads(self.project(self.k_proj, key, key_pe))
+        return self.attend(q, k, self.heads(self.v_proj(value)), key_mask, output_attentions)
+
+    def _block_diagonal(self, states: torch.Tensor) -> torch.Tensor:
+        """(B, P, T, C') -> (B, P, h*T, C'): row (head, t) keeps token t's channels of that head, zeros elsewhere.
+
+        With the few prompt tokens spread this way, a cross-attention against the long image side is two
+        plain matmuls on (HW, C') tensors: no per-head transpose of the image side is ever materialised.
+        """
+        batch, prompts, length, channels = states.shape
+        eye = torch.eye(self.num_heads, dtype=states.dtype, device=states.device)
+        spread = states.view(batch, prompts, 1, length, self.num_heads, -1) * eye.view(1, 1, self.num_heads, 1, self.num_heads, 1)
+        return spread.reshape(batch, prompts, self.num_heads * length, channels)
+
+    def _against_image(self, stacked: torch.Tensor, image_side: torch.Tensor) -> torch.Tensor:
+        """stacked (B, P, h*T, C') @ image_side (B, P', HW, C')^T -> (B, P, h*T, HW); P' = 1 is shared."""
+        batch, prompts, rows, channels = stacked.shape
+        if image_side.shape[1] == 1 and prompts > 1:
+            return (stacked.reshape(batch, 1, prompts * rows, channels) @ image_side.transpose(-1, -2)).view(batch, prompts, rows, -1)
+        return stacked @ image_side.transpose(-1, -2)
+
+    def tokens_to_image(self, tokens, token_pe, image, image_pe, output_attentions=False):
+        """Each prompt's tokens (B, P, T, C) attend to the image tokens (B, P', HW, C) -> (B, P, T, C)."""
+        batch, prompts, length, _ = tokens.shape
+        q = self._block_diagonal(self.project(self.q_proj, tokens + token_pe) * self.scale)  # (B, P, h*T, C')
+        k = self.project(self.k_proj, image, image_pe)  # (B, P', HW, C')
+        v = self.v_proj(image)
+        weights = self._against_image(q, k).softmax(dim=-1)  # (B, P, h*T, HW)
+        if v.shape[1] == 1 and prompts > 1:
+            out = (weights.view(batch, 1, -1, weights.shape[-1]) @ v).view(batch, prompts, -1, self.internal_dim)
+        else:
+            out = weights @ v  # (B, P, h*T, C'): head h's rows are only valid in head h's block
+        out = out.view(batch, prompts, self.num_heads, length, self.num_heads, -1).diagonal(dim1=2, dim2=4)  # (B, P, T, d, h)
+        out = out.transpose(-1, -2).reshape(batch, prompts, length, self.internal_dim)
+        heads_view = weights.view(batch, prompts, self.num_heads, length, -1) if output_attentions else None
+        return self.out_proj(out), heads_view
+
+    def image_to_tokens(self, image, image_pe, tokens, token_pe, token_mask=None, output_attentions=False):
+        """Image tokens (B, P', HW, C) attend to each prompt's few tokens (B, P, T, C) -> (B, P, HW, C).
+
+        The softmax runs over the short token axis with the long image axis contiguous (much faster on
+        CPU than a softmax over a last axis of T).
+        """
+        batch, prompts, length, _ = tokens.shape
+        q = self.project(self.q_proj, image, image_pe)  # (B, P', HW, C')
+        k = self._block_diagonal(self.project(self.k_proj, tokens + token_pe) * self.scale)  # (B, P, h*T, C')
+        v = self._block_diagonal(self.v_proj(tokens))  # (B, P, h*T, C')
+        logits = self._against_image(k, q).view(batch, prompts, self.num_heads, length, -1)  # (B, P, h, T, HW)
+        if token_mask is not None:
+            logits = logits.masked_fill(~token_mask[:, :, None, :, None], float("-inf"))
+        weights = logits.softmax(dim=-2).view(batch, prompts, self.num_heads * length, -1)
+        out = weights.transpose(-1, -2) @ v  # (B, P, HW, C')
+        heads_view = weights.view(batch, prompts, self.num_heads, length, -1).transpose(-1, -2) if output_attentions else None
+        return self.out_proj(out), heads_view
 
 
 class SamHfTwoWayAttentionBlock(nn.Module):
@@ -61,7 +130,7 @@ class SamHfTwoWayAttentionBlock(nn.Module):
         self.skip_first_layer_pe = skip_first_layer_pe
 
     def forward(self, queries, keys, query_pe, key_pe, token_mask, output_attentions=False):
-        """queries (N, T, C) tokens, keys (N, HW, C) image, query_pe (N, T, C), key_pe (1 or N, HW, C)."""
+        """queries (B, P, T, C) tokens, keys (B, P', HW, C) image, query_pe (B, P, T, C), key_pe (HW, C)."""
         if self.skip_first_layer_pe:
             queries, w_self = self.self_attn(queries, queries, queries, token_mask, output_attentions)
         else:
@@ -70,14 +139,14 @@ class SamHfTwoWayAttentionBlock(nn.Module):
             queries = queries + out
         queries = self.layer_norm1(queries)
 
-        q, k = queries + query_pe, keys + key_pe
-        out, w_t2i = self.cross_attn_token_to_image(q, k, keys, None, output_attentions)
+        out, w_t2i = self.cross_attn_token_to_image.tokens_to_image(queries, query_pe, keys, key_pe, output_attentions)
         queries = self.layer_norm2(queries + out)
         queries = self.layer_norm3(queries + self.mlp(queries))
 
-        q, k = queries + query_pe, keys + key_pe
-        out, w_i2t = self.cross_attn_image_to_token(k, q, queries, token_mask, output_attentions)
-        keys = self.layer_norm4(keys + out)
+        # image -> tokens: queries are the image tokens; a shared image side broadcasts over the prompts
+        out, w_i2t = self.cross_attn_image_to_token.image_to_tokens(keys, key_pe, queries, query_pe, token_mask, output_attentions)
+        out += keys  # (B, P, HW, C): the residual, in place
+        keys = self.layer_norm4(out)
         return queries, keys, (w_self, w_t2i, w_i2t)
 
 
@@ -91,15 +160,16 @@ class SamHfTwoWayTransformer(nn.Module):
         self.layer_norm_final_attn = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, tokens, image, image_pe, token_mask=None, output_attentions=False):
-        """tokens (N, T, C), image (N, HW, C), image_pe (1 or N, HW, C), token_mask (N, T) or None.
+        """tokens (B, P, T, C), image (B, P', HW, C) with P' in {1, P}, image_pe (HW, C), token_mask (B, P, T).
 
-        Returns tokens (N, T, C), image (N, HW, C) and the attention weights when asked for.
+        Returns tokens (B, P, T, C), image (B, P, HW, C) and the attention weights when asked for.
         """
         queries, keys = tokens, image
         weights = ()
         for layer in self.layers:
             queries, keys, layer_weights = layer(queries, keys, tokens, image_pe, token_mask, output_attentions)
             weights += layer_weights
-        out, w_final = self.final_attn_token_to_image(queries + tokens, keys + image_pe, keys, None, output_attentions)
+        final = self.final_attn_token_to_image
+        out, w_final = final.tokens_to_image(queries, tokens, keys, image_pe, output_attentions)
         queries = self.layer_norm_final_attn(queries + out)
         return queries, keys, (weights + (w_final,) if output_attentions else None)
