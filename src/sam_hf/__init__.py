@@ -16,6 +16,8 @@ from transformers import (
 from .checkpoints import convert_meta_state_dict, convert_to_meta_state_dict, infer_meta_config
 from .configuration import SamHfConfig, SamHfMaskDecoderConfig, SamHfPromptEncoderConfig, SamHfVisionConfig
 from .modeling import SamHfImageSegmentationOutput, SamHfModel, SamHfPreTrainedModel, SamHfVisionEncoderOutput
+from .generation import SamHfAutomaticMaskGenerator
+from .pipeline import SamHfMaskGenerationPipeline
 from .predictor import ImageNotSetError, SamHfPredictor
 from .processing import SamHfImageProcessor, SamHfProcessor, masks_to_low_res, post_process_masks
 from .variants import VARIANTS, config_for_variant
@@ -36,7 +38,9 @@ __all__ = [
     "post_process_masks",
     "SamHfConfig",
     "SamHfImageProcessor",
+    "SamHfAutomaticMaskGenerator",
     "SamHfImageSegmentationOutput",
+    "SamHfMaskGenerationPipeline",
     "SamHfMaskDecoderConfig",
     "SamHfModel",
     "SamHfPreTrainedModel",

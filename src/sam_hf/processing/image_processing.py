@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 
+from ..generation.pipeline_support import MaskGenerationSupportMixin
 from .images import make_image_list, to_rgb_uint8
 from .masks import masks_to_low_res, post_process_masks
 from .resize import get_preprocess_shape, resize_uint8_rgb
@@ -60,7 +61,7 @@ def normalize_and_pad(
     return torch.nn.functional.pad(normalized, (0, pad_size - w, 0, pad_size - h))  # (B, 3, S, S)
 
 
-class SamHfImageProcessor(BaseImageProcessor):
+class SamHfImageProcessor(MaskGenerationSupportMixin, BaseImageProcessor):
     r"""Prepares images for `SamHfModel` the way Meta's `SamPredictor` does.
 
     Args:

@@ -1,0 +1,153 @@
+"""Generator mechanics on the tiny model: every knob, output modes, crops, empty result, bad arguments."""
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as mask_utils
+from scipy import ndimage
+
+from sam_hf.generation.generator import SamHfAutomaticMaskGenerator
+from sam_hf.generation.rle import rle_to_mask
+from sam_hf.processing import SamHfImageProcessor
+
+OPEN = dict(points_per_side=6, pred_iou_thresh=-1.0, stability_score_thresh=0.0, box_nms_thresh=0.9)
+KEYS = {"segmentation", "area", "bbox", "predicted_iou", "point_coords", "stability_score", "crop_box"}
+
+
+@pytest.fixture(scope="module")
+def model(meta_and_ours):
+    return meta_and_ours[1]
+
+
+def test_records(model, blocks_image):
+    records = SamHfAutomaticMaskGenerator(model, **OPEN).generate(blocks_image)
+    assert len(records) > 1
+    for r in records:
+        assert set(r) == KEYS
+        seg = r["segmentation"]
+        assert seg.shape == (110, 150) and seg.dtype == np.bool_
+        assert r["area"] == int(seg.sum())
+        if r["area"]:
+            ys, xs = np.nonzero(seg)
+            assert r["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min(), ys.max() - ys.min()]
+        assert r["crop_box"] == [0, 0, 150, 110]
+        assert all(isinstance(v, float) for v in r["point_coords"][0])
+    ious = [r["predicted_iou"] for r in records]
+    assert ious == sorted(ious, reverse=True)  # one crop: NMS order
+
+
+def test_empty_result_is_an_empty_list(model, blocks_image):
+    assert SamHfAutomaticMaskGenerator(model, points_per_side=4, pred_iou_thresh=5.0).generate(blocks_image) == []
+    assert SamHfAutomaticMaskGenerator(model, points_per_side=4, crop_n_layers=1, pred_iou_thresh=5.0).generate(blocks_image) == []
+    assert SamHfAutomaticMaskGenerator(
+        model, points_per_side=4, pred_iou_thresh=5.0, min_mask_region_area=10, output_mode="coco_rle"
+    ).generate(blocks_image) == []
+
+
+def test_filters_only_remove(model, blocks_image):
+    def count(**kw):
+        return len(SamHfAutomaticMaskGenerator(model, **{**OPEN, "box_nms_thresh": 1.0, **kw}).generate(blocks_image))
+
+    everything = count()
+    assert everything == 36 * 3  # nothing filtered: every point's 3 masks
+    assert count(multimask_output=False) == 36
+    assert count(pred_iou_thresh=0.1) < everything
+    assert count(stability_score_thresh=0.9) < everything
+    assert count(box_nms_thresh=0.5) < everything
+
+
+def test_output_modes_agree(model, blocks_image):
+    binary = SamHfAutomaticMaskGenerator(model, **OPEN).generate(blocks_image)
+    rle = SamHfAutomaticMaskGenerator(model, **OPEN, output_mode="uncompressed_rle").generate(blocks_image)
+    coco = SamHfAutomaticMaskGenerator(model, **OPEN, output_mode="coco_rle").generate(blocks_image)
+    assert len(binary) == len(rle) == len(coco) > 0
+    for b, u, c in zip(binary, rle, coco):
+        np.testing.assert_array_equal(rle_to_mask(u["segmentation"]), b["segmentation"])
+        assert isinstance(c["segmentation"]["counts"], str)
+        np.testing.assert_array_equal(mask_utils.decode(c["segmentation"]).astype(bool), b["segmentation"])
+        assert u["area"] == c["area"] == b["area"]
+
+
+def test_crops_map_back_to_the_image(model, blocks_image):
+    records = SamHfAutomaticMaskGenerator(model, **dict(OPEN, crop_n_layers=1, crop_nms_thresh=1.0)).generate(blocks_image)
+    crops = {tuple(r["crop_box"]) for r in records}
+    assert len(crops) > 1
+    for r in records:
+        x0, y0, w, h = r["crop_box"]
+        (px, py), = r["point_coords"]
+        assert x0 <= px <= x0 + w and y0 <= py <= y0 + h
+        seg = r["segmentation"]
+        assert seg.shape == (110, 150)
+        outside = seg.copy()
+        outside[y0 : y0 + h, x0 : x0 + w] = False
+        assert not outside.any()  # a crop's mask stays inside the crop
+
+
+def test_point_grids(model, blocks_image):
+    grid = np.array([[0.5, 0.5], [0.1, 0.9]])
+    records = SamHfAutomaticMaskGenerator(model, **dict(OPEN, points_per_side=None, point_grids=[grid])).generate(blocks_image)
+    assert {tuple(r["point_coords"][0]) for r in records} <= {(75.0, 55.0), (15.0, 99.0)}
+
+
+def test_min_mask_region_area(model, blocks_image):
+    records = SamHfAutomaticMaskGenerator(model, **dict(OPEN, min_mask_region_area=60)).generate(blocks_image)
+    assert records
+    eight = np.ones((3, 3), dtype=bool)
+    for r in records:
+        seg = r["segmentation"]
+        labels, n = ndimage.label(seg, structure=eight)
+        sizes = np.bincount(labels.ravel())[1:]
+        assert n <= 1 or sizes.min() >= 60  # no small island left (unless it is the only region)
+        assert r["area"] == int(seg.sum())
+
+
+def test_processor_and_batch(model, blocks_image):
+    default = SamHfAutomaticMaskGenerator(model, **OPEN)
+    explicit = SamHfAutomaticMaskGenerator(model, SamHfImageProcessor(longest_edge=128), **OPEN)
+    pil_image = __import__("PIL.Image").Image.fromarray(blocks_image)
+    batch = explicit.generate_batch([blocks_image, pil_image, torch.from_numpy(blocks_image).permute(2, 0, 1)])
+    single = default.generate(blocks_image, progress=True)
+    assert len(batch) == 3
+    for records in batch:
+        assert len(records) == len(single)
+        for a, b in zip(records, single):
+            np.testing.assert_array_equal(a["segmentation"], b["segmentation"])
+    assert default.pred_iou_thresh == -1.0 and len(default.point_grids) == 1  # Meta's attribute names
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(points_per_side=None), ValueError, "exactly one of points_per_side and point_grids"),
+        (dict(point_grids=[np.zeros((2, 2))]), ValueError, "exactly one of points_per_side and point_grids"),
+        (dict(points_per_side=0), ValueError, "points_per_side must be an int >= 1"),
+        (dict(points_per_side=4.0), TypeError, "points_per_side"),
+        (dict(points_per_batch=0), ValueError, "points_per_batch"),
+        (dict(stability_score_thresh=1.5), ValueError, "stability_score_thresh must be a number in \\[0.0, 1.0\\]"),
+        (dict(box_nms_thresh="0.7"), TypeError, "box_nms_thresh must be a number"),
+        (dict(crop_nms_thresh=-0.1), ValueError, "crop_nms_thresh"),
+        (dict(crop_n_layers=-1), ValueError, "crop_n_layers"),
+        (dict(crop_overlap_ratio=1.0), ValueError, "crop_overlap_ratio"),
+        (dict(crop_n_points_downscale_factor=0), ValueError, "crop_n_points_downscale_factor"),
+        (dict(points_per_side=2, crop_n_layers=2, crop_n_points_downscale_factor=2), ValueError, "leaves no point"),
+        (dict(min_mask_region_area=-1), ValueError, "min_mask_region_area"),
+        (dict(output_mode="png"), ValueError, "output_mode must be one of"),
+        (dict(mask_threshold=float("nan")), ValueError, "mask_threshold"),
+        (dict(multimask_output=1), TypeError, "multimask_output must be a bool"),
+        (dict(pred_iou_thresh=None), TypeError, "pred_iou_thresh"),
+    ],
+)
+def test_bad_arguments(model, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        SamHfAutomaticMaskGenerator(model, **kwargs)
+
+
+def test_bad_model_and_image(model):
+    with pytest.raises(TypeError, match="model must be a SamHfModel"):
+        SamHfAutomaticMaskGenerator(object())
+    with pytest.raises(TypeError, match="processor must be"):
+        SamHfAutomaticMaskGenerator(model, processor=object())
+    generator = SamHfAutomaticMaskGenerator(model, points_per_side=2)
+    with pytest.raises(TypeError, match="image"):
+        generator.generate("not an image")
+    with pytest.raises(TypeError, match="images must be a list"):
+        generator.generate_batch(np.zeros((4, 4, 3), dtype=np.uint8))

@@ -1,0 +1,75 @@
+"""RLE encode/decode round trips, against pycocotools and Meta's reference encoder."""
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as mask_utils
+from segment_anything.utils import amg
+
+from sam_hf.generation.rle import (
+    area_from_rle,
+    boundaries_to_rles,
+    coco_encode_rle,
+    mask_to_rle,
+    rle_to_mask,
+    run_boundaries,
+)
+
+
+def _masks(seed, b=6, h=13, w=9):
+    g = torch.Generator().manual_seed(seed)
+    masks = torch.rand(b, h, w, generator=g) > 0.5
+    masks[0] = False  # empty
+    masks[1] = True  # full
+    masks[2, :, :3] = True  # runs crossing column ends
+    masks[2, :, 3:] = False
+    masks[3, 0, 0] = True
+    masks[3, -1, -1] = True
+    return masks
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_encode_matches_meta_and_round_trips(seed):
+    masks = _masks(seed)
+    ours = mask_to_rle(masks)
+    assert ours == amg.mask_to_rle_pytorch(masks)
+    for mask, rle in zip(masks, ours):
+        np.testing.assert_array_equal(rle_to_mask(rle), mask.numpy())
+        np.testing.assert_array_equal(rle_to_mask(rle), amg.rle_to_mask(rle))
+        assert area_from_rle(rle) == int(mask.sum())
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_coco_rle_matches_pycocotools(seed):
+    masks = _masks(seed)
+    for mask, rle in zip(masks, mask_to_rle(masks)):
+        coco = coco_encode_rle(rle)
+        expected = mask_utils.encode(np.asfortranarray(mask.numpy().astype(np.uint8)))
+        assert coco["counts"] == expected["counts"].decode("utf-8")
+        assert list(coco["size"]) == [13, 9]
+        np.testing.assert_array_equal(mask_utils.decode(coco).astype(bool), mask.numpy())
+        assert mask_utils.area(coco) == int(mask.sum())
+
+
+@pytest.mark.parametrize("offset, size", [((0, 0), (13, 9)), ((3, 0), (13, 15)), ((2, 4), (20, 14)), ((0, 5), (18, 9))])
+def test_crop_offset_equals_padding(offset, size):
+    masks = _masks(7)
+    x0, y0 = offset
+    padded = torch.zeros(masks.shape[0], *size, dtype=torch.bool)
+    padded[:, y0 : y0 + 13, x0 : x0 + 9] = masks
+    rles = boundaries_to_rles(*run_boundaries(masks, size, offset), size)
+    assert rles == amg.mask_to_rle_pytorch(padded)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="masks must be a \\(B, H, W\\)"):
+        mask_to_rle(torch.zeros(4, 4, dtype=torch.bool))
+    with pytest.raises(TypeError, match="boolean"):
+        mask_to_rle(torch.zeros(1, 4, 4))
+    with pytest.raises(ValueError, match="do not fit"):
+        run_boundaries(torch.zeros(1, 4, 4, dtype=torch.bool), (4, 4), (1, 0))
+    with pytest.raises(ValueError, match="sum to H\\*W"):
+        rle_to_mask({"size": [2, 2], "counts": [1, 2]})
+
+
+def test_empty_batch():
+    assert mask_to_rle(torch.zeros(0, 5, 5, dtype=torch.bool)) == []

@@ -1,0 +1,112 @@
+"""`sam-hf` end to end on small images with a tiny saved model (in-process), bad flags and bad files."""
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+import sam_hf
+from sam_hf.cli import main
+
+OPEN = ["--points-per-side", "4", "--pred-iou-thresh", "-1", "--stability-score-thresh", "0", "--box-nms-thresh", "0.9"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny_model")
+    sam_hf.SamHfModel(sam_hf.config_for_variant("tiny")).eval().save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, size in (("a.png", (40, 60)), ("b.jpg", (50, 30))):
+        Image.fromarray((rng.random((*size, 3)) * 255).astype(np.uint8)).save(folder / name)
+    return folder
+
+
+def test_segment_everything_pngs(model_dir, images, tmp_path):
+    out = tmp_path / "out"
+    assert main(["segment-everything", str(images), "--model", model_dir, "--output", str(out), *OPEN]) == 0
+    for name, size in (("a", (40, 60)), ("b", (50, 30))):
+        assert Image.open(out / f"{name}_overlay.png").size == size[::-1]
+        rows = list(csv.reader(open(out / name / "metadata.csv")))
+        assert rows[0][:3] == ["id", "area", "bbox_x0"] and len(rows[0]) == 14
+        assert len(rows) > 1
+        for row in rows[1:]:
+            mask = np.asarray(Image.open(out / name / f"{row[0]}.png")) > 0
+            assert mask.shape == size and int(mask.sum()) == int(row[1])
+
+
+def test_segment_everything_rle_and_overwrite(model_dir, images, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["segment-everything", str(images / "a.png"), "--model", model_dir, "--output", str(out), "--convert-to-rle", *OPEN]
+    assert main(args) == 0
+    records = json.load(open(out / "a.json"))
+    assert records and {"segmentation", "area", "bbox", "predicted_iou", "point_coords", "stability_score", "crop_box"} <= set(records[0])
+    for r in records:
+        assert mask_utils.area(r["segmentation"]) == r["area"]
+    stamp = os.path.getmtime(out / "a.json")
+    assert main(args + ["--crop-n-layers", "1"]) == 0  # exists: kept and reported
+    assert "exists" in capsys.readouterr().err and os.path.getmtime(out / "a.json") == stamp
+    assert main(args + ["--pred-iou-thresh", "10", "--overwrite"]) == 0
+    assert json.load(open(out / "a.json")) == []  # empty result is a normal empty output
+
+
+def test_bad_files_are_skipped_with_failure_status(model_dir, images, tmp_path, capsys):
+    (images / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    assert main(["segment-everything", str(images), "--model", model_dir, "--output", str(out), *OPEN]) == 1
+    assert "broken.png" in capsys.readouterr().err
+    assert (out / "a" / "metadata.csv").exists() and (out / "b" / "metadata.csv").exists()  # the others are done
+    assert main(["segment-everything", str(tmp_path / "missing.png"), "--model", model_dir, "--output", str(out)]) == 1
+
+
+def test_segment_with_points_and_box(model_dir, images, tmp_path):
+    out = tmp_path / "out"
+    args = ["segment", str(images / "a.png"), "--model", model_dir, "--output", str(out), "--points", "10,12", "--points", "30,20,0", "--box", "5,5,50,35"]
+    assert main(args) == 0
+    summary = json.load(open(out / "a.json"))
+    mask = np.asarray(Image.open(out / "a_mask.png")) > 0
+    assert mask.shape == (40, 60) and summary["area"] == int(mask.sum()) and isinstance(summary["score"], float)
+    assert summary["points"] == [[10.0, 12.0], [30.0, 20.0, 0.0]] and summary["box"] == [5.0, 5.0, 50.0, 35.0]
+    assert Image.open(out / "a_overlay.png").size == (60, 40)
+    assert main(["segment", str(images / "b.jpg"), "--model", model_dir, "--output", str(out), "--points", "3,4"]) == 0
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["segment-everything", "x.png", "--output", "o"],  # no --model
+        ["segment-everything", "x.png", "--model", "m", "--output", "o", "--points-per-side", "many"],
+        ["segment", "x.png", "--model", "m", "--output", "o", "--points", "1,2,3,4"],
+        ["segment", "x.png", "--model", "m", "--output", "o"],  # no prompt
+        ["segment", "x.png", "--model", "m", "--output", "o", "--box", "1,2,3"],
+        ["frobnicate"],
+    ],
+)
+def test_bad_flags(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "usage" in capsys.readouterr().err
+
+
+def test_bad_generator_value(model_dir, images, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["segment-everything", str(images), "--model", model_dir, "--output", str(tmp_path / "o"), "--box-nms-thresh", "2"])
+    assert exit_info.value.code == 2 and "box_nms_thresh" in capsys.readouterr().err
+
+
+def test_meta_checkpoint_needs_model_type(tmp_path, images, capsys):
+    with pytest.raises(SystemExit):
+        main(["segment-everything", str(images), "--model", str(tmp_path / "sam.pth"), "--output", str(tmp_path / "o")])
+    assert "--model-type" in capsys.readouterr().err
