@@ -12,12 +12,14 @@ same random image and prompts and compared with `torch.testing.assert_close`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import torch
 
 from sam_hf import SamHfModel, config_for_variant, infer_meta_config
 from sam_hf.checkpoints import read_meta_checkpoint
+from sam_hf.hub import conversion_model_card
 from sam_hf.meta_reference import build_meta_sam
 
 
@@ -46,6 +48,14 @@ def verify_against_meta(model: SamHfModel, state_dict: dict, *, seed: int = 0) -
     return f"numerical check passed: max |mask logit difference| = {error:.2e}"
 
 
+def _preset_of(config) -> str | None:
+    """The Meta preset a config equals, if any (the card is written for Meta's ViT-B/L/H)."""
+    for variant in ("vit_b", "vit_l", "vit_h"):
+        if config_for_variant(variant).to_dict() == config.to_dict():
+            return variant
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="Meta's .pth file")
@@ -59,9 +69,17 @@ def main(argv: list[str] | None = None) -> int:
     config = config_for_variant(args.variant) if args.variant else infer_meta_config(state_dict)
     model = SamHfModel.from_meta_state_dict(state_dict, config)
     print(f"converted {len(state_dict)} tensors ({sum(v.numel() for v in state_dict.values()) / 1e6:.1f} M parameters)")
-    if not args.no_verify:
-        print(verify_against_meta(model, state_dict))
+    check = None if args.no_verify else verify_against_meta(model, state_dict)
+    if check:
+        print(check)
     model.save_pretrained(args.output)
+    variant = args.variant or _preset_of(config)
+    if variant:
+        command = "python conversion/convert_meta_checkpoint.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        card = conversion_model_card(variant=variant, config=config, command=command,
+                                     checkpoint=os.path.basename(args.checkpoint), metrics={"numerical check": check} if check else None,
+                                     repo_id=args.push_to_hub)
+        card.save(os.path.join(args.output, "README.md"))
     print(f"saved to {args.output}")
     if args.push_to_hub:
         model.push_to_hub(args.push_to_hub)

@@ -127,3 +127,14 @@ def test_conversion_script_end_to_end(meta_state_dict, tmp_path):
     pixels = torch.randn(1, 3, 128, 128)
     with torch.no_grad():
         assert_close(loaded.get_image_embeddings(pixels), model.eval().get_image_embeddings(pixels))
+
+
+def test_conversion_writes_a_card_only_for_meta_presets():
+    sys.path.insert(0, os.path.join(ROOT, "conversion"))
+    try:
+        from convert_meta_checkpoint import _preset_of
+    finally:
+        sys.path.remove(os.path.join(ROOT, "conversion"))
+    assert _preset_of(config_for_variant("vit_l")) == "vit_l"
+    assert _preset_of(config_for_variant("vit_b", image_size=512)) is None
+    assert _preset_of(config_for_variant("tiny")) is None

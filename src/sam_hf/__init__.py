@@ -13,6 +13,7 @@ from transformers import (
     AutoProcessor,
 )
 
+from . import hub, training
 from .checkpoints import convert_meta_state_dict, convert_to_meta_state_dict, infer_meta_config
 from .configuration import SamHfConfig, SamHfMaskDecoderConfig, SamHfPromptEncoderConfig, SamHfVisionConfig
 from .modeling import SamHfImageSegmentationOutput, SamHfModel, SamHfPreTrainedModel, SamHfVisionEncoderOutput
@@ -49,6 +50,8 @@ __all__ = [
     "SamHfVisionConfig",
     "SamHfVisionEncoderOutput",
     "config_for_variant",
+    "hub",
+    "training",
     "convert_meta_state_dict",
     "convert_to_meta_state_dict",
     "infer_meta_config",
