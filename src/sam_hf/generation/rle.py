@@ -127,8 +127,7 @@ def area_from_rle(rle: dict[str, Any]) -> int:
 
 def coco_encode_rle(rle: dict[str, Any]) -> dict[str, Any]:
     """COCO compressed RLE (`counts` as a JSON-ready str) of an uncompressed RLE, through pycocotools."""
-    require_pycocotools()
-    from pycocotools import mask as mask_utils
+    mask_utils = require_pycocotools()
 
     h, w, _ = _check_rle(rle)
     encoded = mask_utils.frPyObjects(rle, h, w)
@@ -136,11 +135,13 @@ def coco_encode_rle(rle: dict[str, Any]) -> dict[str, Any]:
     return encoded
 
 
-def require_pycocotools() -> None:
-    """Fail early, with the extra to install, when pycocotools is missing."""
+def require_pycocotools():
+    """`pycocotools.mask`, or an ImportError naming the extra to install. The import sits in a `try` so that
+    transformers' remote-code import check does not demand pycocotools from every user."""
     try:
-        import pycocotools.mask  # noqa: F401
+        from pycocotools import mask as mask_utils
     except ImportError as err:
         raise ImportError(
             "output_mode='coco_rle' needs pycocotools: install it with `pip install 'sam-hf[coco]'`"
         ) from err
+    return mask_utils

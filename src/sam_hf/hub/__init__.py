@@ -1,5 +1,15 @@
-"""Sharing on the Hugging Face Hub: model cards for trained and converted models."""
+"""Sharing on the Hugging Face Hub: model cards, one-commit pushes, and remote code for trust_remote_code."""
 
 from .model_card import conversion_model_card, describe_config, metrics_table, training_model_card
+from .push import push_to_hub
+from .remote_code import add_remote_code, remote_code_files
 
-__all__ = ["conversion_model_card", "describe_config", "metrics_table", "training_model_card"]
+__all__ = [
+    "add_remote_code",
+    "conversion_model_card",
+    "describe_config",
+    "metrics_table",
+    "push_to_hub",
+    "remote_code_files",
+    "training_model_card",
+]

@@ -178,6 +178,15 @@ class SamHfModel(SamHfPreTrainedModel):
             config = config_for_variant(variant)
         return cls.from_meta_state_dict(read_meta_checkpoint(path), config)
 
+    def push_to_hub(self, repo_id: str, *, model_card=None, processor=None, remote_code: bool = False, **kwargs):
+        """transformers' `push_to_hub` (which uploads the saved processor too); with `model_card` (a ModelCard,
+        kept as README.md), `processor` or `remote_code=True`: sam_hf's one-commit `sam_hf.hub.push_to_hub`."""
+        if model_card is None and processor is None and not remote_code:
+            return super().push_to_hub(repo_id, **kwargs)
+        from ..hub.push import push_to_hub
+
+        return push_to_hub(model=self, repo_id=repo_id, processor=processor, model_card=model_card, remote_code=remote_code, **kwargs)
+
     # Saving: a saved folder is complete (model, config and processor) --------------------------
     def save_pretrained(self, save_directory, *args, processor=None, **kwargs):
         """Save the model and, unless the folder already has one, a matching `SamHfProcessor`."""
