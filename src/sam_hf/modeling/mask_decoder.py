@@ -25,7 +25,7 @@ def _conv_transpose_as_linear(conv: nn.ConvTranspose2d, states: torch.Tensor) ->
     return out.view(*states.shape[:-1], 2, 2, c_out)
 
 
-_TEMPORARY_BUDGET = 24 * 2**20  # bytes; glibc's dynamic mmap threshold tops out at 32 MiB
+_TEMPORARY_BUDGET = 16 * 2**20  # bytes per temporary; glibc serves blocks from 32 MiB up by mmap, page-faulting them in
 
 
 class SamHfMaskDecoder(nn.Module):
@@ -91,11 +91,30 @@ class SamHfMaskDecoder(nn.Module):
 
         image = (image_embeddings[:, None] + dense_embeddings).flatten(3).transpose(2, 3)  # (B, P or 1, g*g, C)
         pe = image_pe.flatten(1).t().to(image.dtype)  # (g*g, C)
-
-        tokens, image, weights = self.transformer(tokens, image, pe, token_mask, output_attentions)
         mask_slice = slice(1, None) if multimask_output else slice(0, 1)
-        iou_pred = self.iou_prediction_head(tokens[:, :, 0])[..., mask_slice]  # (B, P, M)
+
+        # Prompts are decoded in groups whose per-prompt image tokens stay under the allocator budget:
+        # exact, and much faster on CPU than touching fresh half-gigabyte buffers (see _TEMPORARY_BUDGET).
+        per_prompt = batch * grid * grid * channels * image.element_size()
+        group = prompts if output_attentions else max(1, _TEMPORARY_BUDGET // per_prompt)
+        # prompt-independent projections of an image side shared by all prompts, computed once for all groups
+        cache = {} if image.shape[1] == 1 else None
+        results = [
+            self._decode(tokens[:, i : i + group], None if token_mask is None else token_mask[:, i : i + group],
+                         image if image.shape[1] == 1 else image[:, i : i + group], pe, mask_slice, output_attentions, cache)
+            for i in range(0, prompts, group)
+        ]
+        masks = torch.cat([r[0] for r in results], dim=1) if len(results) > 1 else results[0][0]
+        iou_pred = torch.cat([r[1] for r in results], dim=1) if len(results) > 1 else results[0][1]
+        return masks, iou_pred, results[0][2]
+
+    def _decode(self, tokens, token_mask, image, pe, mask_slice, output_attentions, cache):
+        """One group of prompts: tokens (B, p, T', C), image (B, p or 1, g*g, C) -> masks, iou, weights."""
+        batch, prompts, _, channels = tokens.shape
+        grid = int(image.shape[2] ** 0.5)
+        tokens, image, weights = self.transformer(tokens, image, pe, token_mask, output_attentions, cache)
+        iou_pred = self.iou_prediction_head(tokens[:, :, 0])[..., mask_slice]  # (B, p, M)
         chosen = range(self.num_mask_tokens)[mask_slice]
-        hyper_in = torch.stack([self.output_hypernetworks_mlps[i](tokens[:, :, 1 + i]) for i in chosen], dim=2)  # (B, P, M, C/8)
+        hyper_in = torch.stack([self.output_hypernetworks_mlps[i](tokens[:, :, 1 + i]) for i in chosen], dim=2)  # (B, p, M, C/8)
         masks = self.upscale_masks(image.reshape(batch * prompts, grid * grid, channels), hyper_in.flatten(0, 1), grid)
         return masks.view(batch, prompts, len(chosen), 4 * grid, 4 * grid), iou_pred, weights

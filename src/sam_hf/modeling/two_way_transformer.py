@@ -43,6 +43,16 @@ class SamHfAttention(nn.Module):
             return layer(states)
         return F.linear(states, layer.weight) + F.linear(pe, layer.weight, layer.bias)
 
+    def shared(self, cache: dict | None, name: str, layer: nn.Linear, image: torch.Tensor, pe: torch.Tensor | None = None):
+        """`project(layer, image, pe)`, computed once per decoder call when the image side is shared by all
+        prompts (P' = 1) and the prompts are decoded in groups; `cache` lives for one call."""
+        if cache is None or image.shape[1] != 1:
+            return self.project(layer, image, pe)
+        key = (id(self), name)
+        if key not in cache:
+            cache[key] = self.project(layer, image, pe)
+        return cache[key]
+
     def heads(self, states: torch.Tensor) -> torch.Tensor:
         """(B, P, L, C') -> (B, P, h, L, d)."""
         batch, prompts, length, _ = states.shape
@@ -80,12 +90,12 @@ class SamHfAttention(nn.Module):
             return (stacked.reshape(batch, 1, prompts * rows, channels) @ image_side.transpose(-1, -2)).view(batch, prompts, rows, -1)
         return stacked @ image_side.transpose(-1, -2)
 
-    def tokens_to_image(self, tokens, token_pe, image, image_pe, output_attentions=False):
+    def tokens_to_image(self, tokens, token_pe, image, image_pe, output_attentions=False, cache=None):
         """Each prompt's tokens (B, P, T, C) attend to the image tokens (B, P', HW, C) -> (B, P, T, C)."""
         batch, prompts, length, _ = tokens.shape
         q = self._block_diagonal(self.project(self.q_proj, tokens + token_pe) * self.scale)  # (B, P, h*T, C')
-        k = self.project(self.k_proj, image, image_pe)  # (B, P', HW, C')
-        v = self.v_proj(image)
+        k = self.shared(cache, "k", self.k_proj, image, image_pe)  # (B, P', HW, C')
+        v = self.shared(cache, "v", self.v_proj, image)
         weights = self._against_image(q, k).softmax(dim=-1)  # (B, P, h*T, HW)
         if v.shape[1] == 1 and prompts > 1:
             out = (weights.view(batch, 1, -1, weights.shape[-1]) @ v).view(batch, prompts, -1, self.internal_dim)
@@ -96,14 +106,14 @@ class SamHfAttention(nn.Module):
         heads_view = weights.view(batch, prompts, self.num_heads, length, -1) if output_attentions else None
         return self.out_proj(out), heads_view
 
-    def image_to_tokens(self, image, image_pe, tokens, token_pe, token_mask=None, output_attentions=False):
+    def image_to_tokens(self, image, image_pe, tokens, token_pe, token_mask=None, output_attentions=False, cache=None):
         """Image tokens (B, P', HW, C) attend to each prompt's few tokens (B, P, T, C) -> (B, P, HW, C).
 
         The softmax runs over the short token axis with the long image axis contiguous (much faster on
         CPU than a softmax over a last axis of T).
         """
         batch, prompts, length, _ = tokens.shape
-        q = self.project(self.q_proj, image, image_pe)  # (B, P', HW, C')
+        q = self.shared(cache, "q", self.q_proj, image, image_pe)  # (B, P', HW, C')
         k = self._block_diagonal(self.project(self.k_proj, tokens + token_pe) * self.scale)  # (B, P, h*T, C')
         v = self._block_diagonal(self.v_proj(tokens))  # (B, P, h*T, C')
         logits = self._against_image(k, q).view(batch, prompts, self.num_heads, length, -1)  # (B, P, h, T, HW)
@@ -129,7 +139,7 @@ class SamHfTwoWayAttentionBlock(nn.Module):
         self.cross_attn_image_to_token = SamHfAttention(config, downsample_rate=config.attention_downsample_rate)
         self.skip_first_layer_pe = skip_first_layer_pe
 
-    def forward(self, queries, keys, query_pe, key_pe, token_mask, output_attentions=False):
+    def forward(self, queries, keys, query_pe, key_pe, token_mask, output_attentions=False, cache=None):
         """queries (B, P, T, C) tokens, keys (B, P', HW, C) image, query_pe (B, P, T, C), key_pe (HW, C)."""
         if self.skip_first_layer_pe:
             queries, w_self = self.self_attn(queries, queries, queries, token_mask, output_attentions)
@@ -139,12 +149,12 @@ class SamHfTwoWayAttentionBlock(nn.Module):
             queries = queries + out
         queries = self.layer_norm1(queries)
 
-        out, w_t2i = self.cross_attn_token_to_image.tokens_to_image(queries, query_pe, keys, key_pe, output_attentions)
+        out, w_t2i = self.cross_attn_token_to_image.tokens_to_image(queries, query_pe, keys, key_pe, output_attentions, cache)
         queries = self.layer_norm2(queries + out)
         queries = self.layer_norm3(queries + self.mlp(queries))
 
         # image -> tokens: queries are the image tokens; a shared image side broadcasts over the prompts
-        out, w_i2t = self.cross_attn_image_to_token.image_to_tokens(keys, key_pe, queries, query_pe, token_mask, output_attentions)
+        out, w_i2t = self.cross_attn_image_to_token.image_to_tokens(keys, key_pe, queries, query_pe, token_mask, output_attentions, cache)
         out += keys  # (B, P, HW, C): the residual, in place
         keys = self.layer_norm4(out)
         return queries, keys, (w_self, w_t2i, w_i2t)
@@ -159,15 +169,18 @@ class SamHfTwoWayTransformer(nn.Module):
         self.final_attn_token_to_image = SamHfAttention(config, downsample_rate=config.attention_downsample_rate)
         self.layer_norm_final_attn = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, tokens, image, image_pe, token_mask=None, output_attentions=False):
-        """tokens (B, P, T, C), image (B, P', HW, C) with P' in {1, P}, image_pe (HW, C), token_mask (B, P, T).
+    def forward(self, tokens, image, image_pe, token_mask=None, output_attentions=False, cache=None):
+        """tokens (B, P, T, C), image (B, P', HW, C) with P' in {1, P}, image_pe (HW, C), token_mask (B, P, T);
+        `cache` (a dict for one decoder call) shares the prompt-independent projections across prompt groups.
 
         Returns tokens (B, P, T, C), image (B, P, HW, C) and the attention weights when asked for.
         """
         queries, keys = tokens, image
         weights = ()
-        for layer in self.layers:
-            queries, keys, layer_weights = layer(queries, keys, tokens, image_pe, token_mask, output_attentions)
+        for index, layer in enumerate(self.layers):
+            # only the first layer sees the image side that is shared by every prompt group
+            layer_cache = cache if index == 0 else None
+            queries, keys, layer_weights = layer(queries, keys, tokens, image_pe, token_mask, output_attentions, layer_cache)
             weights += layer_weights
         final = self.final_attn_token_to_image
         out, w_final = final.tokens_to_image(queries, tokens, keys, image_pe, output_attentions)
