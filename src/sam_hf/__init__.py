@@ -16,6 +16,7 @@ from transformers import (
 from . import hub, training
 from .checkpoints import convert_meta_state_dict, convert_to_meta_state_dict, infer_meta_config
 from .configuration import SamHfConfig, SamHfMaskDecoderConfig, SamHfPromptEncoderConfig, SamHfVisionConfig
+from .modeling.layers import clear_workspace
 from .modeling import SamHfImageSegmentationOutput, SamHfModel, SamHfPreTrainedModel, SamHfVisionEncoderOutput
 from .generation import SamHfAutomaticMaskGenerator
 from .pipeline import SamHfMaskGenerationPipeline
@@ -49,6 +50,7 @@ __all__ = [
     "SamHfPromptEncoderConfig",
     "SamHfVisionConfig",
     "SamHfVisionEncoderOutput",
+    "clear_workspace",
     "config_for_variant",
     "hub",
     "training",

@@ -1,20 +1,30 @@
 """One attention function family, selected by `config._attn_implementation` ("eager" or "sdpa").
 
-`attention(query, key, value, scale=..., mask=..., implementation=...)` is used by the ViT blocks and by
-the two-way transformer. The ViT's decomposed relative positions (Meta's `add_decomposed_rel_pos`) are
-either added to the explicit logits (eager) or folded into augmented query/key vectors so that SDPA
-computes them without a dense bias tensor:
-    q' = [q, rel_h / s, rel_w / s],  k' = [k, onehot(k_row), onehot(k_col)]
+`attention(query, key, value, scale=..., mask=..., implementation=...)` serves the two-way transformer.
+The ViT's decomposed relative positions (Meta's `add_decomposed_rel_pos`) are either added to the
+explicit logits (eager) or folded into augmented query/key vectors so that SDPA computes them without
+a dense bias tensor:
+    q' = [q, rel_h / s, rel_w / s, 0],  k' = [k, onehot(k_row), onehot(k_col), 0],  v' = [v, 0]
     s * q'.k' = s * q.k + rel_h[q, k_row] + rel_w[q, k_col]
-which is exact up to rounding.
+which is exact up to rounding. SDPA's fused CPU kernel wants 4-D (B, heads, L, D) inputs with one head
+width (3-D inputs fall back to the unfused path, 10x slower here), hence the zero-padded value.
+
+Two forms of the ViT attention: `grid_attention` (out of place, autograd-safe, eager or SDPA: the
+reference) and, for inference, `augmented_buffers` + `write_rel_pos_columns` + `sdpa_on_buffers`, where
+the augmented tensors live in the thread's workspace and only what varies is rewritten per call.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
+from .layers import workspace
+
 IMPLEMENTATIONS = ("eager", "sdpa")
+AUGMENTED_WIDTH_MULTIPLE = 32  # SDPA's CPU kernel is faster on head widths that are multiples of 32
 
 
 def attention(
@@ -43,15 +53,18 @@ def attention(
     return weights @ value, (weights if output_attentions else None)
 
 
-def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
-    """Relative-position embeddings for every (query, key) pair along one axis -> (q_size, k_size, D).
+# Relative positions ---------------------------------------------------------------------------------
+def resized_rel_pos(length: int, rel_pos: torch.Tensor) -> torch.Tensor:
+    """The (L, D) table resized linearly to `length` rows when trained for another size, as Meta does."""
+    if rel_pos.shape[0] == length:
+        return rel_pos
+    resized = F.interpolate(rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1), size=length, mode="linear")
+    return resized.reshape(-1, length).permute(1, 0)  # (length, D)
 
-    A table trained for another length is resized linearly, as Meta does.
-    """
-    max_rel_dist = 2 * max(q_size, k_size) - 1
-    if rel_pos.shape[0] != max_rel_dist:
-        resized = F.interpolate(rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1), size=max_rel_dist, mode="linear")
-        rel_pos = resized.reshape(-1, max_rel_dist).permute(1, 0)  # (max_rel_dist, D)
+
+def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
+    """Relative-position embeddings for every (query, key) pair along one axis -> (q_size, k_size, D)."""
+    rel_pos = resized_rel_pos(2 * max(q_size, k_size) - 1, rel_pos)
     q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
     k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
     relative = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
@@ -61,51 +74,181 @@ def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> 
 def decomposed_rel_pos(
     query: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, size: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row and column relative-position terms of every query.
+    """Row and column relative-position terms of every query (Meta's formula).
 
-    query (B, H*W, D) unscaled -> rel_h (B, H*W, H), rel_w (B, H*W, W) (query and key grids are equal).
+    query (..., H*W, D) unscaled -> rel_h (..., H*W, H), rel_w (..., H*W, W) (query and key grids are equal).
     """
     height, width = size
     table_h = relative_position_table(height, height, rel_pos_h).to(query.dtype)  # (H, H, D)
     table_w = relative_position_table(width, width, rel_pos_w).to(query.dtype)  # (W, W, D)
-    batch, _, dim = query.shape
-    grid_query = query.reshape(batch, height, width, dim)
-    rel_h = torch.einsum("bhwc,hkc->bhwk", grid_query, table_h).reshape(batch, height * width, height)
-    rel_w = torch.einsum("bhwc,wkc->bhwk", grid_query, table_w).reshape(batch, height * width, width)
+    lead = query.shape[:-2]
+    grid_query = query.unflatten(-2, (height, width))  # (..., H, W, D)
+    rel_h = torch.einsum("...hwc,hkc->...hwk", grid_query, table_h).reshape(*lead, height * width, height)
+    rel_w = torch.einsum("...hwc,wkc->...hwk", grid_query, table_w).reshape(*lead, height * width, width)
     return rel_h, rel_w
 
 
-def attention_with_rel_pos(
+def augmented_width(head_dim: int, size: tuple[int, int]) -> int:
+    """Head width of the SDPA inputs with folded relative positions: D + H + W, rounded up."""
+    return -(-(head_dim + sum(size)) // AUGMENTED_WIDTH_MULTIPLE) * AUGMENTED_WIDTH_MULTIPLE
+
+
+def _key_extension(size: tuple[int, int], extra: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(H*W, extra): key k's row one-hot in columns [0, H), its column one-hot in [H, H + W), then zeros."""
+    height, width = size
+    extension = torch.zeros(height, width, extra, dtype=dtype, device=device)
+    extension[..., :height] = torch.eye(height, dtype=dtype, device=device)[:, None, :]
+    extension[..., height : height + width] = torch.eye(width, dtype=dtype, device=device)
+    return extension.view(height * width, extra)
+
+
+# Reference form: out of place ---------------------------------------------------------------------
+def eager_attention_with_rel_pos(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
     *,
     scale: float,
-    rel_h: torch.Tensor,
-    rel_w: torch.Tensor,
+    rel_h: torch.Tensor | None,
+    rel_w: torch.Tensor | None,
     size: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Explicit softmax attention over a (H, W) grid, Meta's formula.
+
+    query/key/value (..., L, D) with L = H*W; rel_h (..., L, H), rel_w (..., L, W) from `decomposed_rel_pos`.
+    Returns the output (..., L, D) and the weights (..., L, L).
+    """
+    height, width = size
+    logits = (query * scale) @ key.transpose(-2, -1)  # (..., L, L)
+    if rel_h is not None:
+        grid_logits = logits.unflatten(-1, (height, width)) + rel_h[..., :, :, None] + rel_w[..., :, None, :]  # (..., L, H, W)
+        logits = grid_logits.flatten(-2)  # (..., L, L)
+    weights = torch.softmax(logits, dim=-1)
+    return weights @ value, weights
+
+
+def grid_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    *,
+    scale: float,
+    size: tuple[int, int],
+    rel_pos_h: torch.Tensor | None,
+    rel_pos_w: torch.Tensor | None,
     implementation: str = "sdpa",
     output_attentions: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Attention over a (H, W) grid with decomposed relative positions.
-
-    query/key/value (B, L, D) with L = H*W; rel_h (B, L, H), rel_w (B, L, W) from `decomposed_rel_pos`.
-    """
-    height, width = size
-    if implementation == "sdpa" and not output_attentions:
-        batch, length, dim = query.shape
-        key_rows = torch.eye(height, device=key.device, dtype=key.dtype).repeat_interleave(width, dim=0)  # (L, H)
-        key_cols = torch.eye(width, device=key.device, dtype=key.dtype).repeat(height, 1)  # (L, W)
-        key_extra = torch.cat([key_rows, key_cols], dim=-1)  # (L, H + W): key k is in row k // W, column k % W
-        query_aug = torch.cat([query, rel_h / scale, rel_w / scale], dim=-1)  # (B, L, D + H + W)
-        key_aug = torch.cat([key, key_extra.expand(batch, -1, -1)], dim=-1)  # (B, L, D + H + W)
-        value_aug = F.pad(value, (0, height + width))  # (B, L, D + H + W): SDPA wants one head width
-        out = F.scaled_dot_product_attention(query_aug, key_aug, value_aug, scale=scale)
-        return out[..., :dim], None
+    """Attention within (H, W) grids of tokens (windows or whole images), relative positions when the
+    tables are given. query/key/value (B', heads, H*W, D) -> output (B', heads, H*W, D) and, with
+    `output_attentions`, the weights (B', heads, H*W, H*W)."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"attn_implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
-    batch, length, _ = query.shape
-    logits = (query * scale) @ key.transpose(-2, -1)  # (B, L, L)
-    logits = logits.view(batch, length, height, width) + rel_h[:, :, :, None] + rel_w[:, :, None, :]
-    weights = torch.softmax(logits.view(batch, length, length), dim=-1)
-    return weights @ value, (weights if output_attentions else None)
+    if implementation == "eager" or output_attentions:
+        rel_h = rel_w = None
+        if rel_pos_h is not None:
+            rel_h, rel_w = decomposed_rel_pos(query, rel_pos_h, rel_pos_w, size)
+        out, weights = eager_attention_with_rel_pos(query, key, value, scale=scale, rel_h=rel_h, rel_w=rel_w, size=size)
+        return out, (weights if output_attentions else None)
+    if rel_pos_h is None:
+        return F.scaled_dot_product_attention(query, key, value, scale=scale), None
+    head_dim, width_aug = query.shape[-1], augmented_width(query.shape[-1], size)
+    rel_h, rel_w = decomposed_rel_pos(query, rel_pos_h, rel_pos_w, size)
+    padding = query.new_zeros(*query.shape[:-1], width_aug - head_dim - sum(size))
+    query = torch.cat([query, rel_h / scale, rel_w / scale, padding], dim=-1)  # (B', heads, L, D')
+    extension = _key_extension(size, width_aug - head_dim, dtype=key.dtype, device=key.device)
+    key = torch.cat([key, extension.expand(*key.shape[:-1], -1)], dim=-1)  # (B', heads, L, D')
+    value = F.pad(value, (0, width_aug - head_dim))  # (B', heads, L, D')
+    return F.scaled_dot_product_attention(query, key, value, scale=scale)[..., :head_dim], None
+
+
+# Inference form: SDPA inputs in the workspace --------------------------------------------------------
+def augmented_buffers(
+    batch: int, heads: int, head_dim: int, size: tuple[int, int], *, rel_pos: bool, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """Query, key, value stacked (3, B', heads, H*W, D') in the thread's workspace, for code where
+    autograd records nothing (one tensor, so one copy fills all three). D' = `augmented_width` with
+    relative positions, else D. The key's one-hot columns and all zero padding are written once;
+    callers write the first D columns and `write_rel_pos_columns`."""
+    width_aug = augmented_width(head_dim, size) if rel_pos else head_dim
+    shape = (batch, heads, math.prod(size), width_aug)
+    kwargs = dict(dtype=dtype, device=device)
+
+    def init(stacked: torch.Tensor) -> None:  # (3, B', heads, L, D'): zeros, then the key's one-hots
+        stacked.zero_()
+        if rel_pos:
+            stacked[1, ..., head_dim:] = _key_extension(size, width_aug - head_dim, **kwargs)
+
+    tag = f"attention_qkv/{head_dim}/{size if rel_pos else 'plain'}"  # what init wrote is part of the key
+    return workspace(tag, (3, *shape), **kwargs, init=init)
+
+
+def rel_pos_terms(
+    query: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, *, size: tuple[int, int], head_dim: int, factor: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Meta's decomposed relative-position terms times `factor`, from the first `head_dim` columns of
+    query (B', heads, H*W, D') -> rel_h (B', heads, H, W, H), rel_w (B', heads, H, W, W), strided views.
+
+    Meta's table[y, k] = P[y - k + H - 1] (equal query and key grids), so with P flipped every term is
+    one product of q with the flipped tables, U = q @ [flip(P_h), flip(P_w)]^T, read at a sliding
+    offset: rel_h[y, x, k] = U[y, x, H - 1 - y + k] and rel_w[y, x, k] = U[y, x, 2H - 1 + W - 1 - x + k].
+    One matmul, no per-row batching, no copy of q.
+    """
+    height, width = size
+    tables = torch.cat([resized_rel_pos(2 * height - 1, rel_pos_h).flip(0), resized_rel_pos(2 * width - 1, rel_pos_w).flip(0)])
+    tables = (tables.float() * factor).to(query.dtype)  # (2H - 1 + 2W - 1, D)
+    batch, heads, extent = query.shape[0], query.shape[1], tables.shape[0]
+    rows = batch * heads * height * width
+    products = workspace("rel_pos_products", (rows, extent), dtype=query.dtype, device=query.device)
+    torch.mm(query[..., :head_dim].reshape(rows, head_dim), tables.t(), out=products)  # (B'*heads*L, E), q read in place
+    s_b, s_n, s_y, s_x = heads * height * width * extent, height * width * extent, width * extent, extent
+    base = products.storage_offset()
+    rel_h = products.as_strided((batch, heads, height, width, height), (s_b, s_n, s_y - 1, s_x, 1), base + height - 1)
+    rel_w = products.as_strided((batch, heads, height, width, width), (s_b, s_n, s_y, s_x - 1, 1), base + 2 * height + width - 2)
+    return rel_h, rel_w
+
+
+def write_rel_pos_columns(query: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, *, size: tuple[int, int], head_dim: int, scale: float) -> None:
+    """Write rel_h / s and rel_w / s into columns [D, D + H + W) of the query buffer (B', heads, H*W, D')."""
+    height, width = size
+    rel_h, rel_w = rel_pos_terms(query, rel_pos_h, rel_pos_w, size=size, head_dim=head_dim, factor=1 / scale)
+    columns = query.view(*query.shape[:2], height, width, query.shape[-1])  # (B', heads, H, W, D')
+    columns[..., head_dim : head_dim + height].copy_(rel_h)
+    columns[..., head_dim + height : head_dim + height + width].copy_(rel_w)
+
+
+MASK_CHUNK_BYTES = 64 * 2**20  # largest dense bias chunk of `sdpa_with_rel_pos_mask`
+
+
+def sdpa_with_rel_pos_mask(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, *, size: tuple[int, int], scale: float
+) -> torch.Tensor:
+    """SDPA with the relative positions as a dense bias, built per chunk of query rows in the workspace:
+    query/key/value (B', heads, H*W, D) -> (B', heads, H*W, D). Faster than the augmented form in fp32,
+    where the matmuls (not the softmax) dominate and the augmented width would triple them."""
+    height, width = size
+    batch, heads, length, head_dim = query.shape
+    rel_h, rel_w = rel_pos_terms(query, rel_pos_h, rel_pos_w, size=size, head_dim=head_dim, factor=1.0)
+    row_bytes = heads * width * length * query.element_size()  # bias of one query row of one grid
+    rows = max(1, min(height, MASK_CHUNK_BYTES // row_bytes))
+    grids = max(1, min(batch, MASK_CHUNK_BYTES // (row_bytes * height))) if rows == height else 1
+    kwargs = dict(dtype=query.dtype, device=query.device)
+    out = workspace("rel_pos_mask_out", query.shape, **kwargs)
+    chunk = workspace("rel_pos_mask", (grids, heads, rows, width, height, width), **kwargs)
+    for b in range(0, batch, grids):
+        count = min(grids, batch - b)
+        for y in range(0, height, rows):
+            span = min(rows, height - y)
+            mask = chunk[:count, :, :span]  # (grids, heads, rows, W, H, W)
+            torch.add(rel_h[b : b + count, :, y : y + span, :, :, None], rel_w[b : b + count, :, y : y + span, :, None, :], out=mask)
+            tokens = slice(y * width, (y + span) * width)
+            out[b : b + count, :, tokens] = F.scaled_dot_product_attention(
+                query[b : b + count, :, tokens], key[b : b + count], value[b : b + count],
+                attn_mask=mask.view(count, heads, span * width, length), scale=scale,
+            )
+    return out
+
+
+def sdpa_on_buffers(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, scale: float, head_dim: int) -> torch.Tensor:
+    """SDPA over `augmented_buffers` -> (B', heads, L, D), a strided view of a fresh tensor."""
+    return F.scaled_dot_product_attention(query, key, value, scale=scale)[..., :head_dim]

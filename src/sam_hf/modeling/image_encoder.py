@@ -1,5 +1,11 @@
 """The ViT image encoder: patch embedding, windowed and global blocks with decomposed relative
-positions, absolute position embedding, and the neck that projects to the prompt dimension."""
+positions, absolute position embedding, and the neck that projects to the prompt dimension.
+
+Speed on CPU (see benchmarks/): window partitioning is fused into the head split of the qkv output and
+the output projection runs on real tokens only; SDPA folds in the relative positions (attention.py);
+when autograd records nothing the residual adds are in place, the MLP runs over chunks of tokens and
+the large temporaries live in the thread's workspace (layers.py), so no large block is allocated per call.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..configuration import SamHfVisionConfig
-from .attention import attention_with_rel_pos, decomposed_rel_pos
-from .layers import SamHfLayerNorm2d, SamHfMLPBlock
+from .attention import augmented_buffers, grid_attention, sdpa_on_buffers, sdpa_with_rel_pos_mask, write_rel_pos_columns
+from .layers import SamHfLayerNorm2d, SamHfMLPBlock, linear_add, linear_into, workspace
+
+# Largest (tokens, mlp_dim) MLP temporary when autograd records nothing: below glibc's 32 MB mmap limit,
+# so that the allocator recycles it instead of page-faulting fresh memory on every call.
+MLP_CHUNK_BYTES = 24 * 2**20
+
+
+def mlp_chunk_tokens(mlp_dim: int, element_size: int) -> int:
+    """Tokens per MLP chunk: a power of two (full-speed matmul shapes), at least 256."""
+    tokens = max(256, MLP_CHUNK_BYTES // (mlp_dim * element_size))
+    return 1 << (tokens.bit_length() - 1)
 
 
 class SamHfPatchEmbeddings(nn.Module):
@@ -21,14 +37,37 @@ class SamHfPatchEmbeddings(nn.Module):
         return self.projection(pixel_values).permute(0, 2, 3, 1)  # (B, g, g, C)
 
 
-class SamHfVisionAttention(nn.Module):
-    """Multi-head self-attention over a (H, W) grid of tokens with decomposed relative positions."""
+def _window_blocks(size: int, window: int) -> list[tuple[slice, slice, slice]]:
+    """Split a grid axis into its whole windows and the partial last one: (grid rows, window indexes,
+    rows within the window) for each part."""
+    whole, rest = divmod(size, window)
+    blocks = [(slice(0, whole * window), slice(0, whole), slice(0, window))] if whole else []
+    if rest:
+        blocks.append((slice(whole * window, size), slice(whole, whole + 1), slice(0, rest)))
+    return blocks
 
-    def __init__(self, config: SamHfVisionConfig, *, input_size: int) -> None:
+
+def copy_windows(grid: torch.Tensor, windows: torch.Tensor, window: tuple[int, int], *, to_windows: bool) -> None:
+    """Copy between grid (B, H, W, *rest) and windows (B, nH, wh, nW, ww, *rest) (any strides) without
+    materialising the padded grid; the padding positions of `windows` are left untouched."""
+    for rows, window_rows, inner_rows in _window_blocks(grid.shape[1], window[0]):
+        for cols, window_cols, inner_cols in _window_blocks(grid.shape[2], window[1]):
+            part = grid[:, rows, cols]  # (B, n_y * r_y, n_x * r_x, *rest)
+            part = part.unflatten(1, (window_rows.stop - window_rows.start, -1)).unflatten(3, (window_cols.stop - window_cols.start, -1))
+            target = windows[:, window_rows, inner_rows, window_cols, inner_cols]  # (B, n_y, r_y, n_x, r_x, *rest)
+            (target.copy_(part) if to_windows else part.copy_(target))
+
+
+class SamHfVisionAttention(nn.Module):
+    """Multi-head self-attention with decomposed relative positions over a (H, W) grid of tokens,
+    within `window_size` x `window_size` windows (zero-padded as Meta does) or over the whole grid (0)."""
+
+    def __init__(self, config: SamHfVisionConfig, *, input_size: int, window_size: int = 0) -> None:
         super().__init__()
         self.num_heads = config.num_attention_heads
         head_dim = config.hidden_size // config.num_attention_heads
         self.scale = head_dim**-0.5
+        self.window_size = window_size
         self.qkv = nn.Linear(config.hidden_size, config.hidden_size * 3, bias=config.qkv_bias)
         self.proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.use_rel_pos = config.use_rel_pos
@@ -37,47 +76,73 @@ class SamHfVisionAttention(nn.Module):
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size - 1, head_dim))
         self.config = config
 
-    def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False, *, residual: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """hidden_states (B, H, W, C) normed -> (B, H, W, C) projected (plus `residual` if given),
+        weights (B * windows, heads, L, L) with `output_attentions`, else None."""
+        window = (self.window_size,) * 2 if self.window_size > 0 else tuple(hidden_states.shape[1:3])
+        implementation = self.config._attn_implementation or "sdpa"
+        records = torch.is_grad_enabled() and (hidden_states.requires_grad or self.qkv.weight.requires_grad)
+        if implementation != "sdpa" or output_attentions or records:
+            out, weights = self._reference_attention(hidden_states, window, implementation, output_attentions)
+            out = self.proj(out)
+            return (out if residual is None else out + residual), weights
+        out = self._fast_attention(hidden_states, window)
+        return (self.proj(out) if residual is None else linear_add(out, self.proj, residual)), None
+
+    def _reference_attention(
+        self, hidden_states: torch.Tensor, window: tuple[int, int], implementation: str, output_attentions: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Meta's steps, out of place (autograd-safe): pad, qkv, partition, attend, unpartition, crop."""
         batch, height, width, channels = hidden_states.shape
-        length = height * width
-        qkv = self.qkv(hidden_states).reshape(batch, length, 3, self.num_heads, -1)  # (B, L, 3, h, D)
-        qkv = qkv.permute(2, 0, 3, 1, 4).reshape(3, batch * self.num_heads, length, -1)  # (3, B*h, L, D)
-        query, key, value = qkv.unbind(0)
-        if self.use_rel_pos:
-            rel_h, rel_w = decomposed_rel_pos(query, self.rel_pos_h, self.rel_pos_w, (height, width))
+        heads, head_dim = self.num_heads, channels // self.num_heads
+        pad_h, pad_w = -height % window[0], -width % window[1]
+        hidden_states = F.pad(hidden_states, (0, 0, 0, pad_w, 0, pad_h))  # (B, Hp, Wp, C), zero tokens
+        n_h, n_w = (height + pad_h) // window[0], (width + pad_w) // window[1]
+        qkv = self.qkv(hidden_states).view(batch, n_h, window[0], n_w, window[1], 3, heads, head_dim)
+        qkv = qkv.permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(3, batch * n_h * n_w, heads, window[0] * window[1], head_dim)
+        out, weights = grid_attention(
+            *qkv.unbind(0), scale=self.scale, size=window, implementation=implementation, output_attentions=output_attentions,
+            rel_pos_h=self.rel_pos_h if self.use_rel_pos else None, rel_pos_w=self.rel_pos_w if self.use_rel_pos else None,
+        )  # (B * nW, heads, L, D)
+        # (B, nH, nW, heads, wh, ww, D) -> (B, nH, wh, nW, ww, heads, D) -> (B, Hp, Wp, C) -> crop
+        out = out.view(batch, n_h, n_w, heads, window[0], window[1], head_dim).permute(0, 1, 4, 2, 5, 3, 6)
+        out = out.reshape(batch, n_h * window[0], n_w * window[1], channels)[:, :height, :width]
+        return out, weights
+
+    def _fast_attention(self, hidden_states: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+        """The same result for inference: qkv of the real tokens only, written straight into the windows of
+        the workspace SDPA inputs (a padded token's qkv is the bias), output gathered back to the grid."""
+        batch, height, width, channels = hidden_states.shape
+        heads, head_dim = self.num_heads, channels // self.num_heads
+        kwargs = dict(dtype=hidden_states.dtype, device=hidden_states.device)
+        qkv = workspace("vit_qkv", (batch, height, width, 3 * channels), **kwargs)
+        linear_into(hidden_states.contiguous(), self.qkv, qkv)  # (B, H, W, 3C)
+        n_h, n_w = -(-height // window[0]), -(-width // window[1])
+        # relative positions folded into SDPA's query/key (bf16: softmax-bound) or as a dense bias built
+        # chunk by chunk (fp32: matmul-bound, where the wider heads would cost more)
+        as_mask = self.use_rel_pos and hidden_states.dtype in (torch.float32, torch.float64)
+        fold = self.use_rel_pos and not as_mask
+        buffers = augmented_buffers(batch * n_h * n_w, heads, head_dim, window, rel_pos=fold, **kwargs)
+        bias = self.qkv.bias.view(3, heads, head_dim) if self.qkv.bias is not None else hidden_states.new_zeros(3, heads, head_dim)
+        # (3, B * nW, heads, L, D') -> (B, nH, wh, nW, ww, 3, heads, D): windows in grid order
+        windows = buffers.view(3, batch, n_h, n_w, heads, *window, -1).permute(1, 2, 5, 3, 6, 0, 4, 7)[..., :head_dim]
+        if n_h * window[0] != height:
+            windows[:, -1, height - (n_h - 1) * window[0] :] = bias
+        if n_w * window[1] != width:
+            windows[:, :, :, -1, width - (n_w - 1) * window[1] :] = bias
+        copy_windows(qkv.view(batch, height, width, 3, heads, head_dim), windows, window, to_windows=True)
+        if as_mask:
+            out = sdpa_with_rel_pos_mask(*buffers, self.rel_pos_h, self.rel_pos_w, size=window, scale=self.scale)
         else:
-            rel_h = query.new_zeros(batch * self.num_heads, length, height)
-            rel_w = query.new_zeros(batch * self.num_heads, length, width)
-        out, weights = attention_with_rel_pos(
-            query, key, value, scale=self.scale, rel_h=rel_h, rel_w=rel_w, size=(height, width),
-            implementation=self.config._attn_implementation or "sdpa", output_attentions=output_attentions,
-        )
-        out = out.view(batch, self.num_heads, height, width, -1).permute(0, 2, 3, 1, 4).reshape(batch, height, width, channels)
-        if weights is not None:
-            weights = weights.view(batch, self.num_heads, length, length)
-        return self.proj(out), weights
-
-
-def window_partition(hidden_states: torch.Tensor, window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """(B, H, W, C) -> (B * nW, ws, ws, C), zero-padding H and W up to multiples of the window, as Meta."""
-    batch, height, width, channels = hidden_states.shape
-    pad_h = (window_size - height % window_size) % window_size
-    pad_w = (window_size - width % window_size) % window_size
-    hidden_states = F.pad(hidden_states, (0, 0, 0, pad_w, 0, pad_h))
-    padded_h, padded_w = height + pad_h, width + pad_w
-    hidden_states = hidden_states.view(batch, padded_h // window_size, window_size, padded_w // window_size, window_size, channels)
-    windows = hidden_states.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, channels)
-    return windows, (padded_h, padded_w)
-
-
-def window_unpartition(windows: torch.Tensor, window_size: int, padded: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
-    """(B * nW, ws, ws, C) -> (B, H, W, C), dropping the padding."""
-    padded_h, padded_w = padded
-    height, width = size
-    batch = windows.shape[0] // (padded_h * padded_w // window_size // window_size)
-    hidden_states = windows.view(batch, padded_h // window_size, padded_w // window_size, window_size, window_size, -1)
-    hidden_states = hidden_states.permute(0, 1, 3, 2, 4, 5).reshape(batch, padded_h, padded_w, -1)
-    return hidden_states[:, :height, :width, :].contiguous()
+            if fold:
+                write_rel_pos_columns(buffers[0], self.rel_pos_h, self.rel_pos_w, size=window, head_dim=head_dim, scale=self.scale)
+            out = sdpa_on_buffers(*buffers, scale=self.scale, head_dim=head_dim)  # (B * nW, heads, L, D)
+        out = out.view(batch, n_h, n_w, heads, *window, head_dim).permute(0, 1, 4, 2, 5, 3, 6)  # (B, nH, wh, nW, ww, heads, D)
+        grid = workspace("vit_attention_out", (batch, height, width, channels), **kwargs)
+        copy_windows(grid.view(batch, height, width, heads, head_dim), out, window, to_windows=False)
+        return grid  # (B, H, W, C)
 
 
 class SamHfVisionLayer(nn.Module):
@@ -87,21 +152,21 @@ class SamHfVisionLayer(nn.Module):
         super().__init__()
         self.window_size = window_size
         self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.attn = SamHfVisionAttention(config, input_size=window_size if window_size > 0 else config.grid_size)
+        input_size = window_size if window_size > 0 else config.grid_size
+        self.attn = SamHfVisionAttention(config, input_size=input_size, window_size=window_size)
         self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = SamHfMLPBlock(hidden_size=config.hidden_size, mlp_dim=config.mlp_dim, hidden_act=config.hidden_act)
 
     def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        residual = hidden_states  # (B, g, g, C)
-        hidden_states = self.layer_norm1(hidden_states)
-        if self.window_size > 0:
-            size = hidden_states.shape[1:3]
-            hidden_states, padded = window_partition(hidden_states, self.window_size)  # (B*nW, ws, ws, C)
-        hidden_states, weights = self.attn(hidden_states, output_attentions=output_attentions)
-        if self.window_size > 0:
-            hidden_states = window_unpartition(hidden_states, self.window_size, padded, size)  # (B, g, g, C)
-        hidden_states = residual + hidden_states
-        hidden_states = hidden_states + self.mlp(self.layer_norm2(hidden_states))
+        """(B, g, g, C) -> (B, g, g, C), a new tensor (the input is never modified)."""
+        normed = self.layer_norm1(hidden_states)
+        hidden_states, weights = self.attn(normed, output_attentions=output_attentions, residual=hidden_states)
+        tokens = hidden_states.view(-1, hidden_states.shape[-1])  # (B*g*g, C), a fresh tensor
+        chunk = mlp_chunk_tokens(self.mlp.lin1.out_features, hidden_states.element_size())
+        if hidden_states.requires_grad or tokens.shape[0] <= chunk:  # autograd records: nothing in place
+            return self.mlp.residual_forward(self.layer_norm2(hidden_states), hidden_states), weights
+        for part in tokens.split(chunk):  # (chunk, C) views, updated in place
+            part.copy_(self.mlp.residual_forward(self.layer_norm2(part), part))
         return hidden_states, weights
 
 
@@ -114,8 +179,9 @@ class SamHfVisionNeck(nn.Module):
         self.layer_norm2 = SamHfLayerNorm2d(config.output_channels, eps=config.layer_norm_eps)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = hidden_states.permute(0, 3, 1, 2)  # (B, C, g, g)
-        return self.layer_norm2(self.conv2(self.layer_norm1(self.conv1(hidden_states))))
+        hidden_states = hidden_states.permute(0, 3, 1, 2)  # (B, C, g, g), channels-last strides: no copy
+        hidden_states = self.layer_norm2(self.conv2(self.layer_norm1(self.conv1(hidden_states))))
+        return hidden_states.contiguous()  # (B, C_out, g, g)
 
 
 class SamHfVisionEncoder(nn.Module):
@@ -137,9 +203,11 @@ class SamHfVisionEncoder(nn.Module):
         self, pixel_values: torch.Tensor, *, output_hidden_states: bool = False, output_attentions: bool = False
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
         """pixel_values (B, 3, S, S) -> embeddings (B, C_out, g, g), hidden states, attentions."""
-        hidden_states = self.patch_embed(pixel_values)  # (B, g, g, C)
+        hidden_states = self.patch_embed(pixel_values)  # (B, g, g, C), a permuted view
         if self.pos_embed is not None:
             hidden_states = hidden_states + self.pos_embed
+        else:
+            hidden_states = hidden_states.contiguous()
         all_hidden = (hidden_states,) if output_hidden_states else None
         all_attn = () if output_attentions else None
         for layer in self.layers:

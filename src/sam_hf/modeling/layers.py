@@ -1,13 +1,105 @@
-"""Small reusable layers: the MLPs, channels-first LayerNorm and the random Fourier position encoding."""
+"""Small reusable layers: the MLPs, channels-first LayerNorm, the random Fourier position encoding, and
+the per-thread workspace that keeps large temporaries between calls when autograd records nothing."""
 
 from __future__ import annotations
 
 import math
+import threading
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
+
+
+_WORKSPACE = threading.local()
+_WORKSPACE_ENTRIES = 16
+
+
+def workspace(
+    tag: str, shape: tuple[int, ...], *, dtype: torch.dtype, device: torch.device, init: Callable[[torch.Tensor], None] | None = None
+) -> torch.Tensor:
+    """A tensor of this thread for temporaries, created once per (tag, shape, dtype, device) and returned
+    again on later calls (uninitialised, or as `init` left it the first time: callers rewrite what varies).
+
+    Reusing memory avoids the page faults that a fresh large allocation costs on every call with glibc.
+    Only for code where autograd records nothing; `clear_workspace()` releases it.
+    """
+    entries = getattr(_WORKSPACE, "entries", None)
+    if entries is None:
+        entries = _WORKSPACE.entries = {}
+    key = (tag, tuple(shape), dtype, str(device), torch.is_inference_mode_enabled())
+    tensor = entries.get(key)
+    if tensor is None:
+        while len(entries) >= _WORKSPACE_ENTRIES:
+            entries.pop(next(iter(entries)))
+        tensor = torch.empty(shape, dtype=dtype, device=device)
+        if init is not None:
+            init(tensor)
+        entries[key] = tensor
+    return tensor
+
+
+def clear_workspace() -> None:
+    """Release the temporaries this thread keeps (see `workspace`)."""
+    _WORKSPACE.entries = {}
+
+
+# oneDNN's fused CPU kernels (the ones torch.compile uses): linear + activation and linear + residual
+# add in one pass over the output. Used where autograd records nothing, on CPU fp32/bf16, when present.
+_ONEDNN_ACTIVATIONS = {"gelu": ("gelu", "none"), "relu": ("relu", ""), "silu": ("swish", "")}
+
+
+def _onednn_linear():
+    try:
+        return torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available() else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_FUSED_LINEAR = _onednn_linear()
+_FUSED_LINEAR_WORKS: dict[torch.dtype, bool] = {}
+
+
+def _probe(dtype: torch.dtype) -> bool:
+    """Whether the fused kernels run and agree with F.linear for this dtype (bf16 needs CPU support)."""
+    try:
+        inputs, weight, bias = torch.randn(4, 8), torch.randn(16, 8), torch.randn(16)
+        expected = F.linear(inputs.to(dtype), weight.to(dtype), bias.to(dtype)).float()
+        fused = _FUSED_LINEAR(inputs.to(dtype), weight.to(dtype), bias.to(dtype), "none", [], "").float()
+        added = _FUSED_LINEAR.binary(inputs.to(dtype), expected.to(dtype), weight.to(dtype), bias.to(dtype), "add").float()
+        return torch.allclose(fused, expected, rtol=1e-2, atol=1e-2) and torch.allclose(added, 2 * expected, rtol=1e-2, atol=2e-2)
+    except (RuntimeError, NotImplementedError):
+        return False
+
+
+def fused_linear_available(tensor: torch.Tensor) -> bool:
+    """True where oneDNN's fused linear kernels serve this tensor: CPU, fp32 or bf16, probed once per dtype."""
+    if _FUSED_LINEAR is None or tensor.device.type != "cpu" or tensor.dtype not in (torch.float32, torch.bfloat16):
+        return False
+    if tensor.dtype not in _FUSED_LINEAR_WORKS:
+        with torch.inference_mode():
+            _FUSED_LINEAR_WORKS[tensor.dtype] = _probe(tensor.dtype)
+    return _FUSED_LINEAR_WORKS[tensor.dtype]
+
+
+def linear_add(hidden_states: torch.Tensor, linear: nn.Linear, residual: torch.Tensor) -> torch.Tensor:
+    """residual + linear(hidden_states) as a new tensor (one fused kernel on CPU)."""
+    recording = torch.is_grad_enabled() and (hidden_states.requires_grad or linear.weight.requires_grad or residual.requires_grad)
+    if fused_linear_available(hidden_states) and not recording:
+        return _FUSED_LINEAR.binary(hidden_states, residual, linear.weight, linear.bias, "add")
+    return linear(hidden_states).add_(residual)
+
+
+def linear_into(hidden_states: torch.Tensor, linear: nn.Linear, out: torch.Tensor) -> torch.Tensor:
+    """linear(hidden_states (..., in)) written into `out` (..., out_features), both contiguous."""
+    flat_in, flat_out = hidden_states.view(-1, linear.in_features), out.view(-1, linear.out_features)
+    if linear.bias is None:
+        torch.mm(flat_in, linear.weight.t(), out=flat_out)
+    else:
+        torch.addmm(linear.bias, flat_in, linear.weight.t(), out=flat_out)
+    return out
 
 
 class SamHfMLPBlock(nn.Module):
@@ -18,9 +110,18 @@ class SamHfMLPBlock(nn.Module):
         self.lin1 = nn.Linear(hidden_size, mlp_dim)
         self.lin2 = nn.Linear(mlp_dim, hidden_size)
         self.act = ACT2FN[hidden_act]
+        self.hidden_act = hidden_act
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.lin2(self.act(self.lin1(hidden_states)))
+
+    def residual_forward(self, hidden_states: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """residual + MLP(hidden_states) as a new tensor; fused kernels where autograd records nothing."""
+        fused = _ONEDNN_ACTIVATIONS.get(self.hidden_act)
+        if fused is None or not fused_linear_available(hidden_states) or torch.is_grad_enabled() and self.lin1.weight.requires_grad:
+            return residual + self.forward(hidden_states)
+        inner = _FUSED_LINEAR(hidden_states, self.lin1.weight, self.lin1.bias, fused[0], [], fused[1])  # (..., mlp_dim)
+        return linear_add(inner, self.lin2, residual)
 
 
 class SamHfFeedForward(nn.Module):

@@ -1,0 +1,178 @@
+"""Shared pieces of the benchmarks: same-weights models for sam_hf, transformers' SamModel and Meta's
+segment_anything, timing, peak memory, the machine's matmul peak, and table printing.
+
+Weights are random (seeded), with non-zero relative-position tables and absolute position embedding,
+written once per dtype with `torch.save`; every implementation loads that same file with
+`load_state_dict(assign=True)` into a model built on the meta device, so a process holds one copy of
+the weights in the measured dtype and nothing else.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+IMPLS = ("sam_hf", "transformers", "meta")
+HERE = os.path.dirname(os.path.abspath(__file__))
+STUBS = os.path.join(HERE, "..", "tests", "_stubs")
+
+
+def import_segment_anything() -> bool:
+    """Import Meta's package; without torchvision, with the tests' stand-in on sys.path only meanwhile
+    (transformers settles its own torchvision check first and never sees the stand-in)."""
+    if "segment_anything.modeling" in sys.modules:
+        return True
+    if importlib.util.find_spec("segment_anything") is None:
+        return False
+    if importlib.util.find_spec("torchvision") is None:
+        import transformers.image_utils  # noqa: F401
+        import transformers.modeling_utils  # noqa: F401
+
+        sys.path.insert(0, STUBS)
+        try:
+            importlib.import_module("segment_anything.modeling")
+        finally:
+            sys.path.remove(STUBS)
+            for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+                del sys.modules[name]
+    else:
+        importlib.import_module("segment_anything.modeling")
+    return True
+
+
+def write_weights(variant: str, dtypes: list[str], folder: str, seed: int = 0) -> dict[str, str]:
+    """A seeded sam_hf state dict (rel-pos tables and pos-embed non-zero) saved once per dtype."""
+    from sam_hf import SamHfModel, config_for_variant
+
+    torch.manual_seed(seed)
+    model = SamHfModel(config_for_variant(variant)).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "rel_pos" in name or "pos_embed" in name:
+                param.normal_(std=0.1)
+    paths = {}
+    for dtype in dtypes:
+        paths[dtype] = os.path.join(folder, f"{variant}_{dtype}.pt")
+        torch.save({k: v.to(DTYPES[dtype]) for k, v in model.state_dict().items()}, paths[dtype])
+    return paths
+
+
+def load_model(impl: str, variant: str, path: str) -> torch.nn.Module:
+    """One implementation with the saved weights, in their dtype, in eval mode (SDPA where offered)."""
+    from sam_hf import SamHfModel, config_for_variant
+
+    config = config_for_variant(variant)
+    state = torch.load(path, weights_only=True)
+    with torch.device("meta"):
+        if impl == "sam_hf":
+            model = SamHfModel(config)
+        elif impl == "transformers":
+            from transformers import SamModel
+
+            sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+            from references import transformers_config
+
+            model = SamModel(transformers_config(config))
+            state["prompt_encoder.shared_embedding.positional_embedding"] = state["shared_image_embedding.positional_embedding"]
+        elif impl == "meta":
+            if not import_segment_anything():
+                raise RuntimeError("segment_anything is not installed")
+            from sam_hf.checkpoints import convert_to_meta_state_dict
+            from sam_hf.meta_reference import build_meta_sam
+
+            model = build_meta_sam(config)
+            state = convert_to_meta_state_dict(state)
+        else:
+            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    model.load_state_dict(state, strict=impl != "meta", assign=True)
+    if impl == "meta":  # Meta's pixel_mean/pixel_std are not saved (unused here): give them real storage
+        for name, buffer in list(model.named_buffers()):
+            if buffer.is_meta:
+                owner = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+                owner.register_buffer(name.rpartition(".")[2], torch.zeros(buffer.shape, dtype=buffer.dtype), persistent=False)
+    if impl == "transformers":
+        model.set_attn_implementation("sdpa")
+    return model.eval()
+
+
+def timed(fn, *, warmup: int, runs: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def interleaved(fns: dict, *, warmup: int, runs: int) -> dict[str, list[float]]:
+    """Time several functions round-robin, so that machine noise hits all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def matmul_peak(dtype: torch.dtype, size: int = 2048, runs: int = 5) -> float:
+    """GFLOP/s of a square torch.mm on this machine (best of `runs`)."""
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    out = torch.empty(size, size, dtype=dtype)
+    best = min(timed(lambda: torch.mm(a, b, out=out), warmup=2, runs=runs))
+    return 2 * size**3 / best / 1e9
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set of this process so far, in MB.
+
+    Linux's VmHWM where available: `ru_maxrss` of a child also counts the parent's peak, which it
+    inherits at exec, so it would report the benchmark driver's memory instead of the worker's.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / 1e6
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 1e6
+
+
+def run_worker(script: str, args: list[str], threads: int) -> dict:
+    """Run `script --worker ...` in a fresh process; it prints one JSON line last."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    done = subprocess.run([sys.executable, script, "--worker", *args], capture_output=True, text=True, env=env)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1][:120]}
+    return json.loads(lines[-1])
+
+
+def summary(times: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(times), "min": min(times)}
+
+
+def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    print(line(headers))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in rows:
+        print(line(row))

@@ -1,0 +1,106 @@
+"""Prompt encoder + mask decoder per prompt, prompts in batches: sam_hf vs transformers' SamModel vs
+Meta's segment_anything, same weights, same image embeddings and points, fp32 and bf16.
+
+    nice -n 10 python benchmarks/bench_decoder.py --batch 64 --runs 3
+
+One process, implementations timed round-robin (read the ratios). Each call decodes `--batch` one-point
+prompts on one image's embeddings with three masks per prompt (low-resolution logits, no upsampling to
+the image), which is the inner loop of segment-everything. See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import tempfile
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import DTYPES, IMPLS, interleaved, load_model, print_table, summary, write_weights  # noqa: E402
+
+GFLOP_PER_PROMPT = 3.5  # two-way transformer + upscaling on 64 x 64 image tokens, 2 x multiply-adds
+
+
+def decode(impl: str, model, embeddings: torch.Tensor, points: torch.Tensor, labels: torch.Tensor):
+    """-> low-resolution mask logits (P, 3, 4g, 4g) and IoU predictions (P, 3) for P one-point prompts."""
+    if impl == "meta":  # Meta's prompt encoder mixes fp32 coordinates with the weights' dtype: autocast
+        with torch.autocast("cpu", dtype=embeddings.dtype, enabled=embeddings.dtype != torch.float32):
+            sparse, dense = model.prompt_encoder(points=(points[0], labels[0]), boxes=None, masks=None)
+            masks, iou = model.mask_decoder(
+                image_embeddings=embeddings, image_pe=model.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True,
+            )
+        return masks, iou
+    out = model(image_embeddings=embeddings, input_points=points, input_labels=labels, multimask_output=True)
+    return out.pred_masks[0], out.iou_scores[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", default="vit_b", help="only sets the weights; the decoder is the same for all")
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
+    parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
+    parser.add_argument("--batch", type=int, default=64, help="prompts per call")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    folder = tempfile.mkdtemp(prefix="sam_hf_bench_")
+    paths = write_weights(args.variant, args.dtypes, folder)
+    from sam_hf import config_for_variant
+
+    config = config_for_variant(args.variant)
+    generator = torch.Generator().manual_seed(3)
+    grid, channels = config.prompt_encoder_config.image_embedding_size, config.prompt_encoder_config.hidden_size
+    embeddings = torch.randn(1, channels, grid, grid, generator=generator)
+    points = torch.rand(1, args.batch, 1, 2, generator=generator) * config.vision_config.image_size  # (B, P, N, 2)
+    labels = torch.ones(1, args.batch, 1, dtype=torch.long)
+    timings, masks = {}, {}
+    for dtype in args.dtypes:
+        models, fns = {}, {}
+        inputs = embeddings.to(DTYPES[dtype])
+        for impl in args.impls:
+            try:
+                models[impl] = load_model(impl, args.variant, paths[dtype])
+                with torch.inference_mode():
+                    masks[impl, dtype] = decode(impl, models[impl], inputs, points, labels)[0].float()
+                fns[impl] = lambda impl=impl: decode(impl, models[impl], inputs, points, labels)
+            except Exception as error:  # an implementation that cannot run this dtype is reported, not fatal
+                timings[impl, dtype] = f"failed: {type(error).__name__}: {str(error)[:80]}"
+        with torch.inference_mode():
+            for impl, times in interleaved(fns, warmup=max(0, args.warmup - 1), runs=args.runs).items():
+                timings[impl, dtype] = summary(times)
+        del models, fns
+        gc.collect()
+    for path in paths.values():
+        os.remove(path)
+    os.rmdir(folder)
+
+    print(f"\nPrompt encoder + mask decoder, {args.batch} one-point prompts per call, 3 masks each, {args.threads} threads, "
+          f"torch {torch.__version__}, median of {args.runs} calls after {args.warmup} warm-up\n")
+    reference = masks.get(("sam_hf", "fp32"))
+    rows = []
+    for dtype in args.dtypes:
+        for impl in args.impls:
+            entry = timings.get((impl, dtype))
+            if not isinstance(entry, dict):
+                rows.append([dtype, impl, entry or "-", "", "", "", "", ""])
+                continue
+            ratio = lambda other: (  # noqa: E731
+                f"{timings[other, dtype]['median'] / entry['median']:.2f}" if isinstance(timings.get((other, dtype)), dict) else "-"
+            )
+            per_prompt = entry["median"] / args.batch
+            diff = f"{(masks[impl, dtype] - reference).abs().max():.1e}" if reference is not None else "-"
+            rows.append([dtype, impl, f"{1e3 * per_prompt:.2f}", f"{1e3 * entry['min'] / args.batch:.2f}", ratio("transformers"),
+                         ratio("meta"), f"{GFLOP_PER_PROMPT / per_prompt:.0f}", diff])
+    print_table(["dtype", "implementation", "ms/prompt (median)", "ms/prompt (min)", "x vs transformers", "x vs Meta", "GFLOP/s",
+                 "mask logits max abs diff vs sam_hf fp32"], rows)
+
+
+if __name__ == "__main__":
+    main()
