@@ -66,6 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--model_name_or_path", help="a saved SamHf model folder or Hub id")
     model.add_argument("--config_variant", choices=["tiny", "vit_b", "vit_l", "vit_h"], help="train this preset from scratch")
     model.add_argument("--image_size", type=int, help="input side (custom config, or override of the variant)")
+    model.add_argument("--patch_size", type=int, help="patch side of the ViT (the embedding grid is image_size / patch_size)")
     model.add_argument("--vision_hidden_size", type=int)
     model.add_argument("--vision_layers", type=int)
     model.add_argument("--vision_heads", type=int)
@@ -74,6 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--prompt_dim", type=int, help="width of prompts, decoder and encoder output")
     model.add_argument("--decoder_mlp_dim", type=int)
     model.add_argument("--decoder_heads", type=int)
+    model.add_argument("--init", choices=["hf", "fan_in"], default="hf",
+                       help="from scratch: transformers' N(0, 0.02) (hf) or N(0, 1/fan_in) weights (fan_in; see init_from_scratch)")
     model.add_argument("--trainable", choices=sorted(TRAINABLE), help="default: decoder when fine-tuning, all from scratch")
     train = p.add_argument_group("training")
     train.add_argument("--output_dir", required=True)
@@ -93,6 +96,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--point_probability", type=float, default=0.5)
     train.add_argument("--max_refinement_rounds", type=int, default=4)
     train.add_argument("--focal_weight", type=float, default=20.0)
+    train.add_argument("--focal_alpha", type=float, default=0.25, help="focal foreground weight (< 0: none)")
+    train.add_argument("--focal_gamma", type=float, default=2.0, help="focal exponent (0 with alpha < 0: plain BCE)")
     train.add_argument("--dice_weight", type=float, default=1.0)
     train.add_argument("--iou_weight", type=float, default=1.0)
     train.add_argument("--logging_steps", type=int, default=10)
@@ -117,7 +122,9 @@ def build_config(args) -> SamHfConfig:
     vision = {k: v for k, v in dict(hidden_size=args.vision_hidden_size, num_hidden_layers=args.vision_layers,
                                     num_attention_heads=args.vision_heads, window_size=args.window_size,
                                     global_attn_indexes=args.global_attn_indexes).items() if v is not None}
-    if args.config_variant is not None and args.prompt_dim is None and args.decoder_mlp_dim is None:
+    if args.patch_size is not None:
+        vision["patch_size"] = args.patch_size
+    if args.config_variant is not None and args.prompt_dim is None and args.decoder_mlp_dim is None and args.patch_size is None:
         return config_for_variant(args.config_variant, image_size=args.image_size, **vision)
     base = config_for_variant(args.config_variant or "tiny")
     image_size = args.image_size or base.vision_config.image_size
@@ -127,8 +134,31 @@ def build_config(args) -> SamHfConfig:
         vision.pop("mlp_dim", None)  # derived again from the new width
     decoder = dict(base.mask_decoder_config.to_dict(), hidden_size=dim, iou_head_hidden_dim=dim)
     decoder.update({k: v for k, v in dict(mlp_dim=args.decoder_mlp_dim, num_attention_heads=args.decoder_heads).items() if v})
-    prompt = dict(base.prompt_encoder_config.to_dict(), hidden_size=dim, image_size=image_size)
+    prompt = dict(base.prompt_encoder_config.to_dict(), hidden_size=dim, image_size=image_size,
+                  patch_size=vision.get("patch_size", base.prompt_encoder_config.patch_size))
     return SamHfConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
+
+
+@torch.no_grad()
+def init_from_scratch(model: torch.nn.Module) -> None:
+    """Variance-preserving initialization for training from scratch: every Linear / Conv2d weight ~
+    N(0, 1 / fan_in) and every ConvTranspose2d (kernel = stride) ~ N(0, 1 / in_channels), biases 0.
+
+    transformers' default (N(0, 0.02) everywhere) suits wide pretrained-size models; in a narrow model the
+    mask logits, a product of several such layers (hypernetwork MLP x upscaled image features), start
+    near 1e-4, so sigmoid is 0.5 everywhere, the gradients vanish and training stalls or collapses to
+    background. Positional embeddings, LayerNorms and the learned prompt embeddings keep their init.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.ConvTranspose2d):
+            torch.nn.init.normal_(module.weight, std=module.in_channels ** -0.5)
+        elif isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            fan_in = module.weight[0].numel()
+            torch.nn.init.normal_(module.weight, std=fan_in ** -0.5)
+        else:
+            continue
+        if module.bias is not None:
+            module.bias.zero_()
 
 
 def load_data(args, accelerator):
@@ -190,6 +220,8 @@ def main(argv=None) -> None:
         processor = SamHfProcessor.from_pretrained(args.model_name_or_path)
     else:
         model = SamHfModel(build_config(args))
+        if args.init == "fan_in":
+            init_from_scratch(model)
         processor = SamHfProcessor(image_processor=SamHfImageProcessor(longest_edge=model.config.vision_config.image_size))
     trainable = args.trainable or ("decoder" if args.model_name_or_path else "all")
     for name, param in model.named_parameters():
@@ -230,7 +262,8 @@ def main(argv=None) -> None:
             start_epoch, skip_batches = step // steps_per_epoch, (step % steps_per_epoch) * args.gradient_accumulation_steps
             logger.info(f"resumed from {path} at step {step} (epoch {start_epoch}, skipping {skip_batches} batches)")
 
-    loss_fn = SamHfLoss(focal_weight=args.focal_weight, dice_weight=args.dice_weight, iou_weight=args.iou_weight)
+    loss_fn = SamHfLoss(focal_weight=args.focal_weight, dice_weight=args.dice_weight, iou_weight=args.iou_weight,
+                        focal_alpha=args.focal_alpha, focal_gamma=args.focal_gamma)
     simulation = PromptSimulationConfig(max_prompts=args.max_prompts_per_image, point_probability=args.point_probability,
                                         max_rounds=args.max_refinement_rounds)
     log_path = os.path.join(args.output_dir, "log.jsonl")
@@ -289,7 +322,7 @@ def main(argv=None) -> None:
             model_name=args.model_name or os.path.basename(os.path.abspath(args.output_dir)), config=unwrapped.config,
             command=command, metrics=metrics, base_model=args.model_name_or_path if args.model_name_or_path and not os.path.isdir(args.model_name_or_path) else None,
             dataset=args.dataset_name or ("synthetic shapes (sam_hf.training.build_synthetic_dataset)" if args.synthetic else args.dataset_path),
-            training_steps=step,
+            training_steps=step, loss=_describe_loss(args),
         )
         card.save(os.path.join(args.output_dir, "README.md"))
         if args.push_to_hub:
@@ -298,6 +331,18 @@ def main(argv=None) -> None:
             processor.push_to_hub(repo_id)
             card.push_to_hub(repo_id)
     accelerator.end_training()
+
+
+def _describe_loss(args) -> str:
+    """The loss of this run in words, for the model card."""
+    if args.focal_alpha < 0 and args.focal_gamma == 0:
+        pixel = "binary cross-entropy"
+    else:
+        pixel = f"focal (alpha {args.focal_alpha:g}, gamma {args.focal_gamma:g})"
+    if (args.focal_weight, args.dice_weight, args.iou_weight, args.focal_alpha, args.focal_gamma) == (20, 1, 1, 0.25, 2):
+        return "the SAM paper's loss (focal : dice = 20 : 1 plus MSE on the predicted IoU)"
+    return (f"{args.focal_weight:g} x {pixel} + {args.dice_weight:g} x dice on the mask logits plus "
+            f"{args.iou_weight:g} x MSE on the predicted IoU (the paper uses focal : dice = 20 : 1)")
 
 
 def _log(accelerator, record: dict, path: str) -> None:

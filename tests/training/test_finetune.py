@@ -87,3 +87,29 @@ def test_two_cpu_processes(tmp_path):
     evals = [r for r in log if "eval_instances" in r]
     assert len(evals) == 2 and evals[0]["eval_instances"] == evals[1]["eval_instances"] > 0
     assert os.path.exists(os.path.join(out, "model.safetensors"))
+
+
+def test_fan_in_init_gives_mask_logits_that_can_learn():
+    # transformers' N(0, 0.02) leaves a narrow model's mask logits near 1e-4 (no gradient reaches the mask
+    # path); --init fan_in must give logits of order one that depend on the prompt.
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("finetune_example", SCRIPT)
+    finetune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(finetune)
+    from sam_hf import SamHfModel
+
+    args = finetune.parse_args(["--synthetic", "4", "--output_dir", "unused", "--image_size", "128", "--patch_size", "8",
+                                "--vision_hidden_size", "32", "--vision_layers", "1", "--vision_heads", "2",
+                                "--global_attn_indexes", "0", "--prompt_dim", "32", "--init", "fan_in"])
+    assert args.init == "fan_in" and finetune.build_config(args).prompt_encoder_config.image_embedding_size == 16
+    torch.manual_seed(0)
+    model = SamHfModel(finetune.build_config(args)).eval()
+    boxes = torch.tensor([[[0.0, 0.0, 50.0, 50.0], [70.0, 70.0, 127.0, 127.0]]])
+    pixels = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        small = model(pixel_values=pixels, input_boxes=boxes, multimask_output=False).pred_masks[0, :, 0]
+        finetune.init_from_scratch(model)
+        fan_in = model(pixel_values=pixels, input_boxes=boxes, multimask_output=False).pred_masks[0, :, 0]
+    assert small.abs().mean() < 0.01
+    assert fan_in.abs().mean() > 0.05 and (fan_in[0] - fan_in[1]).abs().mean() > 0.05

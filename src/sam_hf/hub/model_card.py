@@ -60,14 +60,19 @@ def training_model_card(
     notes: str = "",
     repo_id: str | None = None,
     license: str = "apache-2.0",
+    loss: str | None = None,
 ) -> ModelCard:
-    """Card of a model trained or fine-tuned with `examples/finetune.py`."""
+    """Card of a model trained or fine-tuned with `examples/finetune.py`.
+
+    `loss` describes the loss actually used (default: the paper's, focal : dice = 20 : 1 plus IoU MSE).
+    """
     _check_text("model_name", model_name)
     _check_text("command", command)
     provenance = f"fine-tuned from `{base_model}`" if base_model else "trained from scratch"
     training = f"With `examples/finetune.py` (Accelerate) on {dataset or 'a custom dataset'}"
     training += f" for {training_steps} optimizer steps" if training_steps else ""
-    training += (": the SAM paper's loss (focal : dice = 20 : 1 plus MSE on the predicted IoU) and simulated "
+    loss = loss or "the SAM paper's loss (focal : dice = 20 : 1 plus MSE on the predicted IoU)"
+    training += (f": {loss} and simulated "
                  "interactive prompts (points, jittered boxes, corrective clicks with the previous logits fed back).")
     if notes:
         training += "\n\n" + notes

@@ -6,6 +6,7 @@ annotations need pycocotools. Both are imported only when used.
 
 from .annotations import decode_instance_masks, get_column
 from .data import SamHfSegmentationCollator
+from .evaluation import evaluate_amg_recall, evaluate_prompted, synthetic_images
 from .losses import SamHfLoss, SamHfLossOutput, dice_loss, sam_loss, sigmoid_focal_loss
 from .loop import PromptSimulationConfig, evaluate_batch, select_prompts, simulated_prompt_step
 from .metrics import MeanMetric, dice_score, mask_iou
@@ -35,7 +36,9 @@ __all__ = [
     "dice_loss",
     "dice_score",
     "error_points",
+    "evaluate_amg_recall",
     "evaluate_batch",
+    "evaluate_prompted",
     "get_column",
     "initial_prompts",
     "interior_points",
@@ -49,5 +52,6 @@ __all__ = [
     "select_prompts",
     "sigmoid_focal_loss",
     "simulated_prompt_step",
+    "synthetic_images",
     "valid_region",
 ]
