@@ -69,7 +69,7 @@ def main() -> None:
                 models[impl] = load_model(impl, args.variant, paths[dtype])
                 with torch.inference_mode():
                     masks[impl, dtype] = decode(impl, models[impl], inputs, points, labels)[0].float()
-                fns[impl] = lambda impl=impl: decode(impl, models[impl], inputs, points, labels)
+                fns[impl] = lambda impl=impl, model=models[impl]: decode(impl, model, inputs, points, labels)
             except Exception as error:  # an implementation that cannot run this dtype is reported, not fatal
                 timings[impl, dtype] = f"failed: {type(error).__name__}: {str(error)[:80]}"
         with torch.inference_mode():

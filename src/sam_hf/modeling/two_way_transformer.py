@@ -67,9 +67,9 @@ class SamHfAttention(nn.Module):
         out = out.transpose(2, 3).reshape(batch, prompts, length, self.internal_dim)  # (B, P, L, C')
         return self.out_proj(out), weights
 
-    def forward(self, query, key, value, key_mask=None, output_attentions=False, *, query_pe=None, key_pe=None):
-        q = self.heads(self.project(self.q_proj, query, query_pe))
-        k = self.heads(self.project(self.k_proj, key, key_pe))
+    def forward(self, query, key, value, key_mask=None, output_attentions=False):
+        """Plain attention among the few prompt tokens (the decoder's self-attention): (B, P, T, C) each."""
+        q, k = self.heads(self.q_proj(query)), self.heads(self.k_proj(key))
         return self.attend(q, k, self.heads(self.v_proj(value)), key_mask, output_attentions)
 
     def _block_diagonal(self, states: torch.Tensor) -> torch.Tensor:
