@@ -97,8 +97,9 @@ class SamHfMaskDecoder(nn.Module):
         # exact, and much faster on CPU than touching fresh half-gigabyte buffers (see _TEMPORARY_BUDGET).
         per_prompt = batch * grid * grid * channels * image.element_size()
         group = prompts if output_attentions else max(1, _TEMPORARY_BUDGET // per_prompt)
-        # prompt-independent projections of an image side shared by all prompts, computed once for all groups
-        cache = {} if image.shape[1] == 1 else None
+        # prompt-independent projections (of the positional encoding, and of an image side shared by all
+        # prompts), computed once for all groups
+        cache = {}
         results = [
             self._decode(tokens[:, i : i + group], None if token_mask is None else token_mask[:, i : i + group],
                          image if image.shape[1] == 1 else image[:, i : i + group], pe, mask_slice, output_attentions, cache)

@@ -44,14 +44,15 @@ class SamHfAttention(nn.Module):
         return F.linear(states, layer.weight) + F.linear(pe, layer.weight, layer.bias)
 
     def shared(self, cache: dict | None, name: str, layer: nn.Linear, image: torch.Tensor, pe: torch.Tensor | None = None):
-        """`project(layer, image, pe)`, computed once per decoder call when the image side is shared by all
-        prompts (P' = 1) and the prompts are decoded in groups; `cache` lives for one call."""
+        """`project(layer, image, pe)`, computed once per decoder call when the same image side (P' = 1) is
+        passed for every group of prompts; `cache` lives for one call and remembers which tensor it saw."""
         if cache is None or image.shape[1] != 1:
             return self.project(layer, image, pe)
         key = (id(self), name)
-        if key not in cache:
-            cache[key] = self.project(layer, image, pe)
-        return cache[key]
+        entry = cache.get(key)
+        if entry is None or entry[0] is not image:  # the cache holds `image`, so its identity stays unique
+            entry = cache[key] = (image, self.project(layer, image, pe))
+        return entry[1]
 
     def heads(self, states: torch.Tensor) -> torch.Tensor:
         """(B, P, L, C') -> (B, P, h, L, d)."""
@@ -90,39 +91,87 @@ class SamHfAttention(nn.Module):
             return (stacked.reshape(batch, 1, prompts * rows, channels) @ image_side.transpose(-1, -2)).view(batch, prompts, rows, -1)
         return stacked @ image_side.transpose(-1, -2)
 
+    def pe_projection(self, cache: dict | None, name: str, layer: nn.Linear, pe: torch.Tensor, *, bias: bool) -> torch.Tensor:
+        """`W pe` (+ b): (HW, C'), the same for every prompt and group of one decoder call, so cached there."""
+        key = (id(self), name, bias)
+        if cache is not None and key in cache:
+            return cache[key]
+        out = F.linear(pe, layer.weight, layer.bias if bias else None)
+        if cache is not None:
+            cache[key] = out
+        return out
+
     def tokens_to_image(self, tokens, token_pe, image, image_pe, output_attentions=False, cache=None):
-        """Each prompt's tokens (B, P, T, C) attend to the image tokens (B, P', HW, C) -> (B, P, T, C)."""
+        """Each prompt's tokens (B, P, T, C) attend to the image tokens (B, P', HW, C) -> (B, P, T, C).
+
+        A per-prompt image side (P' = P) is never projected: with q_h the block-diagonal queries,
+        q_h . (W_k,h (x + pe) + b_k,h) = (q_h W_k,h) . x + q_h . (W_k,h pe + b_k,h); likewise
+        sum_x w_x (W_v,h x + b_v,h) = W_v,h (sum_x w_x x) + b_v,h. So the work on the HW image tokens is
+        two (h*T, C) x (C, HW) products instead of two (HW, C) x (C, C') projections and the attention.
+        """
         batch, prompts, length, _ = tokens.shape
         q = self._block_diagonal(self.project(self.q_proj, tokens + token_pe) * self.scale)  # (B, P, h*T, C')
-        k = self.shared(cache, "k", self.k_proj, image, image_pe)  # (B, P', HW, C')
-        v = self.shared(cache, "v", self.v_proj, image)
-        weights = self._against_image(q, k).softmax(dim=-1)  # (B, P, h*T, HW)
-        if v.shape[1] == 1 and prompts > 1:
-            out = (weights.view(batch, 1, -1, weights.shape[-1]) @ v).view(batch, prompts, -1, self.internal_dim)
+        if image.shape[1] == 1:  # shared image side: its projections are computed once per decoder call
+            k = self.shared(cache, "k", self.k_proj, image, image_pe)  # (B, 1, HW, C')
+            v = self.shared(cache, "v", self.v_proj, image)
+            weights = self._against_image(q, k).softmax(dim=-1)  # (B, P, h*T, HW)
+            if prompts > 1:
+                out = (weights.view(batch, 1, -1, weights.shape[-1]) @ v).view(batch, prompts, -1, self.internal_dim)
+            else:
+                out = weights @ v  # (B, P, h*T, C'): head h's rows are only valid in head h's block
+            out = out.view(batch, prompts, self.num_heads, length, self.num_heads, -1).diagonal(dim1=2, dim2=4)  # (B, P, T, d, h)
+            out = out.transpose(-1, -2).reshape(batch, prompts, length, self.internal_dim)
         else:
-            out = weights @ v  # (B, P, h*T, C'): head h's rows are only valid in head h's block
-        out = out.view(batch, prompts, self.num_heads, length, self.num_heads, -1).diagonal(dim1=2, dim2=4)  # (B, P, T, d, h)
-        out = out.transpose(-1, -2).reshape(batch, prompts, length, self.internal_dim)
+            flat_image = image.reshape(batch * prompts, *image.shape[2:])  # (B*P, HW, C)
+            # the bias is kept though the softmax cancels it: the same logits, and a gradient for b_k as in Meta's model
+            k_pe = self.pe_projection(cache, "k", self.k_proj, image_pe, bias=True)  # (HW, C')
+            logits = (q @ k_pe.t()).flatten(0, 1)  # (B*P, h*T, HW)
+            folded = (q @ self.k_proj.weight).flatten(0, 1)  # (B*P, h*T, C)
+            weights = torch.baddbmm(logits, folded, flat_image.transpose(1, 2)).softmax(dim=-1)  # (B*P, h*T, HW)
+            mixed = (weights @ flat_image).view(batch * prompts, self.num_heads, length, -1)  # (B*P, h, T, C)
+            v_weight = self.v_proj.weight.view(self.num_heads, -1, self.v_proj.weight.shape[-1])  # (h, d, C)
+            out = (mixed @ v_weight.transpose(1, 2)).transpose(1, 2).reshape(batch, prompts, length, self.internal_dim)
+            out = out + self.v_proj.bias
+            weights = weights.view(batch, prompts, -1, weights.shape[-1])
         heads_view = weights.view(batch, prompts, self.num_heads, length, -1) if output_attentions else None
         return self.out_proj(out), heads_view
 
     def image_to_tokens(self, image, image_pe, tokens, token_pe, token_mask=None, output_attentions=False, cache=None):
-        """Image tokens (B, P', HW, C) attend to each prompt's few tokens (B, P, T, C) -> (B, P, HW, C).
+        """Image tokens (B, P', HW, C) attend to each prompt's few tokens (B, P, T, C); returns the residual
+        sum `image + attention` (B, P, HW, C).
 
-        The softmax runs over the short token axis with the long image axis contiguous (much faster on
-        CPU than a softmax over a last axis of T).
+        The value and output projections are folded, exactly up to rounding: with weights w over the
+        tokens of each head summing to one, out_proj(sum_t w_t v_t) = sum_(h,t) w_(h,t) (W_o,h v_(h,t) + b_o / h),
+        so each image token mixes h*T vectors of width C and nothing of width C' is formed per image token.
+        A per-prompt image side is not projected either: k_h . (W_q,h x + W_q,h pe + b_q,h) =
+        (k_h W_q,h) . x + k_h . (W_q,h pe + b_q,h). The softmax runs over the short token axis with the
+        long image axis contiguous (much faster on CPU than a softmax over a last axis of T).
         """
         batch, prompts, length, _ = tokens.shape
-        q = self.shared(cache, "q", self.q_proj, image, image_pe)  # (B, P', HW, C')
         k = self._block_diagonal(self.project(self.k_proj, tokens + token_pe) * self.scale)  # (B, P, h*T, C')
         v = self._block_diagonal(self.v_proj(tokens))  # (B, P, h*T, C')
-        logits = self._against_image(k, q).view(batch, prompts, self.num_heads, length, -1)  # (B, P, h, T, HW)
+        if image.shape[1] == 1:
+            q = self.shared(cache, "q", self.q_proj, image, image_pe)  # (B, 1, HW, C')
+            logits = self._against_image(k, q)  # (B, P, h*T, HW)
+        else:
+            q_pe = self.pe_projection(cache, "q", self.q_proj, image_pe, bias=True)  # (HW, C')
+            folded = (k @ self.q_proj.weight).flatten(0, 1)  # (B*P, h*T, C)
+            flat_image = image.reshape(batch * prompts, *image.shape[2:])  # (B*P, HW, C)
+            logits = torch.baddbmm((k @ q_pe.t()).flatten(0, 1), folded, flat_image.transpose(1, 2))
+        logits = logits.view(batch, prompts, self.num_heads, length, -1)  # (B, P, h, T, HW)
         if token_mask is not None:
             logits = logits.masked_fill(~token_mask[:, :, None, :, None], float("-inf"))
         weights = logits.softmax(dim=-2).view(batch, prompts, self.num_heads * length, -1)
-        out = weights.transpose(-1, -2) @ v  # (B, P, HW, C')
+        values = torch.addmm(self.out_proj.bias / self.num_heads, v.flatten(0, 2), self.out_proj.weight.t())
+        values = values.view(batch, prompts, self.num_heads * length, -1)  # (B, P, h*T, C)
+        if batch == 1 or image.shape[1] == prompts:  # one batched matmul that also adds the residual
+            out = torch.baddbmm(image.reshape(-1, *image.shape[2:]), weights.flatten(0, 1).transpose(1, 2), values.flatten(0, 1))
+            out = out.view(batch, prompts, *out.shape[1:])
+        else:
+            out = weights.transpose(-1, -2) @ values
+            out += image
         heads_view = weights.view(batch, prompts, self.num_heads, length, -1).transpose(-1, -2) if output_attentions else None
-        return self.out_proj(out), heads_view
+        return out, heads_view
 
 
 class SamHfTwoWayAttentionBlock(nn.Module):
@@ -154,9 +203,8 @@ class SamHfTwoWayAttentionBlock(nn.Module):
         queries = self.layer_norm3(queries + self.mlp(queries))
 
         # image -> tokens: queries are the image tokens; a shared image side broadcasts over the prompts
-        out, w_i2t = self.cross_attn_image_to_token.image_to_tokens(keys, key_pe, queries, query_pe, token_mask, output_attentions, cache)
-        out += keys  # (B, P, HW, C): the residual, in place
-        keys = self.layer_norm4(out)
+        residual, w_i2t = self.cross_attn_image_to_token.image_to_tokens(keys, key_pe, queries, query_pe, token_mask, output_attentions, cache)
+        keys = self.layer_norm4(residual)  # (B, P, HW, C)
         return queries, keys, (w_self, w_t2i, w_i2t)
 
 
@@ -177,12 +225,10 @@ class SamHfTwoWayTransformer(nn.Module):
         """
         queries, keys = tokens, image
         weights = ()
-        for index, layer in enumerate(self.layers):
-            # only the first layer sees the image side that is shared by every prompt group
-            layer_cache = cache if index == 0 else None
-            queries, keys, layer_weights = layer(queries, keys, tokens, image_pe, token_mask, output_attentions, layer_cache)
+        for layer in self.layers:
+            queries, keys, layer_weights = layer(queries, keys, tokens, image_pe, token_mask, output_attentions, cache)
             weights += layer_weights
         final = self.final_attn_token_to_image
-        out, w_final = final.tokens_to_image(queries, tokens, keys, image_pe, output_attentions)
+        out, w_final = final.tokens_to_image(queries, tokens, keys, image_pe, output_attentions, cache)
         queries = self.layer_norm_final_attn(queries + out)
         return queries, keys, (weights + (w_final,) if output_attentions else None)
