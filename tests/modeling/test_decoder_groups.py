@@ -21,3 +21,23 @@ def test_groups_equal_one_group(tiny_model, monkeypatch, per_prompt_masks, budge
     grouped = tiny_model(image_embeddings=embeddings, input_points=points, input_labels=labels, input_masks=masks)
     assert_close(grouped.pred_masks, whole.pred_masks, rtol=1e-5, atol=1e-6)
     assert_close(grouped.iou_scores, whole.iou_scores, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+@torch.no_grad()
+def test_mask_iou_threshold_skips_only_prompts_without_a_mask_above_it(tiny_model, multimask):
+    embeddings = torch.randn(1, 32, 8, 8)
+    points = torch.rand(1, 16, 1, 2) * 128
+    full = tiny_model(image_embeddings=embeddings, input_points=points, multimask_output=multimask)
+    threshold = float(full.iou_scores.max(-1).values.median())  # about half the prompts pass
+    cut = tiny_model(image_embeddings=embeddings, input_points=points, multimask_output=multimask, mask_iou_threshold=threshold)
+    needed = (full.iou_scores > threshold).any(-1)  # (1, 16)
+    assert 0 < int(needed.sum()) < 16
+    assert_close(cut.iou_scores, full.iou_scores)
+    assert_close(cut.pred_masks[needed], full.pred_masks[needed])
+    assert torch.isneginf(cut.pred_masks[~needed]).all()
+
+
+def test_mask_iou_threshold_type_is_checked(tiny_model):
+    with pytest.raises(TypeError, match="mask_iou_threshold must be a float"):
+        tiny_model(image_embeddings=torch.randn(1, 32, 8, 8), input_points=torch.rand(1, 2, 1, 2), mask_iou_threshold="0.5")

@@ -188,6 +188,8 @@ class SamHfAutomaticMaskGenerator:
             input_points=model_points[None, :, None, :],  # (1, P, 1, 2)
             input_labels=torch.ones(1, n_points, 1, dtype=torch.int64, device=points.device),  # (1, P, 1)
             multimask_output=opts.multimask_output,
+            # exact: masks at or below pred_iou_thresh are dropped next, so they need no upscaling
+            mask_iou_threshold=opts.pred_iou_thresh if opts.pred_iou_thresh > 0.0 else None,
         )
         low_res = outputs.pred_masks[0]  # (P, M, L, L) logits
         n_masks = low_res.shape[1]

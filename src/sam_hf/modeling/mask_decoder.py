@@ -13,15 +13,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..configuration import SamHfMaskDecoderConfig
-from .layers import SamHfFeedForward, SamHfLayerNorm2d
+from .layers import SamHfFeedForward, SamHfLayerNorm2d, linear_activation
 from .two_way_transformer import SamHfTwoWayTransformer
 
 
-def _conv_transpose_as_linear(conv: nn.ConvTranspose2d, states: torch.Tensor) -> torch.Tensor:
-    """A 2x2 stride-2 ConvTranspose2d on channels-last pixels: (..., C_in) -> (..., 2, 2, C_out)."""
+def _conv_transpose_as_linear(conv: nn.ConvTranspose2d, states: torch.Tensor, activation: str | None = None) -> torch.Tensor:
+    """A 2x2 stride-2 ConvTranspose2d on channels-last pixels, then `activation`: (..., C_in) -> (..., 2, 2, C_out)."""
     c_in, c_out = conv.weight.shape[:2]
     weight = conv.weight.permute(0, 2, 3, 1).reshape(c_in, 4 * c_out)  # (C_in, [a, b, C_out])
-    out = F.linear(states, weight.t(), conv.bias.repeat(4))
+    out = linear_activation(states, weight.t(), conv.bias.repeat(4), activation)
     return out.view(*states.shape[:-1], 2, 2, c_out)
 
 
@@ -61,7 +61,7 @@ class SamHfMaskDecoder(nn.Module):
         norm = self.upscale_layer_norm
         up = _conv_transpose_as_linear(self.upscale_conv1, image)  # (N, g*g, 2, 2, C/4)
         up = F.gelu(F.layer_norm(up, norm.normalized_shape, norm.weight, norm.bias, norm.eps))
-        up = F.gelu(_conv_transpose_as_linear(self.upscale_conv2, up))  # (N, g*g, 2, 2, 2, 2, C/8) as [a, b, c, d]
+        up = _conv_transpose_as_linear(self.upscale_conv2, up, "gelu")  # (N, g*g, 2, 2, 2, 2, C/8) as [a, b, c, d]
         batch, masks = hyper_in.shape[:2]
         logits = up.view(batch, -1, up.shape[-1]) @ hyper_in.transpose(1, 2)  # (N, g*g*16, M)
         logits = logits.view(batch, grid, grid, 2, 2, 2, 2, masks)  # (N, i, j, a, b, c, d, M)
@@ -78,9 +78,11 @@ class SamHfMaskDecoder(nn.Module):
         dense_embeddings: torch.Tensor,
         multimask_output: bool,
         output_attentions: bool = False,
+        mask_iou_threshold: float | None = None,
     ):
         """image_embeddings (B, C, g, g), image_pe (C, g, g), sparse (B, P, T, C), sparse_valid (B, P, T),
-        dense (B, P or 1, C, g, g) -> masks (B, P, M, 4g, 4g), iou (B, P, M), attention weights."""
+        dense (B, P or 1, C, g, g) -> masks (B, P, M, 4g, 4g), iou (B, P, M), attention weights.
+        Prompts with no IoU prediction above `mask_iou_threshold` (when given) are not upscaled: -inf masks."""
         batch, prompts, _, channels = sparse_embeddings.shape
         grid = image_embeddings.shape[-1]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight])  # (1 + M', C)
@@ -102,14 +104,15 @@ class SamHfMaskDecoder(nn.Module):
         cache = {}
         results = [
             self._decode(tokens[:, i : i + group], None if token_mask is None else token_mask[:, i : i + group],
-                         image if image.shape[1] == 1 else image[:, i : i + group], pe, mask_slice, output_attentions, cache)
+                         image if image.shape[1] == 1 else image[:, i : i + group], pe, mask_slice, output_attentions, cache,
+                         mask_iou_threshold)
             for i in range(0, prompts, group)
         ]
         masks = torch.cat([r[0] for r in results], dim=1) if len(results) > 1 else results[0][0]
         iou_pred = torch.cat([r[1] for r in results], dim=1) if len(results) > 1 else results[0][1]
         return masks, iou_pred, results[0][2]
 
-    def _decode(self, tokens, token_mask, image, pe, mask_slice, output_attentions, cache):
+    def _decode(self, tokens, token_mask, image, pe, mask_slice, output_attentions, cache, mask_iou_threshold=None):
         """One group of prompts: tokens (B, p, T', C), image (B, p or 1, g*g, C) -> masks, iou, weights."""
         batch, prompts, _, channels = tokens.shape
         grid = int(image.shape[2] ** 0.5)
@@ -117,5 +120,12 @@ class SamHfMaskDecoder(nn.Module):
         iou_pred = self.iou_prediction_head(tokens[:, :, 0])[..., mask_slice]  # (B, p, M)
         chosen = range(self.num_mask_tokens)[mask_slice]
         hyper_in = torch.stack([self.output_hypernetworks_mlps[i](tokens[:, :, 1 + i]) for i in chosen], dim=2)  # (B, p, M, C/8)
-        masks = self.upscale_masks(image.reshape(batch * prompts, grid * grid, channels), hyper_in.flatten(0, 1), grid)
+        image, hyper_in = image.reshape(batch * prompts, grid * grid, channels), hyper_in.flatten(0, 1)
+        if mask_iou_threshold is None:
+            masks = self.upscale_masks(image, hyper_in, grid)
+        else:  # only prompts with some mask scoring above the threshold: the others stay empty (-inf)
+            needed = (iou_pred > mask_iou_threshold).any(-1).flatten()  # (B * p,)
+            masks = image.new_full((batch * prompts, len(chosen), 4 * grid, 4 * grid), float("-inf"))
+            if bool(needed.any()):
+                masks[needed] = self.upscale_masks(image[needed], hyper_in[needed], grid)
         return masks.view(batch, prompts, len(chosen), 4 * grid, 4 * grid), iou_pred, weights

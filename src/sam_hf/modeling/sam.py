@@ -106,6 +106,7 @@ class SamHfModel(SamHfPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        mask_iou_threshold: float | None = None,
         **kwargs,
     ) -> SamHfImageSegmentationOutput | tuple:
         r"""
@@ -116,6 +117,9 @@ class SamHfModel(SamHfPreTrainedModel):
         input_boxes (`(B, P, 4)`): x0, y0, x1, y1 in the model-input frame.
         input_masks (`(B, 1, 4g, 4g)` or `(B, P, 4g, 4g)`): low-res mask logits, one per image or per prompt.
         multimask_output (`bool`): three masks per prompt (True) or the single best-trained one.
+        mask_iou_threshold (`float`, optional): skip the mask upscaling of every prompt none of whose returned
+            masks has a predicted IoU above this value; their `pred_masks` are `-inf` (empty). `iou_scores` are
+            always computed. Segment-everything uses it with its `pred_iou_thresh` (an exact shortcut there).
         """
         unknown = set(kwargs) - {"original_sizes", "reshaped_input_sizes", "prompt_mask"}
         if unknown:
@@ -125,6 +129,8 @@ class SamHfModel(SamHfPreTrainedModel):
         return_dict = self.config.return_dict if return_dict is None else return_dict
         if (pixel_values is None) == (image_embeddings is None):
             raise ValueError("give exactly one of pixel_values and image_embeddings")
+        if mask_iou_threshold is not None and (isinstance(mask_iou_threshold, bool) or not isinstance(mask_iou_threshold, (int, float))):
+            raise TypeError(f"mask_iou_threshold must be a float or None, got {type(mask_iou_threshold).__name__}")
 
         computed_embeddings, hidden, vision_attn = None, None, None
         if pixel_values is not None:
@@ -150,7 +156,7 @@ class SamHfModel(SamHfPreTrainedModel):
         masks, iou, decoder_attn = self.mask_decoder(
             image_embeddings=image_embeddings, image_pe=self.get_image_wide_positional_embeddings(),
             sparse_embeddings=sparse, sparse_valid=sparse_valid, dense_embeddings=dense,
-            multimask_output=multimask_output, output_attentions=output_attentions,
+            multimask_output=multimask_output, output_attentions=output_attentions, mask_iou_threshold=mask_iou_threshold,
         )
         output = SamHfImageSegmentationOutput(
             iou_scores=iou, pred_masks=masks, image_embeddings=computed_embeddings,
