@@ -67,11 +67,30 @@ def write_weights(variant: str, dtypes: list[str], folder: str, seed: int = 0) -
     return paths
 
 
-def load_model(impl: str, variant: str, path: str) -> torch.nn.Module:
-    """One implementation with the saved weights, in their dtype, in eval mode (SDPA where offered)."""
+def write_model_weights(model_path: str, dtypes: list[str], folder: str):
+    """A saved SamHf model folder's state dict, saved once per dtype like `write_weights`.
+
+    Returns (config, {dtype: path}); pass the config to `load_model(..., config=config)`.
+    """
+    from sam_hf import SamHfModel
+
+    model = SamHfModel.from_pretrained(model_path).eval()
+    state = model.state_dict()
+    paths = {}
+    for dtype in dtypes:
+        paths[dtype] = os.path.join(folder, f"model_{dtype}.pt")
+        torch.save({k: v.to(DTYPES[dtype]) for k, v in state.items()}, paths[dtype])
+    return model.config, paths
+
+
+def load_model(impl: str, variant: str, path: str, config=None) -> torch.nn.Module:
+    """One implementation with the saved weights, in their dtype, in eval mode (SDPA where offered).
+
+    `config` (a SamHfConfig) replaces the variant's preset, for weights from `write_model_weights`.
+    """
     from sam_hf import SamHfModel, config_for_variant
 
-    config = config_for_variant(variant)
+    config = config if config is not None else config_for_variant(variant)
     state = torch.load(path, weights_only=True)
     with torch.device("meta"):
         if impl == "sam_hf":
