@@ -6,7 +6,8 @@ The steps are Meta's `SamAutomaticMaskGenerator`, with the same knobs, meanings 
 3. keep masks by predicted IoU, then by stability (on the upscaled logits), drop masks touching an
    inner crop edge, NMS within the crop by predicted IoU;
 4. NMS across crops preferring smaller crops; optionally remove small holes/islands and NMS again.
-Reordered only where the result is the same: the predicted-IoU filter runs before upscaling, so only
+Reordered only where the result is the same: the predicted-IoU filter runs before upscaling (the
+decoder skips its own 4x mask upscaling for points with no mask above it), so only
 the survivors are upscaled (in chunks that bound memory on big images), and masks stay on the device as
 run boundaries until a crop is done (see rle.py); nothing else moves to the host inside the batch loop.
 """
