@@ -81,18 +81,20 @@ def write_card(folder: str, config, results: dict) -> None:
             "amg_recall_default_settings", "amg_precision_default_settings", "amg_masks_per_image_default_settings")
     metrics = {key: results[key] for key in keys if key in results}
     settings = results["amg_settings"]
+    seeds = sorted(set(re.findall(r"--synthetic_seed (\d+)", command)), key=int) or ["0"]
+    trained_on = f"training used seed{'s' if len(seeds) > 1 else ''} {' and '.join(seeds)}"
     flags = "" if settings == "defaults" else " " + " ".join(f"--{k} {v}" for k, v in settings.items())
     cli = "" if settings == "defaults" else " " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items())
     notes = (f"Numbers measured by `python examples/evaluate_shipped_model.py {folder} --num_images {results['num_images']} "
              f"--amg_images {results['amg_images']} --seed {results['seed']}{flags}` on fresh synthetic images "
-             f"(`build_synthetic_dataset(seed={results['seed']}, image_size={tuple(results['image_size'])})`; training "
-             "used seed 0): `point_miou` prompts every object with its most interior pixel (the candidate with the "
+             f"(`build_synthetic_dataset(seed={results['seed']}, image_size={tuple(results['image_size'])})`; {trained_on}): "
+             "`point_miou` prompts every object with its most interior pixel (the candidate with the "
              "highest predicted IoU is kept), `box_miou` with its tight box, both at the original resolution over "
              f"{results['instances']} objects; `amg_recall` is the fraction of the {results.get('objects', 0)} objects "
              f"of the first AMG images that `SamHfAutomaticMaskGenerator` ({'its default settings' if not flags else 'with ' + str(settings)}) "
              "finds at IoU >= 0.5, `amg_precision` the fraction of its masks that match an object"
              + ("; `*_default_settings`: the same with the generator's defaults (pred_iou_thresh 0.88, "
-                "stability_score_thresh 0.95), which this small model's IoU head rarely passes. Segment everything "
+                "stability_score_thresh 0.95), which this small model's IoU head passes less often. Segment everything "
                 f"with `sam-hf segment-everything IMAGE --model {folder.rstrip('/')} --output OUT{cli}`." if flags else "."))
     card = training_model_card(model_name=name, config=config, command=command, metrics=metrics,
                                dataset="synthetic shapes (sam_hf.training.build_synthetic_dataset)", dataset_ids=["synthetic"],

@@ -5,6 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# The shipped model's IoU head rarely predicts above Meta's default 0.88: these thresholds are on its card.
+# The shipped model's IoU head seldom predicts above Meta's default 0.88: these thresholds are on its card.
 exec .venv/bin/sam-hf segment-everything "${1:-examples/sample.png}" --model models/sam-hf-shapes-128 \
     --output outputs/demo --overwrite --pred-iou-thresh 0.5 --stability-score-thresh 0.8
