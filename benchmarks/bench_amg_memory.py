@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import IMPLS, load_model, peak_rss_mb, print_table, run_worker, write_model_weights  # noqa: E402
-from bench_segment_everything import failure, image_settings, synthetic_image, torchvision_nms  # noqa: E402
+from bench_segment_everything import failure, image_settings, synthetic_image, transformers_mask_pipeline  # noqa: E402
 
 OUTPUT_MODE = "uncompressed_rle"
 BOX_NMS_THRESH = 0.7  # Meta's default, within a crop (and transformers' one NMS)
@@ -71,7 +71,7 @@ def reset_peak() -> bool:
 
 def make_generate(impl: str, model, args, processor, settings):
     """A no-argument function: one whole `generate` of an (H, W, 3) uint8 image -> number of masks."""
-    size, mean, std = settings
+    _, mean, std = settings
     common = dict(points_per_batch=args.points_per_batch, pred_iou_thresh=args.pred_iou_thresh,
                   stability_score_thresh=args.stability_score_thresh)
     if impl == "sam_hf":
@@ -98,24 +98,9 @@ def make_generate(impl: str, model, args, processor, settings):
         )
         return lambda image: len(generator.generate(image))
     if impl == "transformers":
-        import transformers
         from PIL import Image
 
-        processor_class = (transformers.SamImageProcessor if importlib.util.find_spec("torchvision") is not None
-                           else transformers.SamImageProcessorPil)  # the class SamImageProcessor falls back to
-        image_processor = processor_class(
-            size={"longest_edge": size}, pad_size={"height": size, "width": size},
-            image_mean=[m / 255 for m in mean], image_std=[s / 255 for s in std],
-        )
-        if importlib.util.find_spec("torchvision") is None:
-            body = processor_class.post_process_for_mask_generation.__wrapped__
-
-            def post_process_for_mask_generation(*a, **k):
-                with torchvision_nms():
-                    return body(image_processor, *a, **k)
-
-            image_processor.post_process_for_mask_generation = post_process_for_mask_generation
-        pipe = transformers.pipeline("mask-generation", model=model, image_processor=image_processor, device="cpu")
+        pipe = transformers_mask_pipeline(model, settings)
         kwargs = dict(points_per_crop=args.points_per_side, crops_n_layers=args.crop_n_layers,
                       crops_nms_thresh=CROP_NMS_THRESH, **common)
         return lambda image: len(pipe(Image.fromarray(image), **kwargs)["masks"])

@@ -86,6 +86,29 @@ def image_settings(config, processor) -> tuple[int, list[float], list[float]]:
     return config.vision_config.image_size, mean, std
 
 
+def transformers_mask_pipeline(model, settings):
+    """transformers' stock `pipeline("mask-generation")` on its SamModel with our image settings; without
+    torchvision, transformers' own final step runs past its torchvision check with the NMS stand-in."""
+    import transformers
+
+    size, mean, std = settings
+    processor_class = (transformers.SamImageProcessor if importlib.util.find_spec("torchvision") is not None
+                       else transformers.SamImageProcessorPil)  # the class SamImageProcessor falls back to
+    image_processor = processor_class(
+        size={"longest_edge": size}, pad_size={"height": size, "width": size},
+        image_mean=[m / 255 for m in mean], image_std=[s / 255 for s in std],
+    )
+    if importlib.util.find_spec("torchvision") is None:
+        body = processor_class.post_process_for_mask_generation.__wrapped__
+
+        def post_process_for_mask_generation(*a, **k):
+            with torchvision_nms():
+                return body(image_processor, *a, **k)
+
+        image_processor.post_process_for_mask_generation = post_process_for_mask_generation
+    return transformers.pipeline("mask-generation", model=model, image_processor=image_processor, device="cpu")
+
+
 def make_runner(impl: str, model, dtype: str, image: np.ndarray, args, processor, settings):
     """A no-argument function: one `generate` of `image` -> list of (H, W) bool masks (numpy)."""
     size, mean, std = settings
@@ -98,25 +121,9 @@ def make_runner(impl: str, model, dtype: str, image: np.ndarray, args, processor
         )
         return lambda: [record["segmentation"] for record in generator.generate(image)]
     if impl == "transformers":
-        import transformers
         from PIL import Image
 
-        processor_class = (transformers.SamImageProcessor if importlib.util.find_spec("torchvision") is not None
-                           else transformers.SamImageProcessorPil)  # the class SamImageProcessor falls back to
-        image_processor = processor_class(
-            size={"longest_edge": size}, pad_size={"height": size, "width": size},
-            image_mean=[m / 255 for m in mean], image_std=[s / 255 for s in std],
-        )
-        if importlib.util.find_spec("torchvision") is None:
-            # transformers' own final step, past its torchvision check, with the NMS stand-in for this call only.
-            body = processor_class.post_process_for_mask_generation.__wrapped__
-
-            def post_process_for_mask_generation(*a, **k):
-                with torchvision_nms():
-                    return body(image_processor, *a, **k)
-
-            image_processor.post_process_for_mask_generation = post_process_for_mask_generation
-        pipe = transformers.pipeline("mask-generation", model=model, image_processor=image_processor, device="cpu")
+        pipe = transformers_mask_pipeline(model, settings)
         picture = Image.fromarray(image)
         kwargs = dict(points_per_batch=args.points_per_batch, points_per_crop=args.points_per_side, crops_n_layers=0,
                       pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh,
