@@ -73,3 +73,22 @@ def test_bad_input():
 
 def test_empty_batch():
     assert mask_to_rle(torch.zeros(0, 5, 5, dtype=torch.bool)) == []
+
+
+@pytest.mark.parametrize("size,offset", [((9, 7), (0, 0)), ((12, 11), (2, 3)), ((9, 11), (4, 0))])
+def test_boxes_read_off_the_runs_equal_batched_mask_to_box(size, offset):
+    """Including masks touching every edge, single pixels, empty masks, and crops as high as the image."""
+    from sam_hf.generation.filters import batched_mask_to_box
+
+    generator = torch.Generator().manual_seed(5)
+    masks = torch.rand(6, 9, 7, generator=generator) > 0.6
+    masks[1] = False  # empty
+    masks[2] = True  # the whole crop
+    masks[3] = False
+    masks[3, 8, 6] = True  # one pixel in the last row and column
+    masks[4] = False
+    masks[4, 0, 0] = True
+    flat, per_mask, boxes = run_boundaries(masks, size, offset, return_boxes=True)
+    assert torch.equal(boxes, batched_mask_to_box(masks))
+    plain = run_boundaries(masks, size, offset)
+    assert torch.equal(flat, plain[0]) and torch.equal(per_mask, plain[1])

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .crops import generate_crop_boxes, uncrop_boxes_xyxy, uncrop_points
-from .filters import batched_mask_to_box, is_box_near_crop_edge, stability_score
+from .filters import is_box_near_crop_edge, stability_score
 from .mask_data import MaskData
 from .nms import batched_nms, box_area
 from .options import GeneratorOptions
@@ -227,13 +227,14 @@ class SamHfAutomaticMaskGenerator:
             masks = logits > opts.mask_threshold  # (n, h, w) bool: index 1 byte per pixel, not 4
             del logits
             masks = masks[keep]  # (n', h, w)
-            boxes = batched_mask_to_box(masks)  # (n', 4) crop frame
+            # runs in the image frame and boxes in the crop frame (batched_mask_to_box's), in one pass
+            flat, per_mask, boxes = run_boundaries(masks, image_size, offset=(crop_box[0], crop_box[1]), return_boxes=True)
+            del masks
             inner = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, width, height])
-            masks = masks[inner]
             pieces["iou_preds"].append(iou_preds[chunk][keep][inner])
             pieces["points"].append(mask_points[chunk][keep][inner])
             pieces["stability_score"].append(stability[keep][inner])
             pieces["boxes"].append(boxes[inner])
-            runs.append(run_boundaries(masks, image_size, offset=(crop_box[0], crop_box[1])))
+            runs.append((flat[inner.repeat_interleave(per_mask)], per_mask[inner]))
         batch = MaskData(**{k: torch.cat(v) for k, v in pieces.items()})
         return batch, (torch.cat([r[0] for r in runs]), torch.cat([r[1] for r in runs]))

@@ -29,12 +29,16 @@ def run_boundaries(
     masks: torch.Tensor,
     image_size: tuple[int, int] | None = None,
     offset: tuple[int, int] = (0, 0),
-) -> tuple[torch.Tensor, torch.Tensor]:
+    *,
+    return_boxes: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """Run boundaries of (B, h, w) boolean masks placed at `offset` (x0, y0) in an image of `image_size` (H, W).
 
     Returns `(boundaries, per_mask)` on the masks' device: `boundaries` (K,) int64 holds, mask after mask,
     the flat column-major image index where each run of 1s starts and ends (exclusive), sorted;
-    `per_mask` (B,) int64 says how many boundaries each mask has (always even).
+    `per_mask` (B,) int64 says how many boundaries each mask has (always even). With `return_boxes`, also
+    the masks' XYXY boxes (B, 4) int64 in their own frame, as `filters.batched_mask_to_box` gives them (read
+    off the runs: no second pass over the masks).
     """
     _check_masks(masks)
     b, h, w = masks.shape
@@ -51,6 +55,7 @@ def run_boundaries(
     found = changes.transpose(1, 2).nonzero()  # (K, 3): mask, column, row, in column-major order
     del changes
     mask_ids = found[:, 0]
+    boxes = _boxes_from_changes(found, b) if return_boxes else None
     flat = (found[:, 1] + x0) * img_h + found[:, 2] + y0  # (K,) column-major index in the image
     if h == img_h and flat.numel() > 1:
         # A run reaching the bottom of a column continues at the top of the next one: that end and the
@@ -61,7 +66,19 @@ def run_boundaries(
         drop[:-1] |= same
         flat, mask_ids = flat[~drop], mask_ids[~drop]
     per_mask = torch.bincount(mask_ids, minlength=b)
-    return flat, per_mask
+    return (flat, per_mask, boxes) if return_boxes else (flat, per_mask)
+
+
+def _boxes_from_changes(found: torch.Tensor, count: int) -> torch.Tensor:
+    """found (K, 3) as (mask, column, row of a run start or exclusive end) -> XYXY boxes (count, 4), inclusive;
+    [0, 0, 0, 0] for a mask without runs."""
+    boxes = torch.zeros(count, 4, dtype=torch.int64, device=found.device)
+    if found.numel():
+        ids = found[:, 0]
+        for column, source, reduce in ((0, 1, "amin"), (1, 2, "amin"), (2, 1, "amax"), (3, 2, "amax")):
+            boxes[:, column].scatter_reduce_(0, ids, found[:, source], reduce, include_self=False)
+        boxes[:, 3] -= (boxes[:, 3] > 0).long()  # the last run ends (exclusive) one row below the box
+    return boxes
 
 
 def boundaries_to_rles(
