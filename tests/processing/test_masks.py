@@ -26,6 +26,16 @@ def test_post_process_matches_meta(size, longest_edge, meta_sam):
     assert torch.equal(raised, expected > 1.5)
 
 
+@pytest.mark.parametrize("size", [(683, 1024), (1024, 683), (300, 1024)])
+def test_post_process_only_upscales_the_kept_rows_bit_exactly(size, meta_sam):
+    """SAM's own frame (1024, low-res 256): the rows below the image are never computed, with no change."""
+    logits = torch.randn(1, 3, 256, 256) * 8
+    input_size = get_preprocess_shape(*size, 1024)
+    expected = meta_sam(1024).postprocess_masks(logits, input_size, size)
+    ours = SamHfImageProcessor(longest_edge=1024).post_process_masks(logits[None], [size], [input_size], binarize=False)[0]
+    assert torch.equal(ours, expected)
+
+
 def test_post_process_batch_of_sizes_and_ragged_prompts():
     processor = SamHfImageProcessor(longest_edge=128)
     sizes = [(50, 90), (129, 127)]

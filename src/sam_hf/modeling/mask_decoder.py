@@ -25,6 +25,10 @@ def _conv_transpose_as_linear(conv: nn.ConvTranspose2d, states: torch.Tensor, ac
     return out.view(*states.shape[:-1], 2, 2, c_out)
 
 
+# The logit of every pixel of a mask that `mask_iou_threshold` skipped: empty at any sensible threshold, and
+# finite, so that interpolation in post-processing gives no NaN (0 * -inf).
+SKIPPED_MASK_LOGIT = -1e4
+
 _TEMPORARY_BUDGET = 16 * 2**20  # bytes per temporary; glibc serves blocks from 32 MiB up by mmap, page-faulting them in
 
 
@@ -82,7 +86,8 @@ class SamHfMaskDecoder(nn.Module):
     ):
         """image_embeddings (B, C, g, g), image_pe (C, g, g), sparse (B, P, T, C), sparse_valid (B, P, T),
         dense (B, P or 1, C, g, g) -> masks (B, P, M, 4g, 4g), iou (B, P, M), attention weights.
-        Prompts with no IoU prediction above `mask_iou_threshold` (when given) are not upscaled: -inf masks."""
+        Prompts with no IoU prediction above `mask_iou_threshold` (when given) are not upscaled: their masks are
+        SKIPPED_MASK_LOGIT everywhere."""
         batch, prompts, _, channels = sparse_embeddings.shape
         grid = image_embeddings.shape[-1]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight])  # (1 + M', C)
@@ -123,9 +128,9 @@ class SamHfMaskDecoder(nn.Module):
         image, hyper_in = image.reshape(batch * prompts, grid * grid, channels), hyper_in.flatten(0, 1)
         if mask_iou_threshold is None:
             masks = self.upscale_masks(image, hyper_in, grid)
-        else:  # only prompts with some mask scoring above the threshold: the others stay empty (-inf)
+        else:  # only prompts with some mask scoring above the threshold: the others stay empty
             needed = (iou_pred > mask_iou_threshold).any(-1).flatten()  # (B * p,)
-            masks = image.new_full((batch * prompts, len(chosen), 4 * grid, 4 * grid), float("-inf"))
+            masks = image.new_full((batch * prompts, len(chosen), 4 * grid, 4 * grid), SKIPPED_MASK_LOGIT)
             if bool(needed.any()):
                 masks[needed] = self.upscale_masks(image[needed], hyper_in[needed], grid)
         return masks.view(batch, prompts, len(chosen), 4 * grid, 4 * grid), iou_pred, weights

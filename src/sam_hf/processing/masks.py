@@ -6,6 +6,8 @@ to (S, S); the low-res logits (L, L), L = S / 4, covering the whole padded squar
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -68,11 +70,34 @@ def post_process_masks(
                 f"reshaped_input_sizes[{i}] = ({new_h}, {new_w}) must fit in the padded input side {pad_size}"
             )
         logits = logits.to(torch.float32)
-        upscaled = F.interpolate(logits, (pad_size, pad_size), mode="bilinear", align_corners=False)  # (P, M, S, S)
-        cropped = upscaled[..., :new_h, :new_w]  # (P, M, h, w)
+        cropped = _upscale_and_crop(logits, pad_size, new_h, new_w)  # (P, M, h, w)
         full = F.interpolate(cropped, (orig_h, orig_w), mode="bilinear", align_corners=False)  # (P, M, H, W)
         out.append(full > mask_threshold if binarize else full)
     return out
+
+
+def _needed(low: int, scale: int, length: int) -> int:
+    """Low-res rows that bilinear upscaling by `scale` (align_corners=False) reads for output rows < length."""
+    last = (length - 0.5) / scale - 0.5  # source coordinate of the last output row
+    return min(low, max(0, math.floor(last)) + 2)
+
+
+def _upscale_and_crop(logits: torch.Tensor, pad_size: int, height: int, width: int) -> torch.Tensor:
+    """F.interpolate(logits, (S, S), bilinear)[..., :height, :width], computing only the rows kept.
+
+    Bit-exact: with an integer scale s = S / L, the upscaled rows below `height` read only the first
+    k = `_needed(L, s, height)` low-res rows, and upscaling those k rows to k * s rows uses the same ratio, hence
+    the same source rows and weights. (Columns are not cut the same way: the kernel's vectorised loop then
+    rounds the last columns differently, by about 1e-7.) A landscape 1024 x 683 image skips a third of the work.
+    """
+    low_h, low_w = logits.shape[-2:]
+    if pad_size % low_h or pad_size % low_w:
+        upscaled = F.interpolate(logits, (pad_size, pad_size), mode="bilinear", align_corners=False)
+        return upscaled[..., :height, :width]
+    scale = pad_size // low_h
+    rows = _needed(low_h, scale, height)
+    upscaled = F.interpolate(logits[..., :rows, :], (rows * scale, pad_size), mode="bilinear", align_corners=False)
+    return upscaled[..., :height, :width]
 
 
 def masks_to_low_res(
