@@ -48,12 +48,14 @@ def run_boundaries(
         raise ValueError(f"masks of size {(h, w)} at offset (x0, y0)={(x0, y0)} do not fit an image of size {(img_h, img_w)}")
     # changes[:, r, c]: a run starts or ends at row r of column c (r = 0 and r = h for runs touching
     # the top and bottom edges). Read column by column through a transposed view: no copy of the masks.
-    changes = torch.empty(b, h + 1, w, dtype=torch.bool, device=masks.device)  # (B, h + 1, w)
+    size = b * (h + 1) * w
+    storage = torch.zeros(-(-size // 8) * 8, dtype=torch.bool, device=masks.device)  # whole 8-byte words
+    changes = storage[:size].view(b, h + 1, w)  # (B, h + 1, w)
     torch.bitwise_xor(masks[:, 1:], masks[:, :-1], out=changes[:, 1:h])
     changes[:, 0] = masks[:, 0]
     changes[:, h] = masks[:, -1]
-    found = changes.transpose(1, 2).nonzero()  # (K, 3): mask, column, row, in column-major order
-    del changes
+    found = _column_major_nonzero(storage, b, h + 1, w)  # (K, 3): mask, column, row, in column-major order
+    del changes, storage
     mask_ids = found[:, 0]
     boxes = _boxes_from_changes(found, b) if return_boxes else None
     flat = (found[:, 1] + x0) * img_h + found[:, 2] + y0  # (K,) column-major index in the image
@@ -67,6 +69,19 @@ def run_boundaries(
         flat, mask_ids = flat[~drop], mask_ids[~drop]
     per_mask = torch.bincount(mask_ids, minlength=b)
     return (flat, per_mask, boxes) if return_boxes else (flat, per_mask)
+
+
+def _column_major_nonzero(storage: torch.Tensor, b: int, rows: int, cols: int) -> torch.Tensor:
+    """Indices (mask, column, row) of the True entries of `storage` read as (b, rows, cols), sorted column-major
+    per mask; as `view.transpose(1, 2).nonzero()` but scanning whole 8-byte words (runs make few True entries)."""
+    words = storage.view(torch.int64)  # (N / 8,)
+    hot = words.nonzero().squeeze(1)  # words holding some True byte
+    within = storage.view(-1, 8)[hot].nonzero()  # (K, 2): word, byte
+    flat = hot[within[:, 0]] * 8 + within[:, 1]  # row-major flat index in (b, rows, cols)
+    mask, rest = flat // (rows * cols), flat % (rows * cols)
+    row, col = rest // cols, rest % cols
+    order = ((mask * cols + col) * rows + row).argsort()
+    return torch.stack([mask, col, row], dim=1)[order]
 
 
 def _boxes_from_changes(found: torch.Tensor, count: int) -> torch.Tensor:
