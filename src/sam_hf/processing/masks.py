@@ -71,7 +71,10 @@ def post_process_masks(
             )
         logits = logits.to(torch.float32)
         cropped = _upscale_and_crop(logits, pad_size, new_h, new_w)  # (P, M, h, w)
-        full = F.interpolate(cropped, (orig_h, orig_w), mode="bilinear", align_corners=False)  # (P, M, H, W)
+        if (orig_h, orig_w) == (new_h, new_w):  # SAM's own size: resizing to the same size is the identity
+            full = cropped.contiguous()  # (exact for finite logits: weights 1 and 0)
+        else:
+            full = F.interpolate(cropped, (orig_h, orig_w), mode="bilinear", align_corners=False)  # (P, M, H, W)
         out.append(full > mask_threshold if binarize else full)
     return out
 
