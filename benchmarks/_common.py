@@ -157,19 +157,27 @@ def matmul_peak(dtype: torch.dtype, size: int = 2048, runs: int = 5) -> float:
     return 2 * size**3 / best / 1e9
 
 
+def proc_status_mb(field: str) -> float | None:
+    """A memory field of Linux's /proc/self/status (`VmRSS`, `VmHWM`, ...) in MB; None where unavailable."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) * 1024 / 1e6
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_mb() -> float:
     """Peak resident set of this process so far, in MB.
 
     Linux's VmHWM where available: `ru_maxrss` of a child also counts the parent's peak, which it
     inherits at exec, so it would report the benchmark driver's memory instead of the worker's.
     """
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024 / 1e6
-    except OSError:
-        pass
+    peak = proc_status_mb("VmHWM")
+    if peak is not None:
+        return peak
     scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 1e6
 

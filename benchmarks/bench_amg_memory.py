@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import IMPLS, load_model, peak_rss_mb, print_table, run_worker, write_model_weights  # noqa: E402
+from _common import IMPLS, load_model, peak_rss_mb, print_table, proc_status_mb, run_worker, write_model_weights  # noqa: E402
 from bench_segment_everything import failure, image_settings, synthetic_image, transformers_mask_pipeline  # noqa: E402
 
 OUTPUT_MODE = "uncompressed_rle"
@@ -49,14 +49,7 @@ CROP_NMS_THRESH = 0.7
 
 def rss_mb() -> float:
     """Current resident set of this process in MB (Linux VmRSS; 0 where unavailable)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024 / 1e6
-    except OSError:
-        pass
-    return 0.0
+    return proc_status_mb("VmRSS") or 0.0
 
 
 def reset_peak() -> bool:
