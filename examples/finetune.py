@@ -36,6 +36,7 @@ from sam_hf.training import (
     SamHfLoss,
     SamHfSegmentationCollator,
     build_synthetic_dataset,
+    deepen_vision_encoder,
     evaluate_batch,
     simulated_prompt_step,
 )
@@ -77,6 +78,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--decoder_heads", type=int)
     model.add_argument("--init", choices=["hf", "fan_in"], default="hf",
                        help="from scratch: transformers' N(0, 0.02) (hf) or N(0, 1/fan_in) weights (fan_in; see init_from_scratch)")
+    model.add_argument("--add_vision_layers", type=int,
+                       help="append this many identity-initialized global-attention ViT layers to the loaded model "
+                            "(sam_hf.training.deepen_vision_encoder: same outputs at step 0, more capacity)")
     model.add_argument("--trainable", choices=sorted(TRAINABLE), help="default: decoder when fine-tuning, all from scratch")
     train = p.add_argument_group("training")
     train.add_argument("--output_dir", required=True)
@@ -115,6 +119,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("give exactly one of --dataset_name, --dataset_path and --synthetic")
     if (args.model_name_or_path is None) == (args.config_variant is None and args.vision_layers is None):
         p.error("give --model_name_or_path, or --config_variant / a custom config (--vision_layers ...)")
+    if args.add_vision_layers is not None and (args.model_name_or_path is None or args.add_vision_layers < 1):
+        p.error(f"--add_vision_layers needs --model_name_or_path and a count >= 1, got {args.add_vision_layers}")
     return args
 
 
@@ -218,6 +224,8 @@ def main(argv=None) -> None:
     if args.model_name_or_path:
         model = SamHfModel.from_pretrained(args.model_name_or_path)
         processor = SamHfProcessor.from_pretrained(args.model_name_or_path)
+        if args.add_vision_layers:
+            model = deepen_vision_encoder(model, num_layers=args.add_vision_layers)
     else:
         model = SamHfModel(build_config(args))
         if args.init == "fan_in":

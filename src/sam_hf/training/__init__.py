@@ -7,6 +7,7 @@ annotations need pycocotools. Both are imported only when used.
 from .annotations import decode_instance_masks, get_column
 from .data import SamHfSegmentationCollator
 from .evaluation import evaluate_amg_recall, evaluate_prompted, synthetic_images
+from .growth import deepen_vision_encoder
 from .losses import SamHfLoss, SamHfLossOutput, dice_loss, sam_loss, sigmoid_focal_loss
 from .loop import PromptSimulationConfig, evaluate_batch, select_prompts, simulated_prompt_step
 from .metrics import MeanMetric, dice_score, mask_iou
@@ -33,6 +34,7 @@ __all__ = [
     "boxes_from_masks",
     "build_synthetic_dataset",
     "decode_instance_masks",
+    "deepen_vision_encoder",
     "dice_loss",
     "dice_score",
     "error_points",
