@@ -249,6 +249,45 @@ def sdpa_with_rel_pos_mask(
     return out
 
 
+ROW_BLOCK_BYTES = 2 * 2**20  # logits of one block of query rows: about one core's L2 cache
+ROW_BLOCKED_MIN_TOKENS = 1024  # grids at least this long (global attention) take `row_blocked_attention_with_rel_pos`
+
+
+def row_blocked_attention_with_rel_pos(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, *, size: tuple[int, int], scale: float
+) -> torch.Tensor:
+    """Attention with relative positions over a large grid, a few query rows of one head at a time:
+    query/key/value (B', heads, H*W, D) -> (B', heads, H*W, D) in the workspace.
+
+    Per block the logits (rows * W, H*W) fit in cache: s * q k^T by one matmul, the row and column terms added
+    as broadcasts, softmax in place, then the matmul with v. Nothing of size L x L is written to memory, where
+    `sdpa_with_rel_pos_mask` writes a dense bias and SDPA reads it back (fp32: about 25% slower here).
+    """
+    height, width = size
+    batch, heads, length, head_dim = query.shape
+    rel_h, rel_w = rel_pos_terms(query, rel_pos_h, rel_pos_w, size=size, head_dim=head_dim, factor=1.0)
+    rows = max(1, min(height, ROW_BLOCK_BYTES // (width * length * query.element_size())))
+    kwargs = dict(dtype=query.dtype, device=query.device)
+    out = workspace("rel_pos_rows_out", query.shape, **kwargs)
+    block = workspace("rel_pos_rows_logits", (rows * width, length), **kwargs)
+    for b in range(batch):
+        for h in range(heads):
+            keys_t, values = key[b, h].t(), value[b, h]  # (D, L), (L, D)
+            for y in range(0, height, rows):
+                span = min(rows, height - y)
+                tokens = slice(y * width, (y + span) * width)
+                logits = block[: span * width]  # (span * W, L)
+                torch.addmm(logits, query[b, h, tokens], keys_t, beta=0, alpha=scale, out=logits)
+                grid = logits.view(span, width, height, width)  # (query row, query column, key row, key column)
+                grid.add_(rel_h[b, h, y : y + span, :, :, None]).add_(rel_w[b, h, y : y + span, :, None, :])
+                logits.sub_(logits.amax(-1, keepdim=True)).exp_()
+                total = logits.sum(-1, keepdim=True)  # (span * W, 1)
+                result = out[b, h, tokens]
+                torch.mm(logits, values, out=result)
+                result.div_(total)
+    return out
+
+
 def sdpa_on_buffers(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, scale: float, head_dim: int) -> torch.Tensor:
     """SDPA over `augmented_buffers` -> (B', heads, L, D), a strided view of a fresh tensor."""
     return F.scaled_dot_product_attention(query, key, value, scale=scale)[..., :head_dim]

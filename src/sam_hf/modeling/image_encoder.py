@@ -9,12 +9,22 @@ the large temporaries live in the thread's workspace (layers.py), so no large bl
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..configuration import SamHfVisionConfig
-from .attention import augmented_buffers, grid_attention, sdpa_on_buffers, sdpa_with_rel_pos_mask, write_rel_pos_columns
+from .attention import (
+    ROW_BLOCKED_MIN_TOKENS,
+    augmented_buffers,
+    grid_attention,
+    row_blocked_attention_with_rel_pos,
+    sdpa_on_buffers,
+    sdpa_with_rel_pos_mask,
+    write_rel_pos_columns,
+)
 from .layers import SamHfLayerNorm2d, SamHfMLPBlock, linear_add, linear_into, workspace
 
 # Largest (tokens, mlp_dim) MLP temporary when autograd records nothing: below glibc's 32 MB mmap limit,
@@ -133,7 +143,9 @@ class SamHfVisionAttention(nn.Module):
         if n_w * window[1] != width:
             windows[:, :, :, -1, width - (n_w - 1) * window[1] :] = bias
         copy_windows(qkv.view(batch, height, width, 3, heads, head_dim), windows, window, to_windows=True)
-        if as_mask:
+        if as_mask and math.prod(window) >= ROW_BLOCKED_MIN_TOKENS:
+            out = row_blocked_attention_with_rel_pos(*buffers, self.rel_pos_h, self.rel_pos_w, size=window, scale=self.scale)
+        elif as_mask:
             out = sdpa_with_rel_pos_mask(*buffers, self.rel_pos_h, self.rel_pos_w, size=window, scale=self.scale)
         else:
             if fold:
