@@ -11,7 +11,11 @@ width (3-D inputs fall back to the unfused path, 10x slower here), hence the zer
 
 Two forms of the ViT attention: `grid_attention` (out of place, autograd-safe, eager or SDPA: the
 reference) and, for inference, `augmented_buffers` + `write_rel_pos_columns` + `sdpa_on_buffers`, where
-the augmented tensors live in the thread's workspace and only what varies is rewritten per call.
+the augmented tensors live in the thread's workspace and only what varies is rewritten per call. In fp32,
+where the wider augmented heads would cost more matmul time than they save, the relative positions are
+added to explicit logits instead: `sdpa_with_rel_pos_mask` (windows: a dense bias per chunk of query rows)
+and `row_blocked_attention_with_rel_pos` (global grids: a few query rows of one head at a time, logits
+kept in cache, no bias written to memory).
 """
 
 from __future__ import annotations
