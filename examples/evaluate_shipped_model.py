@@ -82,7 +82,8 @@ def write_card(folder: str, config, results: dict) -> None:
     metrics = {key: results[key] for key in keys if key in results}
     settings = results["amg_settings"]
     seeds = sorted(set(re.findall(r"--synthetic_seed (\d+)", command)), key=int) or ["0"]
-    trained_on = f"training used seed{'s' if len(seeds) > 1 else ''} {' and '.join(seeds)}"
+    listed = seeds[0] if len(seeds) == 1 else f"{', '.join(seeds[:-1])} and {seeds[-1]}"
+    trained_on = f"training used seed{'s' if len(seeds) > 1 else ''} {listed}"
     flags = "" if settings == "defaults" else " " + " ".join(f"--{k} {v}" for k, v in settings.items())
     cli = "" if settings == "defaults" else " " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items())
     notes = (f"Numbers measured by `python examples/evaluate_shipped_model.py {folder} --num_images {results['num_images']} "
