@@ -41,26 +41,3 @@ def test_mask_iou_threshold_skips_only_prompts_without_a_mask_above_it(tiny_mode
 def test_mask_iou_threshold_type_is_checked(tiny_model):
     with pytest.raises(TypeError, match="mask_iou_threshold must be a float"):
         tiny_model(image_embeddings=torch.randn(1, 32, 8, 8), input_points=torch.rand(1, 2, 1, 2), mask_iou_threshold="0.5")
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("block_tokens", [1, 5, 64])
-def test_blocked_upscaling_equals_the_reference_form(tiny_model, monkeypatch, dtype, block_tokens):
-    decoder = tiny_model.mask_decoder.to(dtype)
-    try:
-        channels, grid = decoder.upscale_conv1.in_channels, 8
-        image = torch.randn(3, grid * grid, channels, dtype=dtype)
-        hyper_in = torch.randn(3, 4, channels // 8, dtype=dtype)
-        per_token = (4 * (channels // 4) + 16 * (channels // 8)) * image.element_size()
-        # blocks of 1, 5 (a partial last block) and all 64 tokens of the 3 prompts
-        monkeypatch.setattr(mask_decoder, "_UPSCALE_BLOCK_BYTES", block_tokens * 3 * per_token)
-        with torch.no_grad():
-            reference = decoder._upscale(image, hyper_in, grid)
-            blocked = decoder._upscale_blocked(image, hyper_in, grid)
-            via_groups = decoder.upscale_masks(image, hyper_in, grid)  # the form inference takes
-        assert blocked.shape == reference.shape == (3, 4, 4 * grid, 4 * grid)
-        tolerance = 1e-6 if dtype == torch.float32 else 1e-2
-        assert_close(blocked, reference, rtol=tolerance, atol=tolerance)
-        assert torch.equal(via_groups, blocked)
-    finally:
-        decoder.to(torch.float32)

@@ -17,17 +17,12 @@ from .layers import SamHfFeedForward, SamHfLayerNorm2d, linear_activation
 from .two_way_transformer import SamHfTwoWayTransformer
 
 
-def _conv_transpose_weights(conv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """A 2x2 stride-2 ConvTranspose2d as a linear layer on channels-last pixels: weight (4 * C_out, C_in) with the
-    outputs in [a, b, C_out] order, and bias (4 * C_out,)."""
-    c_in, c_out = conv.weight.shape[:2]
-    return conv.weight.permute(0, 2, 3, 1).reshape(c_in, 4 * c_out).t(), conv.bias.repeat(4)
-
-
 def _conv_transpose_as_linear(conv: nn.ConvTranspose2d, states: torch.Tensor, activation: str | None = None) -> torch.Tensor:
     """A 2x2 stride-2 ConvTranspose2d on channels-last pixels, then `activation`: (..., C_in) -> (..., 2, 2, C_out)."""
-    out = linear_activation(states, *_conv_transpose_weights(conv), activation)
-    return out.view(*states.shape[:-1], 2, 2, -1)
+    c_in, c_out = conv.weight.shape[:2]
+    weight = conv.weight.permute(0, 2, 3, 1).reshape(c_in, 4 * c_out)  # (C_in, [a, b, C_out])
+    out = linear_activation(states, weight.t(), conv.bias.repeat(4), activation)
+    return out.view(*states.shape[:-1], 2, 2, c_out)
 
 
 # The logit of every pixel of a mask that `mask_iou_threshold` skipped: empty at any sensible threshold, and
@@ -35,7 +30,6 @@ def _conv_transpose_as_linear(conv: nn.ConvTranspose2d, states: torch.Tensor, ac
 SKIPPED_MASK_LOGIT = -1e4
 
 _TEMPORARY_BUDGET = 16 * 2**20  # bytes per temporary; glibc serves blocks from 32 MiB up by mmap, page-faulting them in
-_UPSCALE_BLOCK_BYTES = 4 * 2**20  # feature maps of one block of `_upscale_blocked` (1 to 8 MiB measured alike; 12-25% faster decoding than none)
 
 
 class SamHfMaskDecoder(nn.Module):
@@ -60,36 +54,12 @@ class SamHfMaskDecoder(nn.Module):
     def upscale_masks(self, image: torch.Tensor, hyper_in: torch.Tensor, grid: int) -> torch.Tensor:
         """image tokens (N, g*g, C) and hypernetwork weights (N, M, C/8) -> mask logits (N, M, 4g, 4g).
 
-        Runs over groups of prompts so that its large temporaries stay below glibc's mmap threshold and are
-        reused instead of being page-faulted in on every call: the feature maps (16 * g * g * C/8 values per
-        prompt) when autograd records, else the mask logits (`_upscale_blocked` keeps the maps in cache).
+        Runs over groups of prompts so that its large temporaries (16 * g * g * C/8 values per prompt) stay
+        below glibc's mmap threshold and are reused instead of being page-faulted in on every call.
         """
-        recording = torch.is_grad_enabled() and (image.requires_grad or hyper_in.requires_grad or self.upscale_conv1.weight.requires_grad)
-        upscale = self._upscale if recording else self._upscale_blocked
-        per_prompt = 16 * grid * grid * (hyper_in.shape[1] if not recording else image.shape[-1] // 8) * image.element_size()
+        per_prompt = 16 * grid * grid * (image.shape[-1] // 8) * image.element_size()
         group = max(1, _TEMPORARY_BUDGET // per_prompt)
-        return torch.cat([upscale(image[i : i + group], hyper_in[i : i + group], grid) for i in range(0, image.shape[0], group)])
-
-    def _upscale_blocked(self, image: torch.Tensor, hyper_in: torch.Tensor, grid: int) -> torch.Tensor:
-        """`_upscale` a block of image tokens at a time, for inference: conv1, LayerNorm + GELU, conv2 + GELU and
-        the hypernetwork product of one block run while its feature maps are in cache, so only the image
-        tokens and the mask logits go through memory (the maps are 6x larger than the tokens)."""
-        batch, tokens, channels = image.shape
-        masks = hyper_in.shape[1]
-        norm = self.upscale_layer_norm
-        conv1, conv2 = _conv_transpose_weights(self.upscale_conv1), _conv_transpose_weights(self.upscale_conv2)
-        per_token = (4 * (channels // 4) + 16 * (channels // 8)) * image.element_size()  # both feature maps
-        block = max(1, min(tokens, _UPSCALE_BLOCK_BYTES // (batch * per_token)))
-        hyper_t = hyper_in.transpose(1, 2)  # (N, C/8, M)
-        logits = hyper_in.new_empty(batch, tokens * 16, masks)  # pixels in [i, j, a, b, c, d] order
-        for start in range(0, tokens, block):
-            stop = min(tokens, start + block)
-            up = linear_activation(image[:, start:stop], *conv1, None).view(batch, stop - start, 4, -1)  # (N, c, 4, C/4)
-            up = F.gelu(F.layer_norm(up, norm.normalized_shape, norm.weight, norm.bias, norm.eps))
-            up = linear_activation(up, *conv2, "gelu")  # (N, c, 4, 4 * C/8)
-            logits[:, start * 16 : stop * 16] = up.view(batch, -1, hyper_t.shape[1]) @ hyper_t  # (N, c * 16, M)
-        logits = logits.view(batch, grid, grid, 2, 2, 2, 2, masks)  # (N, i, j, a, b, c, d, M)
-        return logits.permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(batch, masks, 4 * grid, 4 * grid)
+        return torch.cat([self._upscale(image[i : i + group], hyper_in[i : i + group], grid) for i in range(0, image.shape[0], group)])
 
     def _upscale(self, image: torch.Tensor, hyper_in: torch.Tensor, grid: int) -> torch.Tensor:
         norm = self.upscale_layer_norm
