@@ -23,6 +23,10 @@ def test_grown_model_computes_the_same_and_keeps_the_original():
     vision = grown.config.vision_config
     assert vision.num_hidden_layers == layers + 2 and len(grown.vision_encoder.layers) == layers + 2
     assert list(vision.global_attn_indexes)[-2:] == [layers, layers + 1]
+    before_config, after_config = model.config.to_dict(), grown.config.to_dict()
+    changed = {key for key in before_config["vision_config"] if before_config["vision_config"][key] != after_config["vision_config"][key]}
+    assert changed == {"num_hidden_layers", "global_attn_indexes"}
+    assert {k: v for k, v in before_config.items() if k != "vision_config"} == {k: v for k, v in after_config.items() if k != "vision_config"}
     size = vision.image_size
     pixels = torch.randn(2, 3, size, size)
     points = torch.rand(2, 3, 1, 2) * size

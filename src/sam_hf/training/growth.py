@@ -28,10 +28,9 @@ def deepen_vision_encoder(model: SamHfModel, *, num_layers: int, global_attentio
     old = model.config.vision_config
     start = old.num_hidden_layers
     new_indexes = list(range(start, start + num_layers)) if global_attention else []
-    vision = dict(old.to_dict(), num_hidden_layers=start + num_layers,
-                  global_attn_indexes=list(old.global_attn_indexes) + new_indexes)
-    config = SamHfConfig(vision_config=vision, prompt_encoder_config=model.config.prompt_encoder_config.to_dict(),
-                         mask_decoder_config=model.config.mask_decoder_config.to_dict())
+    config = SamHfConfig.from_dict(model.config.to_dict())  # everything else as it was (top-level fields too)
+    config.vision_config.num_hidden_layers = start + num_layers
+    config.vision_config.global_attn_indexes = list(old.global_attn_indexes) + new_indexes
     grown = SamHfModel(config).to(dtype=next(model.parameters()).dtype)
     missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
     new_prefixes = tuple(f"vision_encoder.layers.{i}." for i in range(start, start + num_layers))
