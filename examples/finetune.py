@@ -38,6 +38,7 @@ from sam_hf.training import (
     build_synthetic_dataset,
     deepen_vision_encoder,
     evaluate_batch,
+    resize_image_size,
     simulated_prompt_step,
 )
 
@@ -66,7 +67,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     model = p.add_argument_group("model")
     model.add_argument("--model_name_or_path", help="a saved SamHf model folder or Hub id")
     model.add_argument("--config_variant", choices=["tiny", "vit_b", "vit_l", "vit_h"], help="train this preset from scratch")
-    model.add_argument("--image_size", type=int, help="input side (custom config, or override of the variant)")
+    model.add_argument("--image_size", type=int,
+                       help="input side (custom config, or override of the variant); with --model_name_or_path the loaded "
+                            "model is moved to this side (sam_hf.training.resize_image_size: same patches, finer grid)")
     model.add_argument("--patch_size", type=int, help="patch side of the ViT (the embedding grid is image_size / patch_size)")
     model.add_argument("--vision_hidden_size", type=int)
     model.add_argument("--vision_layers", type=int)
@@ -119,6 +122,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("give exactly one of --dataset_name, --dataset_path and --synthetic")
     if (args.model_name_or_path is None) == (args.config_variant is None and args.vision_layers is None):
         p.error("give --model_name_or_path, or --config_variant / a custom config (--vision_layers ...)")
+    if args.model_name_or_path is not None:
+        fixed = [f"--{name}" for name in ("patch_size", "vision_hidden_size", "vision_heads", "window_size", "global_attn_indexes",
+                                          "prompt_dim", "decoder_mlp_dim", "decoder_heads") if getattr(args, name) is not None]
+        if fixed:
+            p.error(f"{', '.join(fixed)} shape(s) a model built from scratch; --model_name_or_path loads one, got both")
     if args.add_vision_layers is not None and (args.model_name_or_path is None or args.add_vision_layers < 1):
         p.error(f"--add_vision_layers needs --model_name_or_path and a count >= 1, got {args.add_vision_layers}")
     return args
@@ -226,6 +234,11 @@ def main(argv=None) -> None:
         processor = SamHfProcessor.from_pretrained(args.model_name_or_path)
         if args.add_vision_layers:
             model = deepen_vision_encoder(model, num_layers=args.add_vision_layers)
+        if args.image_size is not None and args.image_size != model.config.vision_config.image_size:
+            model = resize_image_size(model, image_size=args.image_size)
+            old = processor.image_processor
+            processor = SamHfProcessor(image_processor=SamHfImageProcessor(
+                longest_edge=args.image_size, pixel_mean=old.pixel_mean, pixel_std=old.pixel_std))
     else:
         model = SamHfModel(build_config(args))
         if args.init == "fan_in":

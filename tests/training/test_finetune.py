@@ -113,3 +113,32 @@ def test_fan_in_init_gives_mask_logits_that_can_learn():
         fan_in = model(pixel_values=pixels, input_boxes=boxes, multimask_output=False).pred_masks[0, :, 0]
     assert small.abs().mean() < 0.01
     assert fan_in.abs().mean() > 0.05 and (fan_in[0] - fan_in[1]).abs().mean() > 0.05
+
+
+def test_loaded_model_moves_to_a_larger_image_size(tmp_path):
+    from sam_hf import SamHfImageProcessor, SamHfModel, SamHfProcessor, config_for_variant
+
+    base = str(tmp_path / "base")
+    SamHfModel(config_for_variant("tiny")).save_pretrained(base)
+    SamHfProcessor(image_processor=SamHfImageProcessor(longest_edge=128, pixel_mean=[100.0, 110.0, 120.0])).save_pretrained(base)
+    out = str(tmp_path / "resized")
+    _run(["--synthetic", "4", "--synthetic_eval", "2", "--synthetic_image_size", "64", "96", "--model_name_or_path", base,
+          "--image_size", "192", "--trainable", "all", "--max_train_steps", "1", "--per_device_train_batch_size", "2",
+          "--output_dir", out])
+    model, processor = SamHfModel.from_pretrained(out), SamHfProcessor.from_pretrained(out)
+    assert model.config.vision_config.image_size == model.config.prompt_encoder_config.image_size == 192
+    assert model.vision_encoder.pos_embed.shape[1:3] == (12, 12)
+    assert processor.image_processor.longest_edge == 192 and processor.image_processor.pixel_mean == [100.0, 110.0, 120.0]
+
+
+def test_architecture_flags_with_a_loaded_model_are_refused(capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("finetune_example", SCRIPT)
+    finetune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(finetune)
+    with pytest.raises(SystemExit):
+        finetune.parse_args(["--synthetic", "4", "--output_dir", "unused", "--model_name_or_path", "m", "--patch_size", "8"])
+    assert "--patch_size" in capsys.readouterr().err
+    args = finetune.parse_args(["--synthetic", "4", "--output_dir", "unused", "--model_name_or_path", "m", "--image_size", "256"])
+    assert args.image_size == 256

@@ -1,9 +1,10 @@
-"""deepen_vision_encoder: appended ViT layers leave the model's outputs unchanged, then learn."""
+"""Growth: deepen_vision_encoder's appended ViT layers leave the outputs unchanged, then learn;
+resize_image_size moves a model to a larger input with Meta's rel-pos interpolation."""
 import pytest
 import torch
 
 from sam_hf import SamHfModel, config_for_variant
-from sam_hf.training import deepen_vision_encoder
+from sam_hf.training import deepen_vision_encoder, resize_image_size
 
 
 def _model():
@@ -63,3 +64,50 @@ def test_windowed_layers_and_bad_counts():
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="num_layers"):
             deepen_vision_encoder(model, num_layers=bad)
+
+
+def test_resized_model_has_the_new_grid_and_meta_rel_pos_interpolation():
+    from segment_anything.modeling.image_encoder import get_rel_pos
+
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    vision = model.config.vision_config  # tiny: 128 input, patch 16 (grid 8), window 4, layer 1 global
+    resized = resize_image_size(model, image_size=192).eval()
+    assert resized.config.vision_config.image_size == resized.config.prompt_encoder_config.image_size == 192
+    old_config, new_config = model.config.to_dict(), resized.config.to_dict()
+    for part in ("vision_config", "prompt_encoder_config"):
+        assert {k for k in old_config[part] if old_config[part][k] != new_config[part][k]} == {"image_size"}
+    assert old_config["mask_decoder_config"] == new_config["mask_decoder_config"]
+    assert resized.vision_encoder.pos_embed.shape == (1, 12, 12, vision.hidden_size)
+    changed = {k for k, v in resized.state_dict().items() if v.shape != before[k].shape or not torch.equal(v, before[k])}
+    assert changed == {"vision_encoder.pos_embed", "vision_encoder.layers.1.attn.rel_pos_h", "vision_encoder.layers.1.attn.rel_pos_w"}
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the original is untouched
+    # the global layer's tables are what Meta's get_rel_pos makes of the old ones for a 12 x 12 grid
+    for name in ("rel_pos_h", "rel_pos_w"):
+        old, new = getattr(model.vision_encoder.layers[1].attn, name), getattr(resized.vision_encoder.layers[1].attn, name)
+        assert new.shape == (23, old.shape[1])
+        torch.testing.assert_close(new[torch.arange(12)[:, None] - torch.arange(12)[None, :] + 11], get_rel_pos(12, 12, old))
+        torch.testing.assert_close(new[11], old[7])  # distance 0 stays distance 0
+    # the position embedding: a field that varies down the rows only (a channel apart) keeps that layout
+    rows = torch.linspace(-1, 1, 8)[None, :, None, None]
+    channels = torch.arange(vision.hidden_size, dtype=torch.float32)
+    with torch.no_grad():
+        model.vision_encoder.pos_embed.copy_(rows.expand(1, 8, 8, vision.hidden_size) + channels)
+    field = resize_image_size(model, image_size=192).vision_encoder.pos_embed[0]  # (12, 12, C)
+    torch.testing.assert_close(field - field[:, :1], torch.zeros_like(field), atol=1e-4, rtol=0)  # constant along columns
+    torch.testing.assert_close(field - field[:, :, :1], (channels - channels[0]).expand_as(field), atol=1e-4, rtol=0)
+    assert (field[1:, 0, 0] > field[:-1, 0, 0]).all() and field[0, 0, 0] < -0.9 and field[-1, 0, 0] > 0.9
+    # it runs at the new size: low-resolution masks on a 4 x 12 grid
+    pixels, points = torch.randn(1, 3, 192, 192), torch.tensor([[[[100.0, 60.0]]]])
+    with torch.no_grad():
+        out = resized(pixel_values=pixels, input_points=points, input_labels=torch.ones(1, 1, 1, dtype=torch.long))
+    assert out.pred_masks.shape[-2:] == (48, 48) and torch.isfinite(out.pred_masks).all()
+
+
+def test_resize_to_the_same_size_changes_nothing_and_bad_sizes_raise():
+    model = _model()
+    same = resize_image_size(model, image_size=128)
+    assert all(torch.equal(v, same.state_dict()[k]) for k, v in model.state_dict().items())
+    for bad in (100, 0, -16, 192.0, True, "192"):
+        with pytest.raises(ValueError, match="image_size"):
+            resize_image_size(model, image_size=bad)

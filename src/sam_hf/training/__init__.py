@@ -7,7 +7,7 @@ annotations need pycocotools. Both are imported only when used.
 from .annotations import decode_instance_masks, get_column
 from .data import SamHfSegmentationCollator
 from .evaluation import evaluate_amg_recall, evaluate_prompted, synthetic_images
-from .growth import deepen_vision_encoder
+from .growth import deepen_vision_encoder, resize_image_size
 from .losses import SamHfLoss, SamHfLossOutput, dice_loss, sam_loss, sigmoid_focal_loss
 from .loop import PromptSimulationConfig, evaluate_batch, select_prompts, simulated_prompt_step
 from .metrics import MeanMetric, dice_score, mask_iou
@@ -49,6 +49,7 @@ __all__ = [
     "masks_to_model_frame",
     "refine_prompts",
     "render_sample",
+    "resize_image_size",
     "sam_loss",
     "sample_points",
     "select_prompts",
