@@ -121,10 +121,15 @@ class SamHfMaskDecoder(nn.Module):
         """One group of prompts: tokens (B, p, T', C), image (B, p or 1, g*g, C) -> masks, iou, weights."""
         batch, prompts, _, channels = tokens.shape
         grid = int(image.shape[2] ** 0.5)
-        tokens, image, weights = self.transformer(tokens, image, pe, token_mask, output_attentions, cache)
-        iou_pred = self.iou_prediction_head(tokens[:, :, 0])[..., mask_slice]  # (B, p, M)
         chosen = range(self.num_mask_tokens)[mask_slice]
-        hyper_in = torch.stack([self.output_hypernetworks_mlps[i](tokens[:, :, 1 + i]) for i in chosen], dim=2)  # (B, p, M, C/8)
+        # only the IoU token and the chosen mask tokens are read after the transformer (all of them when the
+        # attention weights are returned, which keep their full shape)
+        read = list(range(tokens.shape[2])) if output_attentions else [0] + [1 + i for i in chosen]
+        tokens, image, weights = self.transformer(tokens, image, pe, token_mask, output_attentions, cache,
+                                                  output_tokens=None if output_attentions else read)
+        position = {token: row for row, token in enumerate(read)}  # token index -> row of `tokens`
+        iou_pred = self.iou_prediction_head(tokens[:, :, position[0]])[..., mask_slice]  # (B, p, M)
+        hyper_in = torch.stack([self.output_hypernetworks_mlps[i](tokens[:, :, position[1 + i]]) for i in chosen], dim=2)  # (B, p, M, C/8)
         image, hyper_in = image.reshape(batch * prompts, grid * grid, channels), hyper_in.flatten(0, 1)
         if mask_iou_threshold is None:
             masks = self.upscale_masks(image, hyper_in, grid)

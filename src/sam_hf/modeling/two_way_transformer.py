@@ -217,17 +217,22 @@ class SamHfTwoWayTransformer(nn.Module):
         self.final_attn_token_to_image = SamHfAttention(config, downsample_rate=config.attention_downsample_rate)
         self.layer_norm_final_attn = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, tokens, image, image_pe, token_mask=None, output_attentions=False, cache=None):
+    def forward(self, tokens, image, image_pe, token_mask=None, output_attentions=False, cache=None, output_tokens=None):
         """tokens (B, P, T, C), image (B, P', HW, C) with P' in {1, P}, image_pe (HW, C), token_mask (B, P, T);
         `cache` (a dict for one decoder call) shares the prompt-independent projections across prompt groups.
+        `output_tokens` (indices into T): only these tokens leave the final attention, in that order. Exact:
+        the final attention and LayerNorm treat each token on its own, so the tokens nobody reads (the prompt
+        tokens, an unused mask token) are not attended with.
 
-        Returns tokens (B, P, T, C), image (B, P, HW, C) and the attention weights when asked for.
+        Returns tokens (B, P, T or len(output_tokens), C), image (B, P, HW, C) and the attention weights when asked for.
         """
         queries, keys = tokens, image
         weights = ()
         for layer in self.layers:
             queries, keys, layer_weights = layer(queries, keys, tokens, image_pe, token_mask, output_attentions, cache)
             weights += layer_weights
+        if output_tokens is not None:
+            queries, tokens = queries[:, :, output_tokens], tokens[:, :, output_tokens]  # (B, P, T', C)
         final = self.final_attn_token_to_image
         out, w_final = final.tokens_to_image(queries, tokens, keys, image_pe, output_attentions, cache)
         queries = self.layer_norm_final_attn(queries + out)
