@@ -41,3 +41,16 @@ def test_mask_iou_threshold_skips_only_prompts_without_a_mask_above_it(tiny_mode
 def test_mask_iou_threshold_type_is_checked(tiny_model):
     with pytest.raises(TypeError, match="mask_iou_threshold must be a float"):
         tiny_model(image_embeddings=torch.randn(1, 32, 8, 8), input_points=torch.rand(1, 2, 1, 2), mask_iou_threshold="0.5")
+
+
+@torch.no_grad()
+def test_transformer_output_tokens_are_those_rows_of_the_full_output(tiny_model):
+    transformer = tiny_model.mask_decoder.transformer
+    tokens, image = torch.randn(2, 3, 7, 32), torch.randn(2, 1, 64, 32)  # (B, P, T, C), shared image side (B, 1, HW, C)
+    pe, token_mask = torch.randn(64, 32), torch.ones(2, 3, 7, dtype=torch.bool)
+    token_mask[:, :, -1] = False  # a padded prompt slot
+    full, full_image, _ = transformer(tokens, image, pe, token_mask)
+    some, some_image, _ = transformer(tokens, image, pe, token_mask, output_tokens=[0, 2, 4])
+    assert some.shape == (2, 3, 3, 32)
+    assert_close(some, full[:, :, [0, 2, 4]], rtol=1e-5, atol=1e-6)
+    assert_close(some_image, full_image, rtol=0, atol=0)
