@@ -132,6 +132,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def save_checkpoint(accelerator, model, processor, path: str) -> None:
+    """`save_state` (weights, optimizer, scheduler, random states: exact resume), plus the model's config and the
+    processor, so that the folder also loads as a model: `SamHfModel.from_pretrained(path)` (accelerate writes
+    the weights as model.safetensors with the model's own key names)."""
+    accelerator.save_state(path)
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).config.save_pretrained(path)
+        processor.save_pretrained(path)
+
+
 def build_config(args) -> SamHfConfig:
     vision = {k: v for k, v in dict(hidden_size=args.vision_hidden_size, num_hidden_layers=args.vision_layers,
                                     num_attention_heads=args.vision_heads, window_size=args.window_size,
@@ -320,7 +330,7 @@ def main(argv=None) -> None:
                 metrics = evaluate(model, eval_loader, processor, accelerator)
                 _log(accelerator, {"step": step, **metrics}, log_path)
             if args.checkpointing_steps and step % args.checkpointing_steps == 0:
-                accelerator.save_state(os.path.join(args.output_dir, f"step_{step}"))
+                save_checkpoint(accelerator, model, processor, os.path.join(args.output_dir, f"step_{step}"))
             if step >= stop_at:
                 break
         if step >= stop_at:
@@ -328,7 +338,7 @@ def main(argv=None) -> None:
 
     if step < max_steps:
         if not (args.checkpointing_steps and step % args.checkpointing_steps == 0):
-            accelerator.save_state(os.path.join(args.output_dir, f"step_{step}"))
+            save_checkpoint(accelerator, model, processor, os.path.join(args.output_dir, f"step_{step}"))
         logger.info(f"stopped at step {step} of {max_steps}; continue with --resume_from_checkpoint latest")
         accelerator.end_training()
         return

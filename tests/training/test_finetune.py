@@ -64,6 +64,13 @@ def test_interrupted_run_resumes_exactly(tmp_path):
     _run(common + ["--output_dir", straight])
     _run(common + ["--output_dir", resumed, "--stop_after_steps", "3"])  # interrupted after step 3
     assert os.path.isdir(os.path.join(resumed, "step_3")) and not os.path.exists(os.path.join(resumed, "model.safetensors"))
+    from sam_hf import SamHfModel, SamHfProcessor  # a checkpoint folder also loads as a model, with its processor
+
+    checkpoint = os.path.join(resumed, "step_3")
+    loaded = SamHfModel.from_pretrained(checkpoint).state_dict()
+    saved = _weights(checkpoint)
+    assert loaded.keys() == saved.keys() and all(torch.equal(loaded[k], saved[k]) for k in saved)
+    assert SamHfProcessor.from_pretrained(checkpoint).image_processor.longest_edge == 128
     _run(common + ["--output_dir", resumed, "--resume_from_checkpoint", "latest"])
     steps = [r["step"] for r in _log(resumed) if "loss" in r]
     assert steps == [1, 2, 3, 4, 5, 6]  # no step repeated or skipped
