@@ -94,7 +94,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--weight_decay", type=float, default=0.01)
     train.add_argument("--max_grad_norm", type=float, default=1.0)
     train.add_argument("--num_train_epochs", type=int, default=1)
-    train.add_argument("--max_train_steps", type=int, help="overrides --num_train_epochs")
+    train.add_argument("--max_train_steps", type=int,
+                       help="overrides --num_train_epochs; 0: no training, only evaluate and save the loaded model "
+                            "(after --image_size / --add_vision_layers)")
     train.add_argument("--gradient_accumulation_steps", type=int, default=1)
     train.add_argument("--lr_scheduler_type", default="cosine")
     train.add_argument("--num_warmup_steps", type=int, default=0)
@@ -129,6 +131,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"{', '.join(fixed)} shape(s) a model built from scratch; --model_name_or_path loads one, got both")
     if args.add_vision_layers is not None and (args.model_name_or_path is None or args.add_vision_layers < 1):
         p.error(f"--add_vision_layers needs --model_name_or_path and a count >= 1, got {args.add_vision_layers}")
+    if args.max_train_steps is not None and (args.max_train_steps < 0 or args.max_train_steps == 0 and args.model_name_or_path is None):
+        p.error(f"--max_train_steps must be >= 1, or 0 (no training) with --model_name_or_path, got {args.max_train_steps}")
     return args
 
 
@@ -272,7 +276,7 @@ def main(argv=None) -> None:
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)  # per process, after sharding
-    max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    max_steps = args.max_train_steps if args.max_train_steps is not None else args.num_train_epochs * steps_per_epoch
     num_epochs = math.ceil(max_steps / steps_per_epoch)
     # Stepped once per optimizer step on every process, so not wrapped by prepare(); saved with the state.
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer=optimizer, num_warmup_steps=args.num_warmup_steps,
@@ -354,6 +358,8 @@ def main(argv=None) -> None:
             command=command, metrics=metrics, base_model=args.model_name_or_path if args.model_name_or_path and not os.path.isdir(args.model_name_or_path) else None,
             dataset=args.dataset_name or ("synthetic shapes (sam_hf.training.build_synthetic_dataset)" if args.synthetic else args.dataset_path),
             training_steps=step, loss=_describe_loss(args),
+            notes="" if step else "No optimizer step was taken (`--max_train_steps 0`): the loaded model was only "
+                                  "converted (input size, added layers) and evaluated; the loss above is what training would use.",
         )
         card.save(os.path.join(args.output_dir, "README.md"))
         if args.push_to_hub:

@@ -149,3 +149,42 @@ def test_architecture_flags_with_a_loaded_model_are_refused(capsys):
     assert "--patch_size" in capsys.readouterr().err
     args = finetune.parse_args(["--synthetic", "4", "--output_dir", "unused", "--model_name_or_path", "m", "--image_size", "256"])
     assert args.image_size == 256
+
+
+def test_zero_steps_only_converts_evaluates_and_saves(tmp_path):
+    # --max_train_steps 0: the loaded model moved to another input size, evaluated and saved, no weight trained
+    from safetensors.torch import load_file
+
+    from sam_hf import SamHfImageProcessor, SamHfModel, SamHfProcessor, config_for_variant
+    from sam_hf.training import resize_image_size
+
+    base = str(tmp_path / "base")
+    torch.manual_seed(0)
+    original = SamHfModel(config_for_variant("tiny"))
+    original.save_pretrained(base)
+    SamHfProcessor(image_processor=SamHfImageProcessor(longest_edge=128)).save_pretrained(base)
+    out = str(tmp_path / "converted")
+    _run(["--synthetic", "4", "--synthetic_eval", "2", "--synthetic_image_size", "64", "96", "--model_name_or_path", base,
+          "--image_size", "192", "--trainable", "all", "--max_train_steps", "0", "--learning_rate", "1e-2",
+          "--per_device_train_batch_size", "2", "--output_dir", out])
+    saved = load_file(os.path.join(out, "model.safetensors"))
+    expected = resize_image_size(original, image_size=192).state_dict()
+    assert set(saved) <= set(expected)
+    for key, value in saved.items():
+        assert torch.equal(value, expected[key]), key
+    assert SamHfProcessor.from_pretrained(out).image_processor.longest_edge == 192
+    records = [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))]
+    assert [r["step"] for r in records] == [0] and records[0]["eval_instances"] > 0  # evaluated, never stepped
+    assert "No optimizer step was taken" in open(os.path.join(out, "README.md")).read()
+
+
+def test_negative_or_untargeted_zero_steps_are_refused(capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("finetune_example", SCRIPT)
+    finetune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(finetune)
+    for flags in (["--model_name_or_path", "m", "--max_train_steps", "-1"], ["--config_variant", "tiny", "--max_train_steps", "0"]):
+        with pytest.raises(SystemExit):
+            finetune.parse_args(["--synthetic", "4", "--output_dir", "unused", *flags])
+        assert "--max_train_steps" in capsys.readouterr().err
