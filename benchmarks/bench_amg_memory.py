@@ -10,7 +10,7 @@
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_amg_memory.py --image-size 1000 750 --points-per-side 8
 
 Each implementation runs in its own process: it loads the weights (`--model`, default the shipped
-`models/sam-hf-shapes-192`: a cheap encoder and decoder, so what happens at image size dominates) and the
+`models/sam-hf-shapes-352`: a cheap encoder and decoder, so what happens at image size dominates) and the
 seeded synthetic image (rendered once by the driver, saved as .npy) and builds its generator; then the
 peak resident set is reset to the current one (Linux `/proc/self/clear_refs`; a line under the table says
 if that was not possible) and one `generate` runs. Reported: the resident set before `generate` (baseline:
@@ -144,7 +144,7 @@ def parse_overrides(items: list[str]) -> dict[str, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="models/sam-hf-shapes-192", help="a saved SamHf model folder, loaded into all")
+    parser.add_argument("--model", default="models/sam-hf-shapes-352", help="a saved SamHf model folder, loaded into all")
     parser.add_argument("--image-size", nargs=2, type=int, default=[4000, 3000], metavar=("W", "H"))
     parser.add_argument("--impls", nargs="+", default=["sam_hf", "meta", "transformers"], choices=IMPLS)
     parser.add_argument("--points-per-side", type=int, default=16)

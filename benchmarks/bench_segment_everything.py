@@ -3,7 +3,7 @@ transformers' stock `pipeline("mask-generation")` on its `SamModel` vs Meta's `S
 same weights, same image, fp32 and bf16.
 
     nice -n 10 python benchmarks/bench_segment_everything.py --variant vit_b --runs 1
-    nice -n 10 python benchmarks/bench_segment_everything.py --model models/sam-hf-shapes-192 --image-size 192 160 \\
+    nice -n 10 python benchmarks/bench_segment_everything.py --model models/sam-hf-shapes-352 --image-size 192 160 \\
         --points-per-side 16 --pred-iou-thresh 0.5 --stability-score-thresh 0.8
 
 One process, implementations timed round-robin (read the ratios), each called as its users call it: image

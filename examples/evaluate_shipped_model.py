@@ -2,8 +2,8 @@
 """Measure a SamHf model on fresh held-out synthetic images: single-point mIoU, box mIoU, and the recall of
 objects by automatic mask generation (segment everything) at IoU 0.5.
 
-    python examples/evaluate_shipped_model.py models/sam-hf-shapes-192 --num_images 256 --seed 10000
-    python examples/evaluate_shipped_model.py models/sam-hf-shapes-192 --json metrics.json
+    python examples/evaluate_shipped_model.py models/sam-hf-shapes-352 --num_images 256 --seed 10000
+    python examples/evaluate_shipped_model.py models/sam-hf-shapes-352 --json metrics.json
 
 The images come from `sam_hf.training.build_synthetic_dataset(num_images, seed, image_size)`; the shipped
 model was trained on seed 0, so any other seed is held out. Prompted mIoU: every instance is prompted with

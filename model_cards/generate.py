@@ -4,8 +4,8 @@
     python model_cards/generate.py
 
 Writes one card per converted Meta checkpoint (sam-hf-vit-{b,l,h}.md). The shipped model's card
-(sam-hf-shapes-192.md) is written by examples/finetune.py into the model folder, with its measured
-numbers; this script copies it here when models/sam-hf-shapes-192/README.md exists.
+(sam-hf-shapes-352.md) is written by examples/finetune.py into the model folder, with its measured
+numbers; this script copies it here when models/sam-hf-shapes-352/README.md exists.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ def main() -> None:
         card = conversion_model_card(variant=variant, config=config_for_variant(variant), command=command, repo_id=name)
         card.save(os.path.join(HERE, f"{name}.md"))
         print(f"wrote model_cards/{name}.md")
-    shipped = os.path.join(ROOT, "models", "sam-hf-shapes-192", "README.md")
+    shipped = os.path.join(ROOT, "models", "sam-hf-shapes-352", "README.md")
     if os.path.exists(shipped):
-        shutil.copyfile(shipped, os.path.join(HERE, "sam-hf-shapes-192.md"))
-        print("copied models/sam-hf-shapes-192/README.md")
+        shutil.copyfile(shipped, os.path.join(HERE, "sam-hf-shapes-352.md"))
+        print("copied models/sam-hf-shapes-352/README.md")
 
 
 if __name__ == "__main__":
