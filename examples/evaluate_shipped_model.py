@@ -6,8 +6,8 @@ objects by automatic mask generation (segment everything) at IoU 0.5.
     python examples/evaluate_shipped_model.py models/sam-hf-shapes-352 --json metrics.json
 
 The images come from `sam_hf.training.build_synthetic_dataset(num_images, seed, image_size)`; the shipped
-model was trained on seed 0, so any other seed is held out. Prompted mIoU: every instance is prompted with
-its most interior pixel (the candidate with the highest predicted IoU is kept) and with its tight box;
+model was trained on seeds 0 to 4 (its card lists them), so seed 10000 and other unused seeds are held out.
+Prompted mIoU: every instance is prompted with its most interior pixel (the candidate with the highest predicted IoU is kept) and with its tight box;
 IoU at the original resolution. AMG: `SamHfAutomaticMaskGenerator` with its default settings (as
 `sam-hf segment-everything` and `pipeline("mask-generation")` use them) unless flags say otherwise; an
 object counts as found when some generated mask has IoU >= 0.5 with it.
@@ -30,7 +30,7 @@ def main(argv=None) -> dict:
     p.add_argument("model", help="a saved SamHf model folder")
     p.add_argument("--num_images", type=int, default=256, help="held-out images for point / box mIoU")
     p.add_argument("--amg_images", type=int, default=64, help="held-out images for AMG recall (the first ones)")
-    p.add_argument("--seed", type=int, default=10_000, help="synthetic seed of the held-out images (training: 0)")
+    p.add_argument("--seed", type=int, default=10_000, help="synthetic seed of the held-out images (training: 0 to 4)")
     p.add_argument("--image_size", type=int, nargs=2, default=[128, 192], metavar=("MIN", "MAX"))
     p.add_argument("--points_per_side", type=int, default=None, help="AMG grid (default: the generator's, 32)")
     p.add_argument("--pred_iou_thresh", type=float, default=None)
