@@ -8,9 +8,10 @@ objects by automatic mask generation (segment everything) at IoU 0.5.
 The images come from `sam_hf.training.build_synthetic_dataset(num_images, seed, image_size)`; the shipped
 model was trained on seeds 0 to 4 (its card lists them), so seed 10000 and other unused seeds are held out.
 Prompted mIoU: every instance is prompted with its most interior pixel (the candidate with the highest
-predicted IoU is kept) and with its tight box; IoU at the original resolution. AMG: `SamHfAutomaticMaskGenerator` with its default settings (as
-`sam-hf segment-everything` and `pipeline("mask-generation")` use them) unless flags say otherwise; an
-object counts as found when some generated mask has IoU >= 0.5 with it.
+predicted IoU is kept) and with its tight box; IoU at the original resolution. AMG:
+`SamHfAutomaticMaskGenerator` with its default settings (as `sam-hf segment-everything` and
+`pipeline("mask-generation")` use them) unless flags say otherwise; an object counts as found when some
+generated mask has IoU >= 0.5 with it.
 """
 
 from __future__ import annotations

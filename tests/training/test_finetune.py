@@ -20,6 +20,16 @@ def _run(args, *, launcher=None, timeout=600):
     return result
 
 
+def _script():
+    """examples/finetune.py imported as a module (its parse_args, build_config, ...)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("finetune_example", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _log(output_dir):
     with open(os.path.join(output_dir, "log.jsonl")) as f:
         return [json.loads(line) for line in f]
@@ -99,11 +109,7 @@ def test_two_cpu_processes(tmp_path):
 def test_fan_in_init_gives_mask_logits_that_can_learn():
     # transformers' N(0, 0.02) leaves a narrow model's mask logits near 1e-4 (no gradient reaches the mask
     # path); --init fan_in must give logits of order one that depend on the prompt.
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("finetune_example", SCRIPT)
-    finetune = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(finetune)
+    finetune = _script()
     from sam_hf import SamHfModel
 
     args = finetune.parse_args(["--synthetic", "4", "--output_dir", "unused", "--image_size", "128", "--patch_size", "8",
@@ -139,11 +145,7 @@ def test_loaded_model_moves_to_a_larger_image_size(tmp_path):
 
 
 def test_architecture_flags_with_a_loaded_model_are_refused(capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("finetune_example", SCRIPT)
-    finetune = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(finetune)
+    finetune = _script()
     with pytest.raises(SystemExit):
         finetune.parse_args(["--synthetic", "4", "--output_dir", "unused", "--model_name_or_path", "m", "--patch_size", "8"])
     assert "--patch_size" in capsys.readouterr().err
@@ -153,8 +155,6 @@ def test_architecture_flags_with_a_loaded_model_are_refused(capsys):
 
 def test_zero_steps_only_converts_evaluates_and_saves(tmp_path):
     # --max_train_steps 0: the loaded model moved to another input size, evaluated and saved, no weight trained
-    from safetensors.torch import load_file
-
     from sam_hf import SamHfImageProcessor, SamHfModel, SamHfProcessor, config_for_variant
     from sam_hf.training import resize_image_size
 
@@ -167,23 +167,19 @@ def test_zero_steps_only_converts_evaluates_and_saves(tmp_path):
     _run(["--synthetic", "4", "--synthetic_eval", "2", "--synthetic_image_size", "64", "96", "--model_name_or_path", base,
           "--image_size", "192", "--trainable", "all", "--max_train_steps", "0", "--learning_rate", "1e-2",
           "--per_device_train_batch_size", "2", "--output_dir", out])
-    saved = load_file(os.path.join(out, "model.safetensors"))
+    saved = _weights(out)
     expected = resize_image_size(original, image_size=192).state_dict()
-    assert set(saved) <= set(expected)
+    assert "vision_encoder.pos_embed" in saved and set(saved) <= set(expected)
     for key, value in saved.items():
         assert torch.equal(value, expected[key]), key
     assert SamHfProcessor.from_pretrained(out).image_processor.longest_edge == 192
-    records = [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))]
+    records = _log(out)
     assert [r["step"] for r in records] == [0] and records[0]["eval_instances"] > 0  # evaluated, never stepped
     assert "No optimizer step was taken" in open(os.path.join(out, "README.md")).read()
 
 
 def test_negative_or_untargeted_zero_steps_are_refused(capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("finetune_example", SCRIPT)
-    finetune = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(finetune)
+    finetune = _script()
     for flags in (["--model_name_or_path", "m", "--max_train_steps", "-1"], ["--config_variant", "tiny", "--max_train_steps", "0"]):
         with pytest.raises(SystemExit):
             finetune.parse_args(["--synthetic", "4", "--output_dir", "unused", *flags])
