@@ -15,7 +15,9 @@ the augmented tensors live in the thread's workspace and only what varies is rew
 where the wider augmented heads would cost more matmul time than they save, the relative positions are
 added to explicit logits instead: `sdpa_with_rel_pos_mask` (windows: a dense bias per chunk of query rows)
 and `row_blocked_attention_with_rel_pos` (global grids: a few query rows of one head at a time, logits
-kept in cache, no bias written to memory).
+kept in cache, no bias written to memory). In bf16 on CPUs with AMX, `kernel_attention_with_rel_pos` runs
+sam_hf's compiled flash kernel (`sam_hf.kernels`), which adds the two terms to each block of logits in
+cache and keeps the head width: faster than the augmented SDPA, which is then the fallback.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..kernels import kernel
 from .layers import workspace
 
 IMPLEMENTATIONS = ("eager", "sdpa")
@@ -290,6 +293,28 @@ def row_blocked_attention_with_rel_pos(
                 torch.mm(logits, values, out=result)
                 result.div_(total)
     return out
+
+
+def relpos_kernel_usable(*, dtype: torch.dtype, device: torch.device, head_dim: int) -> bool:
+    """Whether `kernel_attention_with_rel_pos` takes such queries here: bf16 on CPU, even head width, and
+    the kernel built for this machine."""
+    return dtype == torch.bfloat16 and device.type == "cpu" and head_dim % 2 == 0 and kernel("relpos_attention") is not None
+
+
+def kernel_attention_with_rel_pos(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, *, size: tuple[int, int], scale: float
+) -> torch.Tensor:
+    """Attention with relative positions by the compiled kernel (see `relpos_kernel_usable`):
+    query/key/value (B', heads, H*W, D) bf16 -> (B', heads, H*W, D) bf16, a new tensor."""
+    height, width = size
+    batch, heads, length, head_dim = query.shape
+    rel_h, rel_w = rel_pos_terms(query, rel_pos_h, rel_pos_w, size=size, head_dim=head_dim, factor=1.0)
+    groups = batch * heads
+    out = kernel("relpos_attention").relpos_attention(
+        query.reshape(groups, length, head_dim), key.reshape(groups, length, head_dim), value.reshape(groups, length, head_dim),
+        rel_h.reshape(groups, height, width, height), rel_w.reshape(groups, height, width, width), scale,
+    )  # (B' * heads, L, D); the terms are strided views of one matmul's output, read in place
+    return out.view(batch, heads, length, head_dim)
 
 
 def sdpa_on_buffers(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, scale: float, head_dim: int) -> torch.Tensor:

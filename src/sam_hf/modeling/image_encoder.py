@@ -19,6 +19,8 @@ from ..configuration import SamHfVisionConfig
 from .attention import (
     ROW_BLOCKED_MIN_TOKENS,
     augmented_buffers,
+    kernel_attention_with_rel_pos,
+    relpos_kernel_usable,
     grid_attention,
     row_blocked_attention_with_rel_pos,
     sdpa_on_buffers,
@@ -130,10 +132,12 @@ class SamHfVisionAttention(nn.Module):
         qkv = workspace("vit_qkv", (batch, height, width, 3 * channels), **kwargs)
         linear_into(hidden_states.contiguous(), self.qkv, qkv)  # (B, H, W, 3C)
         n_h, n_w = -(-height // window[0]), -(-width // window[1])
-        # relative positions folded into SDPA's query/key (bf16: softmax-bound) or as a dense bias built
-        # chunk by chunk (fp32: matmul-bound, where the wider heads would cost more)
+        # relative positions: bf16 on AMX CPUs, added inside sam_hf's flash kernel; other bf16/fp16, folded
+        # into SDPA's query/key (softmax-bound); fp32, as explicit logits or a dense bias built chunk by chunk
+        # (matmul-bound, where the wider heads would cost more)
         as_mask = self.use_rel_pos and hidden_states.dtype in (torch.float32, torch.float64)
-        fold = self.use_rel_pos and not as_mask
+        in_kernel = self.use_rel_pos and not as_mask and relpos_kernel_usable(head_dim=head_dim, **kwargs)
+        fold = self.use_rel_pos and not as_mask and not in_kernel
         buffers = augmented_buffers(batch * n_h * n_w, heads, head_dim, window, rel_pos=fold, **kwargs)
         bias = self.qkv.bias.view(3, heads, head_dim) if self.qkv.bias is not None else hidden_states.new_zeros(3, heads, head_dim)
         # (3, B * nW, heads, L, D') -> (B, nH, wh, nW, ww, 3, heads, D): windows in grid order
@@ -145,6 +149,8 @@ class SamHfVisionAttention(nn.Module):
         copy_windows(qkv.view(batch, height, width, 3, heads, head_dim), windows, window, to_windows=True)
         if as_mask and math.prod(window) >= ROW_BLOCKED_MIN_TOKENS:
             out = row_blocked_attention_with_rel_pos(*buffers, self.rel_pos_h, self.rel_pos_w, size=window, scale=self.scale)
+        elif in_kernel:
+            out = kernel_attention_with_rel_pos(*buffers, self.rel_pos_h, self.rel_pos_w, size=window, scale=self.scale)
         elif as_mask:
             out = sdpa_with_rel_pos_mask(*buffers, self.rel_pos_h, self.rel_pos_w, size=window, scale=self.scale)
         else:

@@ -1,0 +1,110 @@
+"""Building and loading sam_hf's optional compiled CPU kernels.
+
+The kernels are C++ sources shipped in this folder, compiled once per machine on first use with
+`torch.utils.cpp_extension` (a C++ compiler and ninja are needed; about 30 s) and cached under
+`$SAM_HF_KERNEL_CACHE` (default `~/.cache/sam_hf/kernels`), one folder per torch version and source hash.
+Everything works without them: when a kernel cannot be used (other CPU, no compiler, a failed build, or
+`SAM_HF_KERNELS=0`), `kernel(...)` returns None, callers take their PyTorch path, and the reason is
+logged once and kept in `unavailable_reason(...)`. `python -m sam_hf.kernels` builds and reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import threading
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+SOURCES = Path(__file__).resolve().parent
+# what each kernel needs from the CPU (flags as /proc/cpuinfo spells them) and from the compiler
+REQUIREMENTS = {
+    "relpos_attention": {
+        "cpu_flags": ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "amx_bf16", "amx_tile"),
+        "cflags": ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mfma", "-fopenmp"),
+    },
+}
+
+_LOCK = threading.Lock()
+_LOADED: dict[str, ModuleType | None] = {}
+_REASONS: dict[str, str] = {}
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cache_dir() -> Path:
+    """Where built kernels are kept: $SAM_HF_KERNEL_CACHE, else ~/.cache/sam_hf/kernels."""
+    return Path(os.environ.get("SAM_HF_KERNEL_CACHE") or Path.home() / ".cache" / "sam_hf" / "kernels")
+
+
+def _why_not(name: str) -> str | None:
+    """Why `name` cannot be built here, or None when it can be tried."""
+    if os.environ.get("SAM_HF_KERNELS", "1").strip().lower() in ("0", "false", "no", "off"):
+        return "disabled by SAM_HF_KERNELS"
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return f"needs Linux on x86-64, this is {platform.system()} on {platform.machine()}"
+    missing = [flag for flag in REQUIREMENTS[name]["cpu_flags"] if flag not in _cpu_flags()]
+    if missing:
+        return f"this CPU lacks {', '.join(missing)}"
+    return None
+
+
+def _build(name: str) -> ModuleType:
+    from torch.utils.cpp_extension import load
+
+    source = SOURCES / f"{name}.cpp"
+    digest = hashlib.sha256(source.read_bytes() + " ".join(REQUIREMENTS[name]["cflags"]).encode()).hexdigest()[:16]
+    build_dir = cache_dir() / f"{name}-torch{torch.__version__}-{digest}"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    if not any(build_dir.glob(f"{name}*.so")):
+        logger.warning(f"sam_hf: compiling the {name} CPU kernel once (about 30 s) into {build_dir}")
+    return load(name, [str(source)], build_directory=str(build_dir), extra_cflags=list(REQUIREMENTS[name]["cflags"]), verbose=False)
+
+
+def kernel(name: str) -> ModuleType | None:
+    """The compiled module `name` (built on first call), or None when it cannot be used here."""
+    if name not in REQUIREMENTS:
+        raise ValueError(f"name must be one of {sorted(REQUIREMENTS)}, got {name!r}")
+    if name in _LOADED:
+        return _LOADED[name]
+    with _LOCK:
+        if name not in _LOADED:
+            reason = _why_not(name)
+            module = None
+            if reason is None:
+                try:
+                    module = _build(name)
+                except Exception as error:  # noqa: BLE001 - any build failure means: use the PyTorch path
+                    reason = f"build failed: {type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
+            if reason is not None:
+                logger.info(f"sam_hf: the {name} kernel is not used ({reason}); PyTorch's path is taken")
+                _REASONS[name] = reason
+            _LOADED[name] = module
+    return _LOADED[name]
+
+
+def unavailable_reason(name: str) -> str | None:
+    """Why `kernel(name)` returned None (after a call), else None."""
+    return _REASONS.get(name)
+
+
+def reset() -> None:
+    """Forget loaded kernels and reasons, so that the next `kernel()` call looks again (tests, env changes)."""
+    with _LOCK:
+        _LOADED.clear()
+        _REASONS.clear()

@@ -1,0 +1,259 @@
+// Attention with SAM's decomposed relative positions for bf16 on x86 CPUs with AVX512-BF16 and AMX:
+//   out = softmax(scale * q k^T + rel_h[q, key_row] + rel_w[q, key_col]) v
+// computed flash-style (online softmax over key blocks, nothing of size L x L in memory) with the two
+// relative-position terms added to each block of logits while it is in cache. The matmuls are ATen's
+// brgemm (oneDNN, AMX tiles, bf16 x bf16 -> fp32); the bias, softmax and bf16 rounding are AVX-512 here.
+// Compared with SDPA on query/key widened by the one-hot relative-position columns, the matmuls keep the
+// head width (64 instead of 192 for ViT global attention). Built on first use by sam_hf.kernels.loader.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+using at::BFloat16;
+
+namespace {
+
+constexpr int64_t kMaxBlockKeys = 512;  // keys per block: whole key rows, at most this many
+constexpr int64_t kMaxBlockQueries = 64;
+
+// exp of 16 floats: 2^n * p(r) with x = n ln2 + r, |r| <= ln2 / 2, Taylor polynomial of degree 6
+// (relative error ~2e-7, far below bf16 rounding); x below -87 gives ~0 instead of a denormal.
+inline __m512 exp16(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  // ln2 split in two for precision
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720.0f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+inline __mmask16 lanes_below(int64_t count) {  // the first min(count, 16) lanes
+  return count >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << count) - 1);
+}
+
+// brgemm's B operand in VNNI form: the (K, N) matrix as [ceil(K / 2)][N][2] (pairs along K interleaved).
+// From `rows` rows of `cols` bf16 values (row stride ld) that form B itself (K = rows), odd K zero-padded.
+void pack_rows(const BFloat16* src, int64_t rows, int64_t cols, int64_t ld, BFloat16* dst) {
+  for (int64_t r = 0; r < rows; r += 2) {
+    BFloat16* out = dst + r * cols;
+    const BFloat16* a = src + r * ld;
+    if (r + 1 < rows) {
+      const BFloat16* b = a + ld;
+      for (int64_t c = 0; c < cols; ++c) {
+        out[2 * c] = a[c];
+        out[2 * c + 1] = b[c];
+      }
+    } else {
+      for (int64_t c = 0; c < cols; ++c) {
+        out[2 * c] = a[c];
+        out[2 * c + 1] = BFloat16(0.0f);
+      }
+    }
+  }
+}
+
+// The same for B = src^T (K = cols, N = rows), cols even: each pair of columns of a source row is one
+// 32-bit word of the output, so this is a transpose of (rows, cols / 2) 32-bit words.
+void pack_transposed(const BFloat16* src, int64_t rows, int64_t cols, int64_t ld, BFloat16* dst) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const BFloat16* row = src + r * ld;
+    for (int64_t w = 0; w < cols / 2; ++w) std::memcpy(dst + (w * rows + r) * 2, row + 2 * w, 4);
+  }
+}
+
+}  // namespace
+
+// Row `y, x` of a (G, H, W, K) relative-position term (bf16 or fp32, last dim contiguous) as K floats.
+template <typename T>
+void load_terms(const torch::Tensor& terms, int64_t g, int64_t y, int64_t x, float* dst) {
+  const T* src = terms.const_data_ptr<T>() + g * terms.stride(0) + y * terms.stride(1) + x * terms.stride(2);
+  for (int64_t k = 0; k < terms.size(3); ++k) dst[k] = static_cast<float>(src[k]);
+}
+
+void load_terms(const torch::Tensor& terms, int64_t g, int64_t y, int64_t x, float* dst) {
+  if (terms.scalar_type() == at::kBFloat16) {
+    load_terms<BFloat16>(terms, g, y, x, dst);
+  } else {
+    load_terms<float>(terms, g, y, x, dst);
+  }
+}
+
+// query/key/value (G, L, D) bf16, L = H * W, D even, last dim contiguous (any row/group stride);
+// rel_h (G, H, W, H) and rel_w (G, H, W, W), bf16 or float32, last dim contiguous (strided views welcome):
+// the row and column terms of query (y, x). Returns (G, L, D) bf16.
+torch::Tensor relpos_attention(torch::Tensor query, torch::Tensor key, torch::Tensor value, torch::Tensor rel_h,
+                               torch::Tensor rel_w, double scale) {
+  TORCH_CHECK(query.scalar_type() == at::kBFloat16 && key.scalar_type() == at::kBFloat16 &&
+                  value.scalar_type() == at::kBFloat16,
+              "relpos_attention: query, key and value must be bfloat16");
+  TORCH_CHECK(query.dim() == 3 && key.sizes() == query.sizes() && value.sizes() == query.sizes(),
+              "relpos_attention: query, key and value must be (G, L, D) of one shape");
+  TORCH_CHECK(query.stride(2) == 1 && key.stride(2) == 1 && value.stride(2) == 1,
+              "relpos_attention: the last dimension of query, key and value must be contiguous");
+  const int64_t G = query.size(0), L = query.size(1), D = query.size(2);
+  TORCH_CHECK(rel_h.dim() == 4 && rel_w.dim() == 4, "relpos_attention: rel_h and rel_w must be (G, H, W, H) and (G, H, W, W)");
+  const int64_t height = rel_h.size(1), width = rel_h.size(2);
+  TORCH_CHECK(rel_h.size(0) == G && rel_h.size(3) == height && rel_w.size(0) == G && rel_w.size(1) == height &&
+                  rel_w.size(2) == width && rel_w.size(3) == width,
+              "relpos_attention: rel_h and rel_w must be (G, H, W, H) and (G, H, W, W)");
+  TORCH_CHECK(L == height * width, "relpos_attention: L must equal H * W");
+  TORCH_CHECK(D % 2 == 0, "relpos_attention: the head width must be even");
+  for (const auto& terms : {rel_h, rel_w}) {
+    TORCH_CHECK(terms.scalar_type() == at::kBFloat16 || terms.scalar_type() == at::kFloat,
+                "relpos_attention: rel_h and rel_w must be bfloat16 or float32");
+    TORCH_CHECK(terms.stride(3) == 1, "relpos_attention: the last dimension of rel_h and rel_w must be contiguous");
+  }
+
+  const int64_t rows_per_block = std::max<int64_t>(1, std::min<int64_t>(height, kMaxBlockKeys / width));
+  const int64_t block_n = rows_per_block * width;  // blocks start at whole key rows
+  const int64_t n_blocks = (L + block_n - 1) / block_n;
+  const int64_t block_n_pad = block_n + (block_n % 2);
+  const int64_t m_blocks = (L + kMaxBlockQueries - 1) / kMaxBlockQueries;
+  const int64_t block_m = (L + m_blocks - 1) / m_blocks;  // balanced query blocks
+  // key index within a block -> its row within the block and its column (gathers for unaligned widths)
+  std::vector<int32_t> key_row_of(block_n), key_col_of(block_n);
+  for (int64_t i = 0; i < block_n; ++i) {
+    key_row_of[i] = static_cast<int32_t>(i / width);
+    key_col_of[i] = static_cast<int32_t>(i % width);
+  }
+  // how the two terms are spread over a block of logits: whole 16-lane vectors per key row (W % 16 == 0),
+  // lane permutes of one register per term (H, W <= 16: ViT windows), else gathers
+  const bool aligned_width = width % 16 == 0;
+  const bool small_grid = !aligned_width && height <= 16 && width <= 16;
+
+  auto out = at::empty({G, L, D}, query.options());
+  auto keys_packed = at::empty({G, n_blocks, D * block_n}, query.options());  // K^T blocks, VNNI
+  auto values_packed = at::zeros({G, n_blocks, block_n_pad * D}, query.options());  // V blocks, VNNI
+  const BFloat16* q_ptr = query.const_data_ptr<BFloat16>();
+  const BFloat16* k_ptr = key.const_data_ptr<BFloat16>();
+  const BFloat16* v_ptr = value.const_data_ptr<BFloat16>();
+  BFloat16* kp_ptr = keys_packed.data_ptr<BFloat16>();
+  BFloat16* vp_ptr = values_packed.data_ptr<BFloat16>();
+  BFloat16* o_ptr = out.data_ptr<BFloat16>();
+  const int64_t q_g = query.stride(0), q_l = query.stride(1);
+  const int64_t k_g = key.stride(0), k_l = key.stride(1);
+  const int64_t v_g = value.stride(0), v_l = value.stride(1);
+
+  at::parallel_for(0, G * n_blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t g = i / n_blocks, n0 = (i % n_blocks) * block_n, n = std::min(block_n, L - n0);
+      pack_transposed(k_ptr + g * k_g + n0 * k_l, n, D, k_l, kp_ptr + i * D * block_n);
+      pack_rows(v_ptr + g * v_g + n0 * v_l, n, D, v_l, vp_ptr + i * block_n_pad * D);
+    }
+  });
+
+  const __m512 vscale = _mm512_set1_ps(static_cast<float>(scale));
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  at::parallel_for(0, G * m_blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> logits(block_m * block_n), acc(block_m * D), row_max(block_m), row_sum(block_m);
+    std::vector<float> terms_h(block_m * height + 16, 0.0f), terms_w(block_m * width + 16, 0.0f);  // fp32 copies
+    std::vector<BFloat16> probs(block_m * block_n_pad, BFloat16(0.0f));
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t g = task / m_blocks, m0 = (task % m_blocks) * block_m, m = std::min(block_m, L - m0);
+      const BFloat16* q = q_ptr + g * q_g + m0 * q_l;
+      std::fill(row_max.begin(), row_max.end(), neg_inf);
+      std::fill(row_sum.begin(), row_sum.end(), 0.0f);
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int64_t r = 0; r < m; ++r) {
+        const int64_t token = m0 + r;
+        load_terms(rel_h, g, token / width, token % width, terms_h.data() + r * height);
+        load_terms(rel_w, g, token / width, token % width, terms_w.data() + r * width);
+      }
+      for (int64_t j = 0; j < n_blocks; ++j) {
+        const int64_t n0 = j * block_n, n = std::min(block_n, L - n0), n_pad = n + (n % 2);
+        // logits (m, n) = q k^T, fp32
+        at::native::cpublas::brgemm(m, n, D, q_l, n, block_n, false, q, kp_ptr + (g * n_blocks + j) * D * block_n,
+                                    logits.data(), true);
+        for (int64_t r = 0; r < m; ++r) {
+          float* s = logits.data() + r * block_n;
+          const float* rh = terms_h.data() + r * height + n0 / width;  // this block's key rows
+          const float* rw = terms_w.data() + r * width;
+          __m512 vmax = _mm512_set1_ps(neg_inf);
+          if (aligned_width) {
+            for (int64_t kr = 0; kr < n / width; ++kr) {
+              float* srow = s + kr * width;
+              const __m512 vh = _mm512_set1_ps(rh[kr]);
+              for (int64_t c = 0; c < width; c += 16) {
+                const __m512 x = _mm512_fmadd_ps(_mm512_loadu_ps(srow + c), vscale, _mm512_add_ps(_mm512_loadu_ps(rw + c), vh));
+                _mm512_storeu_ps(srow + c, x);
+                vmax = _mm512_max_ps(vmax, x);
+              }
+            }
+          } else if (small_grid) {
+            const __m512 table_h = _mm512_maskz_loadu_ps(lanes_below(height), rh);
+            const __m512 table_w = _mm512_maskz_loadu_ps(lanes_below(width), rw);
+            for (int64_t c = 0; c < n; c += 16) {
+              const __mmask16 lanes = lanes_below(n - c);
+              const __m512i rows = _mm512_maskz_loadu_epi32(lanes, key_row_of.data() + c);
+              const __m512i cols = _mm512_maskz_loadu_epi32(lanes, key_col_of.data() + c);
+              const __m512 bias = _mm512_add_ps(_mm512_permutexvar_ps(rows, table_h), _mm512_permutexvar_ps(cols, table_w));
+              const __m512 x = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(lanes, s + c), vscale, bias);
+              _mm512_mask_storeu_ps(s + c, lanes, x);
+              vmax = _mm512_mask_max_ps(vmax, lanes, vmax, x);
+            }
+          } else {
+            for (int64_t c = 0; c < n; c += 16) {
+              const __mmask16 lanes = lanes_below(n - c);
+              const __m512i rows = _mm512_maskz_loadu_epi32(lanes, key_row_of.data() + c);
+              const __m512i cols = _mm512_maskz_loadu_epi32(lanes, key_col_of.data() + c);
+              const __m512 bias = _mm512_add_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes, rows, rh, 4),
+                                                _mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes, cols, rw, 4));
+              const __m512 x = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(lanes, s + c), vscale, bias);
+              _mm512_mask_storeu_ps(s + c, lanes, x);
+              vmax = _mm512_mask_max_ps(vmax, lanes, vmax, x);
+            }
+          }
+          const float new_max = std::max(row_max[r], _mm512_reduce_max_ps(vmax));
+          const float correction = std::exp(row_max[r] - new_max);  // 0 on the first block
+          row_max[r] = new_max;
+          // p = exp(logits - max), rounded to bf16 for the second matmul, summed in fp32
+          BFloat16* p = probs.data() + r * block_n_pad;
+          const __m512 vnew_max = _mm512_set1_ps(new_max);
+          __m512 vsum = _mm512_setzero_ps();
+          for (int64_t c = 0; c < n; c += 16) {
+            const __mmask16 lanes = lanes_below(n - c);
+            const __m512 e = _mm512_maskz_mov_ps(lanes, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, s + c), vnew_max)));
+            vsum = _mm512_add_ps(vsum, e);
+            _mm256_mask_storeu_epi16(p + c, lanes, (__m256i)_mm512_cvtneps_pbh(e));
+          }
+          if (n_pad > n) p[n] = BFloat16(0.0f);
+          row_sum[r] = row_sum[r] * correction + _mm512_reduce_add_ps(vsum);
+          if (correction != 1.0f) {
+            float* a = acc.data() + r * D;
+            for (int64_t d = 0; d < D; ++d) a[d] *= correction;
+          }
+        }
+        // acc (m, D) += p v
+        at::native::cpublas::brgemm(m, D, n_pad, block_n_pad, D, D, true, probs.data(),
+                                    vp_ptr + (g * n_blocks + j) * block_n_pad * D, acc.data(), true);
+      }
+      for (int64_t r = 0; r < m; ++r) {
+        const float inverse = 1.0f / row_sum[r];
+        const float* a = acc.data() + r * D;
+        BFloat16* o = o_ptr + (g * L + m0 + r) * D;
+        for (int64_t d = 0; d < D; ++d) o[d] = BFloat16(a[d] * inverse);
+      }
+    }
+    at::native::cpublas::brgemm_release(true);
+  });
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.def("relpos_attention", &relpos_attention, "bf16 flash attention with decomposed relative positions");
+}

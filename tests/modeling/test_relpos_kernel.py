@@ -1,0 +1,156 @@
+"""sam_hf's compiled bf16 attention kernel (sam_hf.kernels): Meta's formula within bf16 rounding, the same
+encoder output as the PyTorch path it replaces, and a clean fallback when it cannot be used."""
+
+import shutil
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from sam_hf import SamHfModel, config_for_variant, kernels
+from sam_hf.kernels import loader
+from sam_hf.modeling.attention import eager_attention_with_rel_pos
+
+NAME = "relpos_attention"
+
+
+def _buildable_here() -> str | None:
+    """Why the kernel cannot be built on this machine, or None when it must build."""
+    reason = loader._why_not(NAME)
+    if reason is None and shutil.which("c++") is None:
+        reason = "no C++ compiler"
+    return reason
+
+
+@pytest.fixture(scope="module")
+def relpos_attention():
+    reason = _buildable_here()
+    if reason is not None:
+        pytest.skip(f"the kernel cannot be used here: {reason}")
+    module = kernels.kernel(NAME)
+    assert module is not None, f"the kernel should build on this machine: {kernels.unavailable_reason(NAME)}"
+    return module.relpos_attention
+
+
+@pytest.mark.parametrize(
+    "groups, size, head_dim",
+    [
+        ((2, 3), (14, 14), 64),  # ViT window: one key block, lane-permuted terms, query blocks of 49
+        ((1, 2), (64, 64), 64),  # ViT-B global grid: 8 key blocks, whole-vector terms
+        ((2, 1), (37, 20), 32),  # two key blocks, the last one partial; gathered terms
+        ((1, 2), (16, 32), 8),  # width a multiple of 16, narrow heads
+        ((1, 1), (5, 7), 16),
+        ((1, 1), (1, 1), 2),
+    ],
+)
+@pytest.mark.parametrize("terms_dtype", [torch.float32, torch.bfloat16])
+def test_kernel_matches_meta_formula(relpos_attention, groups, size, head_dim, terms_dtype):
+    generator = torch.Generator().manual_seed(0)
+    height, width = size
+    length, count = height * width, groups[0] * groups[1]
+    q, k, v = (torch.randn(count, length, head_dim, generator=generator).bfloat16() for _ in range(3))
+    rel_h = (torch.randn(count, height, width, height, generator=generator) * 2).to(terms_dtype)
+    rel_w = (torch.randn(count, height, width, width, generator=generator) * 2).to(terms_dtype)
+    scale = head_dim**-0.5
+    expected, _ = eager_attention_with_rel_pos(
+        q.float(), k.float(), v.float(), scale=scale, size=size,
+        rel_h=rel_h.float().reshape(count, length, height), rel_w=rel_w.float().reshape(count, length, width),
+    )
+    out = relpos_attention(q, k, v, rel_h, rel_w, scale)
+    assert out.dtype == torch.bfloat16 and out.shape == (count, length, head_dim)
+    # bf16 output and bf16 probabilities: errors of a few bf16 ulps of values of size ~1
+    assert_close(out.float(), expected, rtol=0, atol=2e-2)
+    assert (out.float() - expected).abs().mean() < 2e-3
+
+
+def test_kernel_reads_strided_inputs(relpos_attention):
+    generator = torch.Generator().manual_seed(1)
+    size, head_dim, count = (14, 14), 64, 3
+    stacked = torch.randn(3, count, 196, head_dim + 32, generator=generator).bfloat16()  # rows wider than the heads
+    q, k, v = (t[..., :head_dim] for t in stacked)
+    table = torch.randn(count, 14, 14, 40, generator=generator)
+    rel_h, rel_w = table[..., 3:17], table[..., 20:34]  # strided views, as `rel_pos_terms` returns them
+    out = relpos_attention(q, k, v, rel_h, rel_w, 0.125)
+    dense = relpos_attention(q.contiguous(), k.contiguous(), v.contiguous(), rel_h.contiguous(), rel_w.contiguous(), 0.125)
+    assert torch.equal(out, dense)
+
+
+def test_kernel_refuses_wrong_inputs(relpos_attention):
+    q = torch.randn(1, 16, 8).bfloat16()
+    rel = torch.zeros(1, 4, 4, 4)
+    with pytest.raises(RuntimeError, match="must be bfloat16"):
+        relpos_attention(q.float(), q, q, rel, rel, 1.0)
+    with pytest.raises(RuntimeError, match="L must equal H \\* W"):
+        relpos_attention(q, q, q, torch.zeros(1, 4, 3, 4), torch.zeros(1, 4, 3, 3), 1.0)
+    with pytest.raises(RuntimeError, match="head width must be even"):
+        relpos_attention(q[..., :7], q[..., :7], q[..., :7], rel, rel, 1.0)
+
+
+def _encoder_embeddings(model: SamHfModel, pixels: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return model.get_image_embeddings(pixels).float()
+
+
+def test_bf16_encoder_with_kernel_matches_the_pytorch_path(relpos_attention, monkeypatch):
+    # 256 px: 4 x 4 windows of 4 x 4 tokens and a 16 x 16 global grid; rel-pos tables made to matter
+    config = config_for_variant("tiny", image_size=256)
+    torch.manual_seed(0)
+    model = SamHfModel(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "rel_pos" in name:
+                param.normal_(std=1.0)
+    pixels = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(2))
+    reference = _encoder_embeddings(model, pixels)  # fp32
+    model = model.to(torch.bfloat16)
+    calls = []
+    kernel_module = kernels.kernel(NAME)
+    monkeypatch.setattr(loader, "_LOADED", {NAME: _Counting(kernel_module, calls)})
+    with_kernel = _encoder_embeddings(model, pixels.bfloat16())
+    assert len(calls) == config.vision_config.num_hidden_layers  # every block's attention took the kernel
+    monkeypatch.setattr(loader, "_LOADED", {NAME: None})
+    without = _encoder_embeddings(model, pixels.bfloat16())
+
+    def relative(a, b):
+        return ((a - b).norm() / b.norm()).item()
+
+    assert relative(with_kernel, reference) < 2e-2
+    assert relative(with_kernel, reference) < 1.5 * relative(without, reference)  # no less exact than the fallback
+    assert relative(with_kernel, without) < 2e-2
+
+
+class _Counting:
+    def __init__(self, module, calls):
+        self._module, self._calls = module, calls
+
+    def relpos_attention(self, *args):
+        self._calls.append(args[0].shape)
+        return self._module.relpos_attention(*args)
+
+
+def test_disabled_kernel_falls_back_and_says_why(monkeypatch):
+    monkeypatch.setenv("SAM_HF_KERNELS", "0")
+    monkeypatch.setattr(loader, "_LOADED", {})
+    monkeypatch.setattr(loader, "_REASONS", {})
+    assert kernels.kernel(NAME) is None
+    assert kernels.unavailable_reason(NAME) == "disabled by SAM_HF_KERNELS"
+    config = config_for_variant("tiny")
+    torch.manual_seed(0)
+    model = SamHfModel(config).eval().to(torch.bfloat16)
+    embeddings = _encoder_embeddings(model, torch.randn(1, 3, 128, 128).bfloat16())
+    assert torch.isfinite(embeddings).all()
+    with pytest.raises(ValueError, match="name must be one of"):
+        kernels.kernel("flash")
+
+
+def test_failed_build_falls_back(monkeypatch, tmp_path):
+    monkeypatch.setattr(loader, "_LOADED", {})
+    monkeypatch.setattr(loader, "_REASONS", {})
+    monkeypatch.setattr(loader, "_why_not", lambda name: None)
+
+    def broken(name):
+        raise RuntimeError("Error building extension 'relpos_attention'")
+
+    monkeypatch.setattr(loader, "_build", broken)
+    assert kernels.kernel(NAME) is None
+    assert kernels.unavailable_reason(NAME) == "build failed: RuntimeError: Error building extension 'relpos_attention'"
