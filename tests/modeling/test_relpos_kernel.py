@@ -63,6 +63,24 @@ def test_kernel_matches_meta_formula(relpos_attention, groups, size, head_dim, t
     assert (out.float() - expected).abs().mean() < 2e-3
 
 
+def test_kernel_rescales_when_later_key_blocks_dominate(relpos_attention):
+    # row terms growing along the key rows: each key block's max exceeds the running max by 3 * 8 = 24,
+    # more than the kernel's lazy-rescale margin, so every block is redone against a new max
+    generator = torch.Generator().manual_seed(3)
+    height = width = 64
+    length, head_dim = height * width, 64
+    q, k, v = (torch.randn(1, length, head_dim, generator=generator).bfloat16() for _ in range(3))
+    rel_h = (3.0 * torch.arange(height, dtype=torch.float32)).expand(1, height, width, height)
+    rel_w = torch.randn(1, height, width, width, generator=generator)
+    expected, _ = eager_attention_with_rel_pos(
+        q.float(), k.float(), v.float(), scale=0.125, size=(height, width),
+        rel_h=rel_h.reshape(1, length, height), rel_w=rel_w.reshape(1, length, width),
+    )
+    out = relpos_attention(q, k, v, rel_h, rel_w, 0.125)
+    assert torch.isfinite(out).all()
+    assert_close(out.float(), expected, rtol=0, atol=2e-2)
+
+
 def test_kernel_reads_strided_inputs(relpos_attention):
     generator = torch.Generator().manual_seed(1)
     size, head_dim, count = (14, 14), 64, 3

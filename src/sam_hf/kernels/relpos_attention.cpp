@@ -23,6 +23,11 @@ namespace {
 
 constexpr int64_t kMaxBlockKeys = 512;  // keys per block: whole key rows, at most this many
 constexpr int64_t kMaxBlockQueries = 64;
+// After a row's first key block, its logits are exponentiated against the running max in the same pass
+// that adds the terms (no second pass over the block), unless the block's own max exceeds the running
+// max by more than this: then the block is redone in two passes with a new max. exp(16) ~ 9e6 is far
+// from overflowing fp32 or bf16; the normalisation divides it out exactly as before.
+constexpr float kLazyRescaleMargin = 16.0f;
 
 // exp of 16 floats: 2^n * p(r) with x = n ln2 + r, |r| <= ln2 / 2, Taylor polynomial of degree 6
 // (relative error ~2e-7, far below bf16 rounding); x below -87 gives ~0 instead of a denormal.
@@ -183,6 +188,27 @@ torch::Tensor relpos_attention(torch::Tensor query, torch::Tensor key, torch::Te
           float* s = logits.data() + r * block_n;
           const float* rh = terms_h.data() + r * height + n0 / width;  // this block's key rows
           const float* rw = terms_w.data() + r * width;
+          BFloat16* p = probs.data() + r * block_n_pad;
+          if (aligned_width && j > 0) {  // one pass against the running max (see kLazyRescaleMargin)
+            const __m512 vref = _mm512_set1_ps(row_max[r]);
+            __m512 vmax = _mm512_set1_ps(neg_inf), vsum = _mm512_setzero_ps();
+            for (int64_t kr = 0; kr < n / width; ++kr) {
+              const float* srow = s + kr * width;
+              const __m512 vh = _mm512_set1_ps(rh[kr]);
+              for (int64_t c = 0; c < width; c += 16) {
+                const __m512 x = _mm512_fmadd_ps(_mm512_loadu_ps(srow + c), vscale, _mm512_add_ps(_mm512_loadu_ps(rw + c), vh));
+                vmax = _mm512_max_ps(vmax, x);
+                const __m512 e = exp16(_mm512_sub_ps(x, vref));
+                vsum = _mm512_add_ps(vsum, e);
+                _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + kr * width + c), (__m256i)_mm512_cvtneps_pbh(e));
+              }
+            }
+            if (_mm512_reduce_max_ps(vmax) <= row_max[r] + kLazyRescaleMargin) {
+              row_sum[r] += _mm512_reduce_add_ps(vsum);
+              if (n_pad > n) p[n] = BFloat16(0.0f);
+              continue;
+            }
+          }
           __m512 vmax = _mm512_set1_ps(neg_inf);
           if (aligned_width) {
             for (int64_t kr = 0; kr < n / width; ++kr) {
@@ -222,7 +248,6 @@ torch::Tensor relpos_attention(torch::Tensor query, torch::Tensor key, torch::Te
           const float correction = std::exp(row_max[r] - new_max);  // 0 on the first block
           row_max[r] = new_max;
           // p = exp(logits - max), rounded to bf16 for the second matmul, summed in fp32
-          BFloat16* p = probs.data() + r * block_n_pad;
           const __m512 vnew_max = _mm512_set1_ps(new_max);
           __m512 vsum = _mm512_setzero_ps();
           for (int64_t c = 0; c < n; c += 16) {
