@@ -48,16 +48,16 @@ def test_kernel_matches_meta_formula(relpos_attention, groups, size, head_dim, t
     generator = torch.Generator().manual_seed(0)
     height, width = size
     length, count = height * width, groups[0] * groups[1]
-    q, k, v = (torch.randn(count, length, head_dim, generator=generator).bfloat16() for _ in range(3))
+    q, k, v = (torch.randn(*groups, length, head_dim, generator=generator).bfloat16() for _ in range(3))
     rel_h = (torch.randn(count, height, width, height, generator=generator) * 2).to(terms_dtype)
     rel_w = (torch.randn(count, height, width, width, generator=generator) * 2).to(terms_dtype)
     scale = head_dim**-0.5
     expected, _ = eager_attention_with_rel_pos(
         q.float(), k.float(), v.float(), scale=scale, size=size,
-        rel_h=rel_h.float().reshape(count, length, height), rel_w=rel_w.float().reshape(count, length, width),
+        rel_h=rel_h.float().reshape(*groups, length, height), rel_w=rel_w.float().reshape(*groups, length, width),
     )
     out = relpos_attention(q, k, v, rel_h, rel_w, scale)
-    assert out.dtype == torch.bfloat16 and out.shape == (count, length, head_dim)
+    assert out.dtype == torch.bfloat16 and out.shape == (*groups, length, head_dim)
     # bf16 output and bf16 probabilities: errors of a few bf16 ulps of values of size ~1
     assert_close(out.float(), expected, rtol=0, atol=2e-2)
     assert (out.float() - expected).abs().mean() < 2e-3
@@ -69,32 +69,38 @@ def test_kernel_rescales_when_later_key_blocks_dominate(relpos_attention):
     generator = torch.Generator().manual_seed(3)
     height = width = 64
     length, head_dim = height * width, 64
-    q, k, v = (torch.randn(1, length, head_dim, generator=generator).bfloat16() for _ in range(3))
+    q, k, v = (torch.randn(1, 1, length, head_dim, generator=generator).bfloat16() for _ in range(3))
     rel_h = (3.0 * torch.arange(height, dtype=torch.float32)).expand(1, height, width, height)
     rel_w = torch.randn(1, height, width, width, generator=generator)
     expected, _ = eager_attention_with_rel_pos(
         q.float(), k.float(), v.float(), scale=0.125, size=(height, width),
-        rel_h=rel_h.reshape(1, length, height), rel_w=rel_w.reshape(1, length, width),
+        rel_h=rel_h.reshape(1, 1, length, height), rel_w=rel_w.reshape(1, 1, length, width),
     )
     out = relpos_attention(q, k, v, rel_h, rel_w, 0.125)
     assert torch.isfinite(out).all()
     assert_close(out.float(), expected, rtol=0, atol=2e-2)
 
 
-def test_kernel_reads_strided_inputs(relpos_attention):
+def test_kernel_reads_and_writes_strided_views(relpos_attention):
+    # as the encoder calls it for global attention: q, k, v are views into the qkv projection (B, L, 3C)
+    # and the output goes into a view of the (B, L, C) grid; terms are strided views of a wider table
     generator = torch.Generator().manual_seed(1)
-    size, head_dim, count = (14, 14), 64, 3
-    stacked = torch.randn(3, count, 196, head_dim + 32, generator=generator).bfloat16()  # rows wider than the heads
-    q, k, v = (t[..., :head_dim] for t in stacked)
-    table = torch.randn(count, 14, 14, 40, generator=generator)
-    rel_h, rel_w = table[..., 3:17], table[..., 20:34]  # strided views, as `rel_pos_terms` returns them
-    out = relpos_attention(q, k, v, rel_h, rel_w, 0.125)
+    batch, heads, size, head_dim = 2, 3, (14, 14), 64
+    length = size[0] * size[1]
+    qkv = torch.randn(batch, length, 3 * heads * head_dim, generator=generator).bfloat16()
+    q, k, v = qkv.view(batch, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4)  # (B, heads, L, D) each
+    table = torch.randn(batch * heads, 14, 14, 40, generator=generator)
+    rel_h, rel_w = table[..., 3:17], table[..., 20:34]
+    grid = torch.full((batch, length, heads * head_dim), float("nan"), dtype=torch.bfloat16)
+    out = grid.view(batch, length, heads, head_dim).transpose(1, 2)
+    returned = relpos_attention(q, k, v, rel_h, rel_w, 0.125, out)
     dense = relpos_attention(q.contiguous(), k.contiguous(), v.contiguous(), rel_h.contiguous(), rel_w.contiguous(), 0.125)
-    assert torch.equal(out, dense)
+    assert returned.data_ptr() == grid.data_ptr()
+    assert torch.equal(out, dense) and not grid.isnan().any()
 
 
 def test_kernel_refuses_wrong_inputs(relpos_attention):
-    q = torch.randn(1, 16, 8).bfloat16()
+    q = torch.randn(1, 1, 16, 8).bfloat16()
     rel = torch.zeros(1, 4, 4, 4)
     with pytest.raises(RuntimeError, match="must be bfloat16"):
         relpos_attention(q.float(), q, q, rel, rel, 1.0)
@@ -102,6 +108,8 @@ def test_kernel_refuses_wrong_inputs(relpos_attention):
         relpos_attention(q, q, q, torch.zeros(1, 4, 3, 4), torch.zeros(1, 4, 3, 3), 1.0)
     with pytest.raises(RuntimeError, match="head width must be even"):
         relpos_attention(q[..., :7], q[..., :7], q[..., :7], rel, rel, 1.0)
+    with pytest.raises(RuntimeError, match="out must be bfloat16 of the query's shape"):
+        relpos_attention(q, q, q, rel, rel, 1.0, torch.empty(1, 1, 16, 4, dtype=torch.bfloat16))
 
 
 def _encoder_embeddings(model: SamHfModel, pixels: torch.Tensor) -> torch.Tensor:

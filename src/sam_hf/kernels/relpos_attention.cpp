@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <vector>
 
 using at::BFloat16;
@@ -98,19 +99,28 @@ void load_terms(const torch::Tensor& terms, int64_t g, int64_t y, int64_t x, flo
   }
 }
 
-// query/key/value (G, L, D) bf16, L = H * W, D even, last dim contiguous (any row/group stride);
-// rel_h (G, H, W, H) and rel_w (G, H, W, W), bf16 or float32, last dim contiguous (strided views welcome):
-// the row and column terms of query (y, x). Returns (G, L, D) bf16.
+// Pointer to row 0 of group g = (b, n) of a (B, N, L, D) tensor of any strides.
+inline int64_t group_offset(const torch::Tensor& t, int64_t g) {
+  return (g / t.size(1)) * t.stride(0) + (g % t.size(1)) * t.stride(2 - 1);
+}
+
+// query/key/value (B, N, L, D) bf16 (batch, heads, tokens, head width), L = H * W, D even, the last dim
+// contiguous, other strides free (views into a fused qkv output welcome); rel_h (B * N, H, W, H) and
+// rel_w (B * N, H, W, W), bf16 or float32, last dim contiguous: the row and column terms of query (y, x).
+// The result goes to `out` (B, N, L, D) bf16 of any strides with the last dim contiguous, or a new tensor.
 torch::Tensor relpos_attention(torch::Tensor query, torch::Tensor key, torch::Tensor value, torch::Tensor rel_h,
-                               torch::Tensor rel_w, double scale) {
+                               torch::Tensor rel_w, double scale, std::optional<torch::Tensor> out_arg) {
   TORCH_CHECK(query.scalar_type() == at::kBFloat16 && key.scalar_type() == at::kBFloat16 &&
                   value.scalar_type() == at::kBFloat16,
               "relpos_attention: query, key and value must be bfloat16");
-  TORCH_CHECK(query.dim() == 3 && key.sizes() == query.sizes() && value.sizes() == query.sizes(),
-              "relpos_attention: query, key and value must be (G, L, D) of one shape");
-  TORCH_CHECK(query.stride(2) == 1 && key.stride(2) == 1 && value.stride(2) == 1,
+  TORCH_CHECK(query.dim() == 4 && key.sizes() == query.sizes() && value.sizes() == query.sizes(),
+              "relpos_attention: query, key and value must be (B, N, L, D) of one shape");
+  TORCH_CHECK(query.stride(3) == 1 && key.stride(3) == 1 && value.stride(3) == 1,
               "relpos_attention: the last dimension of query, key and value must be contiguous");
-  const int64_t G = query.size(0), L = query.size(1), D = query.size(2);
+  const int64_t G = query.size(0) * query.size(1), L = query.size(2), D = query.size(3);
+  torch::Tensor out = out_arg.has_value() ? *out_arg : at::empty(query.sizes(), query.options());
+  TORCH_CHECK(out.sizes() == query.sizes() && out.scalar_type() == at::kBFloat16 && out.stride(3) == 1,
+              "relpos_attention: out must be bfloat16 of the query's shape with the last dimension contiguous");
   TORCH_CHECK(rel_h.dim() == 4 && rel_w.dim() == 4, "relpos_attention: rel_h and rel_w must be (G, H, W, H) and (G, H, W, W)");
   const int64_t height = rel_h.size(1), width = rel_h.size(2);
   TORCH_CHECK(rel_h.size(0) == G && rel_h.size(3) == height && rel_w.size(0) == G && rel_w.size(1) == height &&
@@ -141,24 +151,21 @@ torch::Tensor relpos_attention(torch::Tensor query, torch::Tensor key, torch::Te
   const bool aligned_width = width % 16 == 0;
   const bool small_grid = !aligned_width && height <= 16 && width <= 16;
 
-  auto out = at::empty({G, L, D}, query.options());
   auto keys_packed = at::empty({G, n_blocks, D * block_n}, query.options());  // K^T blocks, VNNI
-  auto values_packed = at::zeros({G, n_blocks, block_n_pad * D}, query.options());  // V blocks, VNNI
+  auto values_packed = at::empty({G, n_blocks, block_n_pad * D}, query.options());  // V blocks, VNNI
   const BFloat16* q_ptr = query.const_data_ptr<BFloat16>();
   const BFloat16* k_ptr = key.const_data_ptr<BFloat16>();
   const BFloat16* v_ptr = value.const_data_ptr<BFloat16>();
   BFloat16* kp_ptr = keys_packed.data_ptr<BFloat16>();
   BFloat16* vp_ptr = values_packed.data_ptr<BFloat16>();
   BFloat16* o_ptr = out.data_ptr<BFloat16>();
-  const int64_t q_g = query.stride(0), q_l = query.stride(1);
-  const int64_t k_g = key.stride(0), k_l = key.stride(1);
-  const int64_t v_g = value.stride(0), v_l = value.stride(1);
+  const int64_t q_l = query.stride(2), k_l = key.stride(2), v_l = value.stride(2), o_l = out.stride(2);
 
   at::parallel_for(0, G * n_blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t g = i / n_blocks, n0 = (i % n_blocks) * block_n, n = std::min(block_n, L - n0);
-      pack_transposed(k_ptr + g * k_g + n0 * k_l, n, D, k_l, kp_ptr + i * D * block_n);
-      pack_rows(v_ptr + g * v_g + n0 * v_l, n, D, v_l, vp_ptr + i * block_n_pad * D);
+      pack_transposed(k_ptr + group_offset(key, g) + n0 * k_l, n, D, k_l, kp_ptr + i * D * block_n);
+      pack_rows(v_ptr + group_offset(value, g) + n0 * v_l, n, D, v_l, vp_ptr + i * block_n_pad * D);
     }
   });
 
@@ -170,7 +177,7 @@ torch::Tensor relpos_attention(torch::Tensor query, torch::Tensor key, torch::Te
     std::vector<BFloat16> probs(block_m * block_n_pad, BFloat16(0.0f));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t g = task / m_blocks, m0 = (task % m_blocks) * block_m, m = std::min(block_m, L - m0);
-      const BFloat16* q = q_ptr + g * q_g + m0 * q_l;
+      const BFloat16* q = q_ptr + group_offset(query, g) + m0 * q_l;
       std::fill(row_max.begin(), row_max.end(), neg_inf);
       std::fill(row_sum.begin(), row_sum.end(), 0.0f);
       std::fill(acc.begin(), acc.end(), 0.0f);
@@ -270,7 +277,7 @@ torch::Tensor relpos_attention(torch::Tensor query, torch::Tensor key, torch::Te
       for (int64_t r = 0; r < m; ++r) {
         const float inverse = 1.0f / row_sum[r];
         const float* a = acc.data() + r * D;
-        BFloat16* o = o_ptr + (g * L + m0 + r) * D;
+        BFloat16* o = o_ptr + group_offset(out, g) + (m0 + r) * o_l;
         for (int64_t d = 0; d < D; ++d) o[d] = BFloat16(a[d] * inverse);
       }
     }
@@ -280,5 +287,7 @@ torch::Tensor relpos_attention(torch::Tensor query, torch::Tensor key, torch::Te
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
-  module.def("relpos_attention", &relpos_attention, "bf16 flash attention with decomposed relative positions");
+  module.def("relpos_attention", &relpos_attention, "bf16 flash attention with decomposed relative positions",
+             pybind11::arg("query"), pybind11::arg("key"), pybind11::arg("value"), pybind11::arg("rel_h"),
+             pybind11::arg("rel_w"), pybind11::arg("scale"), pybind11::arg("out") = pybind11::none());
 }

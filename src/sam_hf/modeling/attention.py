@@ -302,19 +302,27 @@ def relpos_kernel_usable(*, dtype: torch.dtype, device: torch.device, head_dim: 
 
 
 def kernel_attention_with_rel_pos(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, *, size: tuple[int, int], scale: float
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    rel_pos_h: torch.Tensor,
+    rel_pos_w: torch.Tensor,
+    *,
+    size: tuple[int, int],
+    scale: float,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention with relative positions by the compiled kernel (see `relpos_kernel_usable`):
-    query/key/value (B', heads, H*W, D) bf16 -> (B', heads, H*W, D) bf16, a new tensor."""
+    query/key/value (B', heads, H*W, D) bf16, any strides with the last dim contiguous (views into the qkv
+    projection need no copy) -> `out` (B', heads, H*W, D), written in place when given (any strides with
+    the last dim contiguous, e.g. a view of the (B, H, W, C) grid), else a new tensor."""
     height, width = size
     batch, heads, length, head_dim = query.shape
     rel_h, rel_w = rel_pos_terms(query, rel_pos_h, rel_pos_w, size=size, head_dim=head_dim, factor=1.0)
     groups = batch * heads
-    out = kernel("relpos_attention").relpos_attention(
-        query.reshape(groups, length, head_dim), key.reshape(groups, length, head_dim), value.reshape(groups, length, head_dim),
-        rel_h.reshape(groups, height, width, height), rel_w.reshape(groups, height, width, width), scale,
-    )  # (B' * heads, L, D); the terms are strided views of one matmul's output, read in place
-    return out.view(batch, heads, length, head_dim)
+    return kernel("relpos_attention").relpos_attention(
+        query, key, value, rel_h.reshape(groups, height, width, height), rel_w.reshape(groups, height, width, width), scale, out,
+    )  # the terms are strided views of one matmul's output, read in place
 
 
 def sdpa_on_buffers(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, scale: float, head_dim: int) -> torch.Tensor:
