@@ -35,9 +35,9 @@ def relpos_attention():
 @pytest.mark.parametrize(
     "groups, size, head_dim",
     [
-        ((2, 3), (14, 14), 64),  # ViT window: one key block, lane-permuted terms, query blocks of 49
-        ((1, 2), (64, 64), 64),  # ViT-B global grid: 8 key blocks, whole-vector terms
-        ((2, 1), (37, 20), 32),  # two key blocks, the last one partial; gathered terms
+        ((2, 3), (14, 14), 64),  # ViT window: one key block and one query block, lane-permuted terms
+        ((1, 2), (64, 64), 64),  # ViT-B global grid: 16 key blocks of 4 rows, whole-vector terms
+        ((2, 1), (37, 20), 32),  # key blocks of 12 rows, the last one partial; gathered terms
         ((1, 2), (16, 32), 8),  # width a multiple of 16, narrow heads
         ((1, 1), (5, 7), 16),
         ((1, 1), (1, 1), 2),
@@ -64,13 +64,13 @@ def test_kernel_matches_meta_formula(relpos_attention, groups, size, head_dim, t
 
 
 def test_kernel_rescales_when_later_key_blocks_dominate(relpos_attention):
-    # row terms growing along the key rows: each key block's max exceeds the running max by 3 * 8 = 24,
-    # more than the kernel's lazy-rescale margin, so every block is redone against a new max
+    # row terms growing along the key rows: each key block (4 rows of 64) has a max 5 * 4 = 20 above the
+    # previous one, more than the kernel's lazy-rescale margin (16), so every block is redone against a new max
     generator = torch.Generator().manual_seed(3)
     height = width = 64
     length, head_dim = height * width, 64
     q, k, v = (torch.randn(1, 1, length, head_dim, generator=generator).bfloat16() for _ in range(3))
-    rel_h = (3.0 * torch.arange(height, dtype=torch.float32)).expand(1, height, width, height)
+    rel_h = (5.0 * torch.arange(height, dtype=torch.float32)).expand(1, height, width, height)
     rel_w = torch.randn(1, height, width, width, generator=generator)
     expected, _ = eager_attention_with_rel_pos(
         q.float(), k.float(), v.float(), scale=0.125, size=(height, width),
