@@ -8,6 +8,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q torch==2.13.0
 .venv/bin/python -m pip install -q -e ".[test]"
-# the optional compiled CPU kernels (bf16 attention on AMX CPUs): built now (about 30 s, once per machine)
+# the optional compiled CPU kernels (bf16 attention on CPUs with AVX512-BF16): built now (about 30 s, once per machine)
 # rather than inside the first test or run that needs them; prints which ones this machine uses
 .venv/bin/python -m sam_hf.kernels

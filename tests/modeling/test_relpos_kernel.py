@@ -9,7 +9,7 @@ from torch.testing import assert_close
 
 from sam_hf import SamHfModel, config_for_variant, kernels
 from sam_hf.kernels import loader
-from sam_hf.modeling.attention import eager_attention_with_rel_pos
+from sam_hf.modeling.attention import eager_attention_with_rel_pos, relpos_kernel_usable
 
 NAME = "relpos_attention"
 
@@ -180,3 +180,29 @@ def test_failed_build_falls_back(monkeypatch, tmp_path):
     monkeypatch.setattr(loader, "_build", broken)
     assert kernels.kernel(NAME) is None
     assert kernels.unavailable_reason(NAME) == "build failed: RuntimeError: Error building extension 'relpos_attention'"
+
+
+def test_built_kernel_whose_runtime_check_fails_is_not_used(monkeypatch):
+    monkeypatch.setattr(loader, "_LOADED", {})
+    monkeypatch.setattr(loader, "_REASONS", {})
+    monkeypatch.setattr(loader, "_why_not", lambda name: None)
+
+    class Unserved:  # a module that built but whose brgemm check says no (a CPU oneDNN's bf16 brgemm skips)
+        relpos_attention = None
+
+        @staticmethod
+        def brgemm_usable():
+            return False
+
+    monkeypatch.setattr(loader, "_build", lambda name: Unserved)
+    assert kernels.kernel(NAME) is None
+    assert kernels.unavailable_reason(NAME) == "built, but its check brgemm_usable() says this CPU is not served"
+
+
+def test_kernel_in_use_passed_its_runtime_check(relpos_attention):
+    module = kernels.kernel(NAME)
+    assert module.brgemm_usable() is True and kernels.unavailable_reason(NAME) is None
+    with torch.backends.mkldnn.flags(enabled=False):  # ATen's brgemm then refuses VNNI input: the check sees it
+        assert module.brgemm_usable() is False
+        assert not relpos_kernel_usable(dtype=torch.bfloat16, device=torch.device("cpu"), head_dim=64)
+    assert relpos_kernel_usable(dtype=torch.bfloat16, device=torch.device("cpu"), head_dim=64)

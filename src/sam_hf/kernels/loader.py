@@ -23,11 +23,13 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 SOURCES = Path(__file__).resolve().parent
-# what each kernel needs from the CPU (flags as /proc/cpuinfo spells them) and from the compiler
+# what each kernel needs from the CPU (flags as /proc/cpuinfo spells them), from the compiler, and which of its
+# functions must return True once built (what the flags cannot tell: here, that PyTorch's oneDNN brgemm takes bf16)
 REQUIREMENTS = {
     "relpos_attention": {
-        "cpu_flags": ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "amx_bf16", "amx_tile"),
+        "cpu_flags": ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16"),  # AMX used where present
         "cflags": ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mfma", "-fopenmp"),
+        "runtime_check": "brgemm_usable",
     },
 }
 
@@ -91,6 +93,9 @@ def kernel(name: str) -> ModuleType | None:
                     module = _build(name)
                 except Exception as error:  # noqa: BLE001 - any build failure means: use the PyTorch path
                     reason = f"build failed: {type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
+                check = REQUIREMENTS[name].get("runtime_check")
+                if module is not None and check is not None and not getattr(module, check)():
+                    reason, module = f"built, but its check {check}() says this CPU is not served", None
             if reason is not None:
                 logger.info(f"sam_hf: the {name} kernel is not used ({reason}); PyTorch's path is taken")
                 _REASONS[name] = reason

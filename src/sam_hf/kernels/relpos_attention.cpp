@@ -1,8 +1,9 @@
-// Attention with SAM's decomposed relative positions for bf16 on x86 CPUs with AVX512-BF16 and AMX:
+// Attention with SAM's decomposed relative positions for bf16 on x86 CPUs with AVX512-BF16 (AMX or not):
 //   out = softmax(scale * q k^T + rel_h[q, key_row] + rel_w[q, key_col]) v
 // computed flash-style (online softmax over key blocks, nothing of size L x L in memory) with the two
 // relative-position terms added to each block of logits while it is in cache. The matmuls are ATen's
-// brgemm (oneDNN, AMX tiles, bf16 x bf16 -> fp32); the bias, softmax and bf16 rounding are AVX-512 here.
+// brgemm (oneDNN, bf16 x bf16 -> fp32: AMX tiles where the CPU has them, else AVX512-BF16 dot products);
+// the bias, softmax and bf16 rounding are AVX-512 here.
 // Compared with SDPA on query/key widened by the one-hot relative-position columns, the matmuls keep the
 // head width (64 instead of 192 for ViT global attention). Built on first use by sam_hf.kernels.loader.
 #include <torch/extension.h>
@@ -22,7 +23,7 @@ using at::BFloat16;
 
 namespace {
 
-// Block sizes measured on ViT-B (one core of this project's AMX CPU): 256 x 256 beat 64 x 512 by 15% on global
+// Block sizes measured on ViT-B (one core of an AMX Xeon): 256 x 256 beat 64 x 512 by 15% on global
 // attention (126 vs 146 ms) and windows (21 vs 25 ms); logits, probabilities and accumulators stay in L2.
 constexpr int64_t kMaxBlockKeys = 256;  // keys per block: whole key rows, at most this many (one row if wider)
 constexpr int64_t kMaxBlockQueries = 256;
@@ -288,7 +289,30 @@ torch::Tensor relpos_attention(torch::Tensor query, torch::Tensor key, torch::Te
   return out;
 }
 
+// Whether ATen's bf16 brgemm with VNNI-packed B serves this CPU (oneDNN's ukernel, which needs at least
+// AVX-512; ATen raises otherwise): one tiny product, (2 x 2) x (2 x 16), checked against its known result.
+bool brgemm_usable() {
+  try {
+    std::vector<BFloat16> a = {BFloat16(1.0f), BFloat16(2.0f), BFloat16(3.0f), BFloat16(4.0f)};
+    std::vector<BFloat16> b(2 * 16);  // VNNI: b[2 * c + k] = B[k][c], B[0][c] = c, B[1][c] = 1
+    for (int c = 0; c < 16; ++c) {
+      b[2 * c] = BFloat16(static_cast<float>(c));
+      b[2 * c + 1] = BFloat16(1.0f);
+    }
+    std::vector<float> out(2 * 16, -1.0f);
+    at::native::cpublas::brgemm(2, 16, 2, 2, 16, 16, false, a.data(), b.data(), out.data(), true);
+    at::native::cpublas::brgemm_release(true);
+    for (int c = 0; c < 16; ++c) {
+      if (out[c] != c + 2.0f || out[16 + c] != 3.0f * c + 4.0f) return false;
+    }
+    return true;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.def("brgemm_usable", &brgemm_usable, "whether oneDNN's bf16 brgemm serves this CPU");
   module.def("relpos_attention", &relpos_attention, "bf16 flash attention with decomposed relative positions",
              pybind11::arg("query"), pybind11::arg("key"), pybind11::arg("value"), pybind11::arg("rel_h"),
              pybind11::arg("rel_w"), pybind11::arg("scale"), pybind11::arg("out") = pybind11::none());

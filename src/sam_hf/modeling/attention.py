@@ -15,7 +15,7 @@ the augmented tensors live in the thread's workspace and only what varies is rew
 where the wider augmented heads would cost more matmul time than they save, the relative positions are
 added to explicit logits instead: `sdpa_with_rel_pos_mask` (windows: a dense bias per chunk of query rows)
 and `row_blocked_attention_with_rel_pos` (global grids: a few query rows of one head at a time, logits
-kept in cache, no bias written to memory). In bf16 on CPUs with AMX, `kernel_attention_with_rel_pos` runs
+kept in cache, no bias written to memory). In bf16 on CPUs with AVX512-BF16, `kernel_attention_with_rel_pos` runs
 sam_hf's compiled flash kernel (`sam_hf.kernels`), which adds the two terms to each block of logits in
 cache and keeps the head width: faster than the augmented SDPA, which is then the fallback.
 """
@@ -296,9 +296,12 @@ def row_blocked_attention_with_rel_pos(
 
 
 def relpos_kernel_usable(*, dtype: torch.dtype, device: torch.device, head_dim: int) -> bool:
-    """Whether `kernel_attention_with_rel_pos` takes such queries here: bf16 on CPU, even head width, and
-    the kernel built for this machine."""
-    return dtype == torch.bfloat16 and device.type == "cpu" and head_dim % 2 == 0 and kernel("relpos_attention") is not None
+    """Whether `kernel_attention_with_rel_pos` takes such queries here: bf16 on CPU, even head width, oneDNN
+    enabled (the kernel's matmuls are its brgemm) and the kernel built for this machine."""
+    return (
+        dtype == torch.bfloat16 and device.type == "cpu" and head_dim % 2 == 0 and torch.backends.mkldnn.enabled
+        and kernel("relpos_attention") is not None
+    )
 
 
 def kernel_attention_with_rel_pos(

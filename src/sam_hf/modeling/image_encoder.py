@@ -157,7 +157,7 @@ class SamHfVisionAttention(nn.Module):
         qkv = workspace("vit_qkv", (batch, height, width, 3 * channels), **kwargs)
         linear_into(hidden_states.contiguous(), self.qkv, qkv)  # (B, H, W, 3C)
         n_h, n_w = -(-height // window[0]), -(-width // window[1])
-        # relative positions: bf16 on AMX CPUs, added inside sam_hf's flash kernel; other bf16/fp16, folded
+        # relative positions: bf16 on AVX512-BF16 CPUs, added inside sam_hf's flash kernel; other bf16/fp16, folded
         # into SDPA's query/key (softmax-bound); fp32, as explicit logits or a dense bias built chunk by chunk
         # (matmul-bound, where the wider heads would cost more)
         as_mask = self.use_rel_pos and hidden_states.dtype in (torch.float32, torch.float64)
