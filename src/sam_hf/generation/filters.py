@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..processing.thresholds import count_true, greater
 from .crops import uncrop_boxes_xyxy
 
 
@@ -19,8 +20,8 @@ def stability_score(mask_logits: torch.Tensor, mask_threshold: float, offset: fl
     mask_logits (..., H, W) -> (...,) float32. The high mask lies inside the low one, so the IoU is the
     ratio of their areas (NaN for an empty low mask: it never passes a threshold).
     """
-    high = (mask_logits > (mask_threshold + offset)).flatten(-2).sum(-1, dtype=torch.int32)  # (...,)
-    low = (mask_logits > (mask_threshold - offset)).flatten(-2).sum(-1, dtype=torch.int32)  # (...,)
+    high = count_true(greater(mask_logits, mask_threshold + offset))  # (...,) int32
+    low = count_true(greater(mask_logits, mask_threshold - offset))  # (...,) int32
     return high / low
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..processing.thresholds import greater
 from .crops import generate_crop_boxes, uncrop_boxes_xyxy, uncrop_points
 from .filters import is_box_near_crop_edge, stability_score
 from .mask_data import MaskData
@@ -224,7 +225,7 @@ class SamHfAutomaticMaskGenerator:
             keep = torch.ones_like(stability, dtype=torch.bool)
             if opts.stability_score_thresh > 0.0:
                 keep = stability >= opts.stability_score_thresh
-            masks = logits > opts.mask_threshold  # (n, h, w) bool: index 1 byte per pixel, not 4
+            masks = greater(logits, opts.mask_threshold)  # (n, h, w) bool: index 1 byte per pixel, not 4
             del logits
             masks = masks[keep]  # (n', h, w)
             # runs in the image frame and boxes in the crop frame (batched_mask_to_box's), in one pass

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .resize import get_preprocess_shape
+from .thresholds import greater
 
 
 def _sizes(value, name: str, batch: int) -> list[tuple[int, int]]:
@@ -75,7 +76,7 @@ def post_process_masks(
             full = cropped.contiguous()  # (exact for finite logits: weights 1 and 0)
         else:
             full = F.interpolate(cropped, (orig_h, orig_w), mode="bilinear", align_corners=False)  # (P, M, H, W)
-        out.append(full > mask_threshold if binarize else full)
+        out.append(greater(full, mask_threshold) if binarize else full)
     return out
 
 
