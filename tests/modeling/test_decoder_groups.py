@@ -54,3 +54,12 @@ def test_transformer_output_tokens_are_those_rows_of_the_full_output(tiny_model)
     assert some.shape == (2, 3, 3, 32)
     assert_close(some, full[:, :, [0, 2, 4]], rtol=1e-5, atol=1e-6)
     assert_close(some_image, full_image, rtol=0, atol=0)
+
+
+def test_prompt_groups_are_small_on_cpu_only(monkeypatch):
+    per_prompt = 8 * 64 * 64 * 256 * 2  # 8 ViT images, bf16 image tokens: 16 MiB per prompt
+    assert mask_decoder.prompt_group(per_prompt, torch.device("cpu")) == 1
+    assert mask_decoder.prompt_group(per_prompt, torch.device("cuda", 0)) >= 64  # a batch of 64 in one group
+    monkeypatch.setattr(mask_decoder, "_TEMPORARY_BUDGET", 5 * per_prompt)
+    assert mask_decoder.prompt_group(per_prompt, torch.device("cpu")) == 5
+    assert mask_decoder.prompt_group(10 * 2**30, torch.device("cuda", 0)) == 1  # never zero

@@ -17,12 +17,12 @@ from torch import nn
 
 from ..configuration import SamHfVisionConfig
 from .attention import (
-    ROW_BLOCKED_MIN_TOKENS,
     augmented_buffers,
     kernel_attention_with_rel_pos,
     relpos_kernel_usable,
     grid_attention,
     row_blocked_attention_with_rel_pos,
+    row_blocked_usable,
     sdpa_on_buffers,
     sdpa_with_rel_pos_mask,
     write_rel_pos_columns,
@@ -174,7 +174,7 @@ class SamHfVisionAttention(nn.Module):
         if n_w * window[1] != width:
             windows[:, :, :, -1, width - (n_w - 1) * window[1] :] = bias
         copy_windows(qkv.view(batch, height, width, 3, heads, head_dim), windows, window, to_windows=True)
-        if as_mask and math.prod(window) >= ROW_BLOCKED_MIN_TOKENS:
+        if as_mask and row_blocked_usable(device=hidden_states.device, tokens=math.prod(window)):
             out = row_blocked_attention_with_rel_pos(*buffers, self.rel_pos_h, self.rel_pos_w, size=window, scale=self.scale)
         elif in_kernel:
             out = kernel_attention_with_rel_pos(*buffers, self.rel_pos_h, self.rel_pos_w, size=window, scale=self.scale)
