@@ -124,13 +124,22 @@ def load_model(impl: str, variant: str, path: str, config=None) -> torch.nn.Modu
     return model.eval()
 
 
-def timed(fn, *, warmup: int, runs: int) -> list[float]:
+def synchronize(device: torch.device | str = "cpu") -> None:
+    """Wait for the device's queued work (a no-op on a CPU), so that a wall-clock time covers it."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, *, warmup: int, runs: int, device: torch.device | str = "cpu") -> list[float]:
+    """Wall times of `runs` calls after `warmup` ones, each ending once `device` has finished."""
     for _ in range(warmup):
         fn()
+    synchronize(device)
     times = []
     for _ in range(runs):
         start = time.perf_counter()
         fn()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return times
 
@@ -149,11 +158,11 @@ def interleaved(fns: dict, *, warmup: int, runs: int) -> dict[str, list[float]]:
     return times
 
 
-def matmul_peak(dtype: torch.dtype, size: int = 2048, runs: int = 5) -> float:
-    """GFLOP/s of a square torch.mm on this machine (best of `runs`)."""
-    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
-    out = torch.empty(size, size, dtype=dtype)
-    best = min(timed(lambda: torch.mm(a, b, out=out), warmup=2, runs=runs))
+def matmul_peak(dtype: torch.dtype, size: int = 2048, runs: int = 5, device: torch.device | str = "cpu") -> float:
+    """GFLOP/s of a square torch.mm on this device (best of `runs`)."""
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+    out = torch.empty(size, size, dtype=dtype, device=device)
+    best = min(timed(lambda: torch.mm(a, b, out=out), warmup=2, runs=runs, device=device))
     return 2 * size**3 / best / 1e9
 
 
@@ -190,6 +199,13 @@ def run_worker(script: str, args: list[str], threads: int) -> dict:
     if done.returncode != 0 or not lines:
         return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1][:120]}
     return json.loads(lines[-1])
+
+
+def speedup(results: dict, other: str, dtype: str, entry: dict, field: str = "median") -> str:
+    """How many times faster `entry` is than implementation `other` in `results[(impl, dtype)][field]`
+    (seconds), formatted; "-" where `other` has no timing (not run, or failed)."""
+    reference = results.get((other, dtype))
+    return f"{reference[field] / entry[field]:.2f}" if isinstance(reference, dict) else "-"
 
 
 def summary(times: list[float]) -> dict[str, float]:

@@ -19,7 +19,7 @@ import tempfile
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import DTYPES, IMPLS, interleaved, load_model, print_table, summary, write_weights  # noqa: E402
+from _common import DTYPES, IMPLS, interleaved, load_model, print_table, speedup, summary, write_weights  # noqa: E402
 
 GFLOP_PER_PROMPT = 3.5  # two-way transformer + upscaling on 64 x 64 image tokens, 2 x multiply-adds
 
@@ -91,13 +91,10 @@ def main() -> None:
             if not isinstance(entry, dict):
                 rows.append([dtype, impl, entry or "-", "", "", "", "", ""])
                 continue
-            ratio = lambda other: (  # noqa: E731
-                f"{timings[other, dtype]['median'] / entry['median']:.2f}" if isinstance(timings.get((other, dtype)), dict) else "-"
-            )
             per_prompt = entry["median"] / args.batch
             diff = f"{(masks[impl, dtype] - reference).abs().max():.1e}" if reference is not None else "-"
-            rows.append([dtype, impl, f"{1e3 * per_prompt:.2f}", f"{1e3 * entry['min'] / args.batch:.2f}", ratio("transformers"),
-                         ratio("meta"), f"{GFLOP_PER_PROMPT / per_prompt:.0f}", diff])
+            rows.append([dtype, impl, f"{1e3 * per_prompt:.2f}", f"{1e3 * entry['min'] / args.batch:.2f}", speedup(timings, "transformers", dtype, entry),
+                         speedup(timings, "meta", dtype, entry), f"{GFLOP_PER_PROMPT / per_prompt:.0f}", diff])
     print_table(["dtype", "implementation", "ms/prompt (median)", "ms/prompt (min)", "x vs transformers", "x vs Meta", "GFLOP/s",
                  "mask logits max abs diff vs sam_hf fp32"], rows)
 

@@ -22,7 +22,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    DTYPES, IMPLS, interleaved, load_model, matmul_peak, peak_rss_mb, print_table, run_worker, summary, timed, write_weights,
+    DTYPES, IMPLS, interleaved, load_model, matmul_peak, peak_rss_mb, print_table, run_worker, speedup, summary, timed,
+    write_weights,
 )
 
 ENCODER_GFLOP = {"vit_b": 972, "vit_l": 2986, "vit_h": 5961}  # 2 x multiply-adds, 1024 x 1024 input
@@ -130,11 +131,8 @@ def report(args, timings, rss, peaks, outputs, masks) -> None:
             if not isinstance(entry, dict):
                 rows.append([dtype, impl, entry or "-", "", "", "", "", memory_text])
                 continue
-            ratio = lambda other: (  # noqa: E731
-                f"{timings[other, dtype]['median'] / entry['median']:.2f}" if isinstance(timings.get((other, dtype)), dict) else "-"
-            )
             fraction = ENCODER_GFLOP[args.variant] / entry["median"] / peaks[dtype]
-            rows.append([dtype, impl, f"{entry['median']:.3f}", f"{entry['min']:.3f}", ratio("transformers"), ratio("meta"),
+            rows.append([dtype, impl, f"{entry['median']:.3f}", f"{entry['min']:.3f}", speedup(timings, "transformers", dtype, entry), speedup(timings, "meta", dtype, entry),
                          f"{100 * fraction:.0f}%", memory_text])
     print_table(headers, rows)
     reference = outputs.get(("sam_hf", "fp32"))

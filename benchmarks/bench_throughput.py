@@ -21,41 +21,13 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import DTYPES, IMPLS, load_model, print_table, write_weights  # noqa: E402
+from _common import DTYPES, IMPLS, load_model, matmul_peak, print_table, speedup, timed, write_weights  # noqa: E402
 from bench_encoder import ENCODER_GFLOP, encode  # noqa: E402
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def device_timed(fn, device: torch.device, *, warmup: int, runs: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def matmul_peak(dtype: torch.dtype, device: torch.device) -> float:
-    """GFLOP/s of a square matmul on this device (8192 on a GPU, 2048 on a CPU; best of 5)."""
-    size = 8192 if device.type == "cuda" else 2048
-    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
-    out = torch.empty(size, size, dtype=dtype, device=device)
-    best = min(device_timed(lambda: torch.mm(a, b, out=out), device, warmup=3, runs=5))
-    return 2 * size**3 / best / 1e9
 
 
 def decode(impl: str, model, embeddings: torch.Tensor, points: torch.Tensor, labels: torch.Tensor):
@@ -111,7 +83,8 @@ def main() -> None:
     labels = torch.ones(args.batch, args.points, 1, dtype=torch.long, device=device)
     folder = tempfile.mkdtemp(prefix="sam_hf_bench_")
     paths = write_weights(args.variant, args.dtypes, folder)
-    peaks = {dtype: matmul_peak(DTYPES[dtype], device) for dtype in args.dtypes}
+    peak_size = 8192 if device.type == "cuda" else 2048  # a GPU needs a large product to reach its peak
+    peaks = {dtype: matmul_peak(DTYPES[dtype], size=peak_size, device=device) for dtype in args.dtypes}
 
     results, outputs = {}, {}
     for dtype in args.dtypes:
@@ -126,9 +99,9 @@ def main() -> None:
                 with torch.inference_mode():
                     low, binary = segment(impl, model, inputs, points, labels)
                     outputs[impl, dtype] = (low.float().cpu(), binary.cpu())
-                    full = device_timed(lambda: segment(impl, model, inputs, points, labels), device,
-                                        warmup=args.warmup, runs=args.batches)
-                    encoder = device_timed(lambda: encode(impl, model, inputs), device, warmup=1, runs=args.batches)
+                    full = timed(lambda: segment(impl, model, inputs, points, labels), warmup=args.warmup,
+                                 runs=args.batches, device=device)
+                    encoder = timed(lambda: encode(impl, model, inputs), warmup=1, runs=args.batches, device=device)
                 memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
                 results[impl, dtype] = {"full": statistics.median(full), "encoder": statistics.median(encoder), "memory": memory}
             except Exception as error:  # an implementation that cannot run a mode is reported, not fatal
@@ -149,13 +122,10 @@ def main() -> None:
             if not isinstance(entry, dict):
                 rows.append([dtype, impl, entry or "-", "", "", "", "", ""])
                 continue
-            other = lambda ref: (  # noqa: E731
-                f"{results[ref, dtype]['full'] / entry['full']:.2f}" if isinstance(results.get((ref, dtype)), dict) else "-"
-            )
             share = ENCODER_GFLOP[args.variant] * args.batch / entry["encoder"] / peaks[dtype]
             memory = f"{entry['memory']:.1f}" if entry["memory"] is not None else "-"
             rows.append([dtype, impl, f"{args.batch / entry['full']:.1f}", f"{args.batch / entry['encoder']:.1f}",
-                         other("transformers"), other("meta"), memory, f"{100 * share:.0f}%"])
+                         speedup(results, "transformers", dtype, entry, "full"), speedup(results, "meta", dtype, entry, "full"), memory, f"{100 * share:.0f}%"])
     print_table(["dtype", "implementation", "img/s", "encoder img/s", "x vs transformers", "x vs Meta",
                  "peak GiB", "encoder % of matmul peak"], rows)
 
