@@ -39,6 +39,11 @@ _TEMPORARY_BUDGET = 16 * 2**20
 _ACCELERATOR_TEMPORARY_BUDGET = 2**30
 
 
+# Bytes of the mask upscaling's largest temporary per step on CPU: a band of grid rows of one prompt whose
+# temporaries stay in the caches (and below glibc's trim threshold); see `SamHfMaskDecoder.upscale_masks`.
+_UPSCALE_BAND_BUDGET = 2 * 2**20
+
+
 def prompt_group(per_prompt_bytes: int, device: torch.device) -> int:
     """How many prompts share one group, given the bytes of one prompt's largest temporary on `device`."""
     budget = _TEMPORARY_BUDGET if device.type == "cpu" else _ACCELERATOR_TEMPORARY_BUDGET
@@ -67,23 +72,37 @@ class SamHfMaskDecoder(nn.Module):
     def upscale_masks(self, image: torch.Tensor, hyper_in: torch.Tensor, grid: int) -> torch.Tensor:
         """image tokens (N, g*g, C) and hypernetwork weights (N, M, C/8) -> mask logits (N, M, 4g, 4g).
 
-        Runs over groups of prompts so that its large temporaries (16 * g * g * C/8 values per prompt) stay
-        under the budget of `prompt_group`.
+        Runs over blocks whose largest temporary (the second upscaling's 16 * C/8 values per image token) stays
+        under a budget: on CPU a band of grid rows of one prompt (cache-sized), on an accelerator groups of
+        whole prompts (`prompt_group`). Every pixel depends only on its own image token, so this is exact.
         """
-        per_prompt = 16 * grid * grid * (image.shape[-1] // 8) * image.element_size()
-        group = prompt_group(per_prompt, image.device)
-        return torch.cat([self._upscale(image[i : i + group], hyper_in[i : i + group], grid) for i in range(0, image.shape[0], group)])
+        batch, masks = hyper_in.shape[:2]
+        per_row = 16 * grid * (image.shape[-1] // 8) * image.element_size()  # bytes of one grid row's largest temporary
+        rows = _UPSCALE_BAND_BUDGET // per_row if image.device.type == "cpu" else prompt_group(per_row * grid, image.device) * grid
+        rows = max(1, rows)
+        out = image.new_empty(batch, masks, 4 * grid, 4 * grid)
+        if rows >= grid:  # whole prompts per block
+            group = rows // grid
+            for n in range(0, batch, group):
+                out[n : n + group] = self._upscale(image[n : n + group], hyper_in[n : n + group], grid)
+        else:  # bands of one prompt
+            for n in range(batch):
+                for i in range(0, grid, rows):
+                    band = image[n : n + 1, i * grid : (i + rows) * grid]  # (1, R*g, C)
+                    out[n : n + 1, :, 4 * i : 4 * (i + rows)] = self._upscale(band, hyper_in[n : n + 1], grid)
+        return out
 
     def _upscale(self, image: torch.Tensor, hyper_in: torch.Tensor, grid: int) -> torch.Tensor:
+        """image tokens (N, R*g, C) of R whole grid rows, hypernetwork weights (N, M, C/8) -> logits (N, M, 4R, 4g)."""
         norm = self.upscale_layer_norm
-        up = _conv_transpose_as_linear(self.upscale_conv1, image)  # (N, g*g, 2, 2, C/4)
+        up = _conv_transpose_as_linear(self.upscale_conv1, image)  # (N, R*g, 2, 2, C/4)
         up = F.gelu(F.layer_norm(up, norm.normalized_shape, norm.weight, norm.bias, norm.eps))
-        up = _conv_transpose_as_linear(self.upscale_conv2, up, "gelu")  # (N, g*g, 2, 2, 2, 2, C/8) as [a, b, c, d]
+        up = _conv_transpose_as_linear(self.upscale_conv2, up, "gelu")  # (N, R*g, 2, 2, 2, 2, C/8) as [a, b, c, d]
         batch, masks = hyper_in.shape[:2]
-        logits = up.view(batch, -1, up.shape[-1]) @ hyper_in.transpose(1, 2)  # (N, g*g*16, M)
-        logits = logits.view(batch, grid, grid, 2, 2, 2, 2, masks)  # (N, i, j, a, b, c, d, M)
+        logits = up.view(batch, -1, up.shape[-1]) @ hyper_in.transpose(1, 2)  # (N, R*g*16, M)
+        logits = logits.view(batch, -1, grid, 2, 2, 2, 2, masks)  # (N, i, j, a, b, c, d, M)
         # output pixel (4i + 2a + c, 4j + 2b + d)
-        return logits.permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(batch, masks, 4 * grid, 4 * grid)
+        return logits.permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(batch, masks, -1, 4 * grid)
 
     def forward(
         self,
@@ -109,7 +128,8 @@ class SamHfMaskDecoder(nn.Module):
         if not bool(sparse_valid.all()):
             token_mask = torch.cat([sparse_valid.new_ones(batch, prompts, output_tokens.shape[0]), sparse_valid], dim=2)
 
-        image = (image_embeddings[:, None] + dense_embeddings).flatten(3).transpose(2, 3)  # (B, P or 1, g*g, C)
+        # channels-last once: every image-token op below reads rows of C (a strided (C, g*g) view costs a gather per use)
+        image = (image_embeddings[:, None] + dense_embeddings).flatten(3).transpose(2, 3).contiguous()  # (B, P or 1, g*g, C)
         pe = image_pe.flatten(1).t().to(image.dtype)  # (g*g, C)
         mask_slice = slice(1, None) if multimask_output else slice(0, 1)
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..configuration import SamHfMaskDecoderConfig
 from .attention import attention
-from .layers import SamHfMLPBlock
+from .layers import SamHfMLPBlock, add_matmul_nt_, layer_norm_into, records_nothing, workspace
 
 
 class SamHfAttention(nn.Module):
@@ -44,13 +44,13 @@ class SamHfAttention(nn.Module):
         return F.linear(states, layer.weight) + F.linear(pe, layer.weight, layer.bias)
 
     def shared(self, cache: dict | None, name: str, layer: nn.Linear, image: torch.Tensor, pe: torch.Tensor | None = None):
-        """`project(layer, image, pe)`, computed once per decoder call when the same image side (P' = 1) is
-        passed for every group of prompts; `cache` lives for one call and remembers which tensor it saw."""
-        if cache is None or image.shape[1] != 1:
+        """`project(layer, image, pe)`, computed once per decoder call for the image side that the decoder passed
+        in (`cache["image"]`, shared by all prompts when P' = 1); any other image side is projected afresh."""
+        if cache is None or image.shape[1] != 1 or cache.get("image") is not image:
             return self.project(layer, image, pe)
         key = (id(self), name)
         entry = cache.get(key)
-        if entry is None or entry[0] is not image:  # the cache holds `image`, so its identity stays unique
+        if entry is None or entry[0] is not image:  # per-prompt slices (P' = P, groups of one) differ per group
             entry = cache[key] = (image, self.project(layer, image, pe))
         return entry[1]
 
@@ -73,23 +73,44 @@ class SamHfAttention(nn.Module):
         q, k = self.heads(self.q_proj(query)), self.heads(self.k_proj(key))
         return self.attend(q, k, self.heads(self.v_proj(value)), key_mask, output_attentions)
 
-    def _block_diagonal(self, states: torch.Tensor) -> torch.Tensor:
-        """(B, P, T, C') -> (B, P, h*T, C'): row (head, t) keeps token t's channels of that head, zeros elsewhere.
+    def _head_rows(self, states: torch.Tensor) -> torch.Tensor:
+        """(B, P, T, C') -> (B, h, P*T, d): each head's rows of all prompts, for one matmul per head."""
+        batch, prompts, length, _ = states.shape
+        heads = states.view(batch, prompts, length, self.num_heads, -1).permute(0, 3, 1, 2, 4)
+        return heads.reshape(batch, self.num_heads, prompts * length, -1)
 
-        With the few prompt tokens spread this way, a cross-attention against the long image side is two
-        plain matmuls on (HW, C') tensors: no per-head transpose of the image side is ever materialised.
-        """
-        batch, prompts, length, channels = states.shape
-        eye = torch.eye(self.num_heads, dtype=states.dtype, device=states.device)
-        spread = states.view(batch, prompts, 1, length, self.num_heads, -1) * eye.view(1, 1, self.num_heads, 1, self.num_heads, 1)
-        return spread.reshape(batch, prompts, self.num_heads * length, channels)
+    def _image_heads(self, image_side: torch.Tensor) -> torch.Tensor:
+        """(B or 1, HW, C') -> (B or 1, h, HW, d) as a view."""
+        batch, tokens, _ = image_side.shape
+        return image_side.view(batch, tokens, self.num_heads, -1).transpose(1, 2)
 
-    def _against_image(self, stacked: torch.Tensor, image_side: torch.Tensor) -> torch.Tensor:
-        """stacked (B, P, h*T, C') @ image_side (B, P', HW, C')^T -> (B, P, h*T, HW); P' = 1 is shared."""
-        batch, prompts, rows, channels = stacked.shape
-        if image_side.shape[1] == 1 and prompts > 1:
-            return (stacked.reshape(batch, 1, prompts * rows, channels) @ image_side.transpose(-1, -2)).view(batch, prompts, rows, -1)
-        return stacked @ image_side.transpose(-1, -2)
+    def _per_head_logits(self, rows: torch.Tensor, image_side: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """rows (B, P, T, C') against image_side (B or 1, HW, C') head by head -> (B*P, h*T, HW), row (h, t)
+        holding rows_(t,h) . image_(x,h) for every image token x (h*T*HW*d multiply-adds per prompt); written
+        into `out` when given."""
+        batch, prompts, length, _ = rows.shape
+        logits = self._head_rows(rows) @ self._image_heads(image_side).transpose(-1, -2)  # (B, h, P*T, HW)
+        logits = logits.view(batch, self.num_heads, prompts, length, -1).transpose(1, 2)  # (B, P, h, T, HW)
+        if out is None:
+            return logits.reshape(batch * prompts, self.num_heads * length, -1)
+        out.view(logits.shape).copy_(logits)
+        return out
+
+    @staticmethod
+    def scratch(cache: dict | None, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor | None:
+        """This thread's workspace tensor `name` inside a decoder call (`cache` given) on CPU where autograd
+        records nothing, else None (the caller allocates). Reused by every prompt group and layer: no fresh
+        multi-megabyte blocks, which glibc would page-fault in again each time."""
+        if cache is None or like.device.type != "cpu" or not records_nothing(like):
+            return None
+        return workspace(name, shape, dtype=like.dtype, device=like.device)
+
+    def _per_head_product(self, rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """rows (B, P, T, C') and a weight (C', C) whose row block h belongs to head h -> (B, P, h*T, C),
+        row (h, t) = rows_(t,h) @ weight_h."""
+        batch, prompts, length, _ = rows.shape
+        out = self._head_rows(rows) @ weight.view(self.num_heads, -1, weight.shape[-1])  # (B, h, P*T, C)
+        return out.view(batch, self.num_heads, prompts, length, -1).transpose(1, 2).reshape(batch, prompts, self.num_heads * length, -1)
 
     def pe_projection(self, cache: dict | None, name: str, layer: nn.Linear, pe: torch.Tensor, *, bias: bool) -> torch.Tensor:
         """`W pe` (+ b): (HW, C'), the same for every prompt and group of one decoder call, so cached there."""
@@ -104,41 +125,40 @@ class SamHfAttention(nn.Module):
     def tokens_to_image(self, tokens, token_pe, image, image_pe, output_attentions=False, cache=None):
         """Each prompt's tokens (B, P, T, C) attend to the image tokens (B, P', HW, C) -> (B, P, T, C).
 
-        A per-prompt image side (P' = P) is never projected: with q_h the block-diagonal queries,
+        A shared image side (P' = 1) is projected once per decoder call and attended head by head, all
+        prompts of a group together. A per-prompt image side (P' = P) is never projected: for head h,
         q_h . (W_k,h (x + pe) + b_k,h) = (q_h W_k,h) . x + q_h . (W_k,h pe + b_k,h); likewise
         sum_x w_x (W_v,h x + b_v,h) = W_v,h (sum_x w_x x) + b_v,h. So the work on the HW image tokens is
         two (h*T, C) x (C, HW) products instead of two (HW, C) x (C, C') projections and the attention.
         """
         batch, prompts, length, _ = tokens.shape
-        q = self._block_diagonal(self.project(self.q_proj, tokens + token_pe) * self.scale)  # (B, P, h*T, C')
+        q = self.project(self.q_proj, tokens + token_pe) * self.scale  # (B, P, T, C')
         if image.shape[1] == 1:  # shared image side: its projections are computed once per decoder call
-            k = self.shared(cache, "k", self.k_proj, image, image_pe)  # (B, 1, HW, C')
-            v = self.shared(cache, "v", self.v_proj, image)
-            weights = self._against_image(q, k).softmax(dim=-1)  # (B, P, h*T, HW)
-            if prompts > 1:
-                out = (weights.view(batch, 1, -1, weights.shape[-1]) @ v).view(batch, prompts, -1, self.internal_dim)
-            else:
-                out = weights @ v  # (B, P, h*T, C'): head h's rows are only valid in head h's block
-            out = out.view(batch, prompts, self.num_heads, length, self.num_heads, -1).diagonal(dim1=2, dim2=4)  # (B, P, T, d, h)
-            out = out.transpose(-1, -2).reshape(batch, prompts, length, self.internal_dim)
+            k = self.shared(cache, "k", self.k_proj, image, image_pe)[:, 0]  # (B, HW, C')
+            v = self.shared(cache, "v", self.v_proj, image)[:, 0]
+            weights = (self._head_rows(q) @ self._image_heads(k).transpose(-1, -2)).softmax(dim=-1)  # (B, h, P*T, HW)
+            out = weights @ self._image_heads(v)  # (B, h, P*T, d)
+            out = out.view(batch, self.num_heads, prompts, length, -1).permute(0, 2, 3, 1, 4).reshape(batch, prompts, length, self.internal_dim)
+            heads_view = weights.view(batch, self.num_heads, prompts, length, -1).transpose(1, 2) if output_attentions else None
         else:
             flat_image = image.reshape(batch * prompts, *image.shape[2:])  # (B*P, HW, C)
             # the bias is kept though the softmax cancels it: the same logits, and a gradient for b_k as in Meta's model
             k_pe = self.pe_projection(cache, "k", self.k_proj, image_pe, bias=True)  # (HW, C')
-            logits = (q @ k_pe.t()).flatten(0, 1)  # (B*P, h*T, HW)
-            folded = (q @ self.k_proj.weight).flatten(0, 1)  # (B*P, h*T, C)
-            weights = torch.baddbmm(logits, folded, flat_image.transpose(1, 2)).softmax(dim=-1)  # (B*P, h*T, HW)
+            shape = (batch * prompts, self.num_heads * length, image.shape[2])
+            logits = self._per_head_logits(q, k_pe[None], out=self.scratch(cache, "decoder_logits", shape, q))  # (B*P, h*T, HW)
+            folded = self._per_head_product(q, self.k_proj.weight).flatten(0, 1)  # (B*P, h*T, C)
+            logits = add_matmul_nt_(logits, folded, flat_image)
+            weights = torch.softmax(logits, dim=-1, out=self.scratch(None if output_attentions else cache, "decoder_weights", shape, q))  # (B*P, h*T, HW)
             mixed = (weights @ flat_image).view(batch * prompts, self.num_heads, length, -1)  # (B*P, h, T, C)
             v_weight = self.v_proj.weight.view(self.num_heads, -1, self.v_proj.weight.shape[-1])  # (h, d, C)
             out = (mixed @ v_weight.transpose(1, 2)).transpose(1, 2).reshape(batch, prompts, length, self.internal_dim)
             out = out + self.v_proj.bias
-            weights = weights.view(batch, prompts, -1, weights.shape[-1])
-        heads_view = weights.view(batch, prompts, self.num_heads, length, -1) if output_attentions else None
+            heads_view = weights.view(batch, prompts, self.num_heads, length, -1) if output_attentions else None
         return self.out_proj(out), heads_view
 
-    def image_to_tokens(self, image, image_pe, tokens, token_pe, token_mask=None, output_attentions=False, cache=None):
+    def image_to_tokens(self, image, image_pe, tokens, token_pe, token_mask=None, output_attentions=False, cache=None, out=None):
         """Image tokens (B, P', HW, C) attend to each prompt's few tokens (B, P, T, C); returns the residual
-        sum `image + attention` (B, P, HW, C).
+        sum `image + attention` (B, P, HW, C), written into `out` when given (contiguous, not `image`).
 
         The value and output projections are folded, exactly up to rounding: with weights w over the
         tokens of each head summing to one, out_proj(sum_t w_t v_t) = sum_(h,t) w_(h,t) (W_o,h v_(h,t) + b_o / h),
@@ -148,27 +168,30 @@ class SamHfAttention(nn.Module):
         long image axis contiguous (much faster on CPU than a softmax over a last axis of T).
         """
         batch, prompts, length, _ = tokens.shape
-        k = self._block_diagonal(self.project(self.k_proj, tokens + token_pe) * self.scale)  # (B, P, h*T, C')
-        v = self._block_diagonal(self.v_proj(tokens))  # (B, P, h*T, C')
+        k = self.project(self.k_proj, tokens + token_pe) * self.scale  # (B, P, T, C')
+        shape = (batch * prompts, self.num_heads * length, image.shape[2])
+        logits = self.scratch(cache, "decoder_logits", shape, k)
         if image.shape[1] == 1:
-            q = self.shared(cache, "q", self.q_proj, image, image_pe)  # (B, 1, HW, C')
-            logits = self._against_image(k, q)  # (B, P, h*T, HW)
+            q = self.shared(cache, "q", self.q_proj, image, image_pe)[:, 0]  # (B, HW, C')
+            logits = self._per_head_logits(k, q, out=logits)  # (B*P, h*T, HW)
         else:
             q_pe = self.pe_projection(cache, "q", self.q_proj, image_pe, bias=True)  # (HW, C')
-            folded = (k @ self.q_proj.weight).flatten(0, 1)  # (B*P, h*T, C)
+            folded = self._per_head_product(k, self.q_proj.weight).flatten(0, 1)  # (B*P, h*T, C)
             flat_image = image.reshape(batch * prompts, *image.shape[2:])  # (B*P, HW, C)
-            logits = torch.baddbmm((k @ q_pe.t()).flatten(0, 1), folded, flat_image.transpose(1, 2))
+            logits = add_matmul_nt_(self._per_head_logits(k, q_pe[None], out=logits), folded, flat_image)
         logits = logits.view(batch, prompts, self.num_heads, length, -1)  # (B, P, h, T, HW)
         if token_mask is not None:
-            logits = logits.masked_fill(~token_mask[:, :, None, :, None], float("-inf"))
-        weights = logits.softmax(dim=-2).view(batch, prompts, self.num_heads * length, -1)
-        values = torch.addmm(self.out_proj.bias / self.num_heads, v.flatten(0, 2), self.out_proj.weight.t())
-        values = values.view(batch, prompts, self.num_heads * length, -1)  # (B, P, h*T, C)
+            logits = logits.masked_fill_(~token_mask[:, :, None, :, None], float("-inf"))
+        weights = self.scratch(None if output_attentions else cache, "decoder_weights", shape, k)
+        weights = torch.softmax(logits, dim=-2, out=None if weights is None else weights.view(logits.shape))
+        weights = weights.view(batch, prompts, self.num_heads * length, -1)
+        values = self._per_head_product(self.v_proj(tokens), self.out_proj.weight.t()) + self.out_proj.bias / self.num_heads  # (B, P, h*T, C)
         if batch == 1 or image.shape[1] == prompts:  # one batched matmul that also adds the residual
-            out = torch.baddbmm(image.reshape(-1, *image.shape[2:]), weights.flatten(0, 1).transpose(1, 2), values.flatten(0, 1))
-            out = out.view(batch, prompts, *out.shape[1:])
+            flat_out = None if out is None else out.view(batch * prompts, *out.shape[2:])
+            flat_out = torch.baddbmm(image.reshape(-1, *image.shape[2:]), weights.flatten(0, 1).transpose(1, 2), values.flatten(0, 1), out=flat_out)
+            out = flat_out.view(batch, prompts, *flat_out.shape[1:])
         else:
-            out = weights.transpose(-1, -2) @ values
+            out = torch.matmul(weights.transpose(-1, -2), values, out=out)
             out += image
         heads_view = weights.view(batch, prompts, self.num_heads, length, -1).transpose(-1, -2) if output_attentions else None
         return out, heads_view
@@ -203,8 +226,17 @@ class SamHfTwoWayAttentionBlock(nn.Module):
         queries = self.layer_norm3(queries + self.mlp(queries))
 
         # image -> tokens: queries are the image tokens; a shared image side broadcasts over the prompts
-        residual, w_i2t = self.cross_attn_image_to_token.image_to_tokens(keys, key_pe, queries, query_pe, token_mask, output_attentions, cache)
-        keys = self.layer_norm4(residual)  # (B, P, HW, C)
+        residual = image_tokens = None
+        if cache is not None and keys.device.type == "cpu" and records_nothing(queries, keys):
+            # inside a decoder call on CPU: the two (B, P, HW, C) results go to this thread's workspace, reused by
+            # every group and layer, instead of fresh blocks that glibc page-faults in again each time
+            shape, like = (*queries.shape[:2], *keys.shape[2:]), {"dtype": keys.dtype, "device": keys.device}
+            residual, image_tokens = workspace("decoder_residual", shape, **like), workspace("decoder_image_tokens", shape, **like)
+        residual, w_i2t = self.cross_attn_image_to_token.image_to_tokens(keys, key_pe, queries, query_pe, token_mask, output_attentions, cache, out=residual)
+        if image_tokens is None:
+            keys = self.layer_norm4(residual)  # (B, P, HW, C)
+        else:
+            keys = layer_norm_into(self.layer_norm4, residual, image_tokens)
         return queries, keys, (w_self, w_t2i, w_i2t)
 
 
@@ -219,7 +251,9 @@ class SamHfTwoWayTransformer(nn.Module):
 
     def forward(self, tokens, image, image_pe, token_mask=None, output_attentions=False, cache=None, output_tokens=None):
         """tokens (B, P, T, C), image (B, P', HW, C) with P' in {1, P}, image_pe (HW, C), token_mask (B, P, T);
-        `cache` (a dict for one decoder call) shares the prompt-independent projections across prompt groups.
+        `cache` (a dict for one decoder call) shares the prompt-independent projections across prompt groups; with
+        it, on CPU where autograd records nothing, the image tokens returned live in this thread's workspace
+        (see `layers.workspace`) and are overwritten by the next decoder call's groups.
         `output_tokens` (indices into T): only these tokens leave the final attention, in that order. Exact:
         the final attention and LayerNorm treat each token on its own, so the tokens nobody reads (the prompt
         tokens, an unused mask token) are not attended with.
@@ -227,6 +261,8 @@ class SamHfTwoWayTransformer(nn.Module):
         Returns tokens (B, P, T or len(output_tokens), C), image (B, P, HW, C) and the attention weights when asked for.
         """
         queries, keys = tokens, image
+        if cache is not None:
+            cache["image"] = image  # the decoder passes the same shared image side for every group of prompts
         weights = ()
         for layer in self.layers:
             queries, keys, layer_weights = layer(queries, keys, tokens, image_pe, token_mask, output_attentions, cache)
