@@ -105,11 +105,13 @@ class SamHfAttention(nn.Module):
             return None
         return workspace(name, shape, dtype=like.dtype, device=like.device)
 
-    def _per_head_product(self, rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def _per_head_product(self, rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """rows (B, P, T, C') and a weight (C', C) whose row block h belongs to head h -> (B, P, h*T, C),
-        row (h, t) = rows_(t,h) @ weight_h."""
+        row (h, t) = rows_(t,h) @ weight_h (+ bias, added inside the product: one rounding in bf16)."""
         batch, prompts, length, _ = rows.shape
-        out = self._head_rows(rows) @ weight.view(self.num_heads, -1, weight.shape[-1])  # (B, h, P*T, C)
+        heads = self._head_rows(rows).flatten(0, 1)  # (B*h, P*T, d)
+        weights = weight.view(self.num_heads, -1, weight.shape[-1]).repeat(batch, 1, 1)  # (B*h, d, C)
+        out = torch.bmm(heads, weights) if bias is None else torch.baddbmm(bias, heads, weights)  # (B*h, P*T, C)
         return out.view(batch, self.num_heads, prompts, length, -1).transpose(1, 2).reshape(batch, prompts, self.num_heads * length, -1)
 
     def pe_projection(self, cache: dict | None, name: str, layer: nn.Linear, pe: torch.Tensor, *, bias: bool) -> torch.Tensor:
@@ -185,7 +187,7 @@ class SamHfAttention(nn.Module):
         weights = self.scratch(None if output_attentions else cache, "decoder_weights", shape, k)
         weights = torch.softmax(logits, dim=-2, out=None if weights is None else weights.view(logits.shape))
         weights = weights.view(batch, prompts, self.num_heads * length, -1)
-        values = self._per_head_product(self.v_proj(tokens), self.out_proj.weight.t()) + self.out_proj.bias / self.num_heads  # (B, P, h*T, C)
+        values = self._per_head_product(self.v_proj(tokens), self.out_proj.weight.t(), self.out_proj.bias / self.num_heads)  # (B, P, h*T, C)
         if batch == 1 or image.shape[1] == prompts:  # one batched matmul that also adds the residual
             flat_out = None if out is None else out.view(batch * prompts, *out.shape[2:])
             flat_out = torch.baddbmm(image.reshape(-1, *image.shape[2:]), weights.flatten(0, 1).transpose(1, 2), values.flatten(0, 1), out=flat_out)
