@@ -75,3 +75,23 @@ def test_one_call_leaves_nothing_to_the_next(tiny_model):
     after = _decode(tiny_model, second, points, labels)
     assert torch.equal(after.pred_masks, alone.pred_masks)
     assert torch.equal(kept.pred_masks, kept_masks)
+
+
+def test_frozen_decoder_still_backpropagates_to_the_image_side(tiny_model):
+    """With the decoder frozen and the embeddings requiring grad, autograd records: no workspace, same gradient."""
+    generator = torch.Generator().manual_seed(6)
+    embeddings = torch.randn(1, 32, 8, 8, generator=generator)
+    points = torch.rand(1, 4, 1, 2, generator=generator) * 128
+    labels = torch.ones(1, 4, 1, dtype=torch.long)
+    grads = []
+    for frozen in (False, True):
+        for param in tiny_model.parameters():
+            param.requires_grad_(not frozen)
+        leaf = embeddings.clone().requires_grad_(True)
+        _decode(tiny_model, leaf, points, labels).pred_masks.square().mean().backward()
+        grads.append(leaf.grad)
+    for param in tiny_model.parameters():
+        param.requires_grad_(True)
+    tiny_model.zero_grad(set_to_none=True)
+    assert grads[1].abs().sum() > 0
+    assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)

@@ -101,8 +101,7 @@ def fused_linear_available(tensor: torch.Tensor) -> bool:
 def linear_activation(hidden_states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None) -> torch.Tensor:
     """`act(F.linear(hidden_states, weight, bias))` for act in {None, "gelu", "relu", "silu"}; one fused kernel on
     CPU where autograd records nothing (the erf GELU, as F.gelu)."""
-    recording = torch.is_grad_enabled() and (hidden_states.requires_grad or weight.requires_grad)
-    if fused_linear_available(hidden_states) and not recording and weight.dtype == hidden_states.dtype:
+    if fused_linear_available(hidden_states) and records_nothing(hidden_states, weight) and weight.dtype == hidden_states.dtype:
         algorithm, attribute = _ONEDNN_ACTIVATIONS[activation] if activation else ("none", "")
         return _FUSED_LINEAR(hidden_states, weight.contiguous(), bias, algorithm, [], attribute)
     out = F.linear(hidden_states, weight, bias)
@@ -122,8 +121,7 @@ def add_matmul_nt_(out: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -
 
 def linear_add(hidden_states: torch.Tensor, linear: nn.Linear, residual: torch.Tensor) -> torch.Tensor:
     """residual + linear(hidden_states) as a new tensor (one fused kernel on CPU)."""
-    recording = torch.is_grad_enabled() and (hidden_states.requires_grad or linear.weight.requires_grad or residual.requires_grad)
-    if fused_linear_available(hidden_states) and not recording:
+    if fused_linear_available(hidden_states) and records_nothing(hidden_states, linear.weight, residual):
         return _FUSED_LINEAR.binary(hidden_states, residual, linear.weight, linear.bias, "add")
     return linear(hidden_states).add_(residual)
 

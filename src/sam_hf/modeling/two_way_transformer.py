@@ -97,11 +97,12 @@ class SamHfAttention(nn.Module):
         return out
 
     @staticmethod
-    def scratch(cache: dict | None, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor | None:
-        """This thread's workspace tensor `name` inside a decoder call (`cache` given) on CPU where autograd
-        records nothing, else None (the caller allocates). Reused by every prompt group and layer: no fresh
-        multi-megabyte blocks, which glibc would page-fault in again each time."""
-        if cache is None or like.device.type != "cpu" or not records_nothing(like):
+    def scratch(cache: dict | None, name: str, shape: tuple[int, ...], like: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor | None:
+        """This thread's workspace tensor `name` (dtype and device of `like`) inside a decoder call (`cache`
+        given) on CPU where autograd records nothing on `like` and `inputs` (every tensor the result is computed
+        from: a frozen decoder still records when the image side requires grad), else None (the caller allocates).
+        Reused by every prompt group and layer: no fresh multi-megabyte blocks, which glibc page-faults in again."""
+        if cache is None or like.device.type != "cpu" or not records_nothing(like, *inputs):
             return None
         return workspace(name, shape, dtype=like.dtype, device=like.device)
 
@@ -110,7 +111,7 @@ class SamHfAttention(nn.Module):
         row (h, t) = rows_(t,h) @ weight_h (+ bias, added inside the product: one rounding in bf16)."""
         batch, prompts, length, _ = rows.shape
         heads = self._head_rows(rows).flatten(0, 1)  # (B*h, P*T, d)
-        weights = weight.view(self.num_heads, -1, weight.shape[-1]).repeat(batch, 1, 1)  # (B*h, d, C)
+        weights = weight.view(1, self.num_heads, -1, weight.shape[-1]).expand(batch, -1, -1, -1).reshape(batch * self.num_heads, -1, weight.shape[-1])  # (B*h, d, C), a view for B = 1
         out = torch.bmm(heads, weights) if bias is None else torch.baddbmm(bias, heads, weights)  # (B*h, P*T, C)
         return out.view(batch, self.num_heads, prompts, length, -1).transpose(1, 2).reshape(batch, prompts, self.num_heads * length, -1)
 
@@ -147,10 +148,10 @@ class SamHfAttention(nn.Module):
             # the bias is kept though the softmax cancels it: the same logits, and a gradient for b_k as in Meta's model
             k_pe = self.pe_projection(cache, "k", self.k_proj, image_pe, bias=True)  # (HW, C')
             shape = (batch * prompts, self.num_heads * length, image.shape[2])
-            logits = self._per_head_logits(q, k_pe[None], out=self.scratch(cache, "decoder_logits", shape, q))  # (B*P, h*T, HW)
+            logits = self._per_head_logits(q, k_pe[None], out=self.scratch(cache, "decoder_logits", shape, q, image))  # (B*P, h*T, HW)
             folded = self._per_head_product(q, self.k_proj.weight).flatten(0, 1)  # (B*P, h*T, C)
             logits = add_matmul_nt_(logits, folded, flat_image)
-            weights = torch.softmax(logits, dim=-1, out=self.scratch(None if output_attentions else cache, "decoder_weights", shape, q))  # (B*P, h*T, HW)
+            weights = torch.softmax(logits, dim=-1, out=self.scratch(None if output_attentions else cache, "decoder_weights", shape, q, image))  # (B*P, h*T, HW)
             mixed = (weights @ flat_image).view(batch * prompts, self.num_heads, length, -1)  # (B*P, h, T, C)
             v_weight = self.v_proj.weight.view(self.num_heads, -1, self.v_proj.weight.shape[-1])  # (h, d, C)
             out = (mixed @ v_weight.transpose(1, 2)).transpose(1, 2).reshape(batch, prompts, length, self.internal_dim)
@@ -172,7 +173,7 @@ class SamHfAttention(nn.Module):
         batch, prompts, length, _ = tokens.shape
         k = self.project(self.k_proj, tokens + token_pe) * self.scale  # (B, P, T, C')
         shape = (batch * prompts, self.num_heads * length, image.shape[2])
-        logits = self.scratch(cache, "decoder_logits", shape, k)
+        logits = self.scratch(cache, "decoder_logits", shape, k, image)
         if image.shape[1] == 1:
             q = self.shared(cache, "q", self.q_proj, image, image_pe)[:, 0]  # (B, HW, C')
             logits = self._per_head_logits(k, q, out=logits)  # (B*P, h*T, HW)
@@ -184,7 +185,7 @@ class SamHfAttention(nn.Module):
         logits = logits.view(batch, prompts, self.num_heads, length, -1)  # (B, P, h, T, HW)
         if token_mask is not None:
             logits = logits.masked_fill_(~token_mask[:, :, None, :, None], float("-inf"))
-        weights = self.scratch(None if output_attentions else cache, "decoder_weights", shape, k)
+        weights = self.scratch(None if output_attentions else cache, "decoder_weights", shape, k, image)
         weights = torch.softmax(logits, dim=-2, out=None if weights is None else weights.view(logits.shape))
         weights = weights.view(batch, prompts, self.num_heads * length, -1)
         values = self._per_head_product(self.v_proj(tokens), self.out_proj.weight.t(), self.out_proj.bias / self.num_heads)  # (B, P, h*T, C)
@@ -228,12 +229,10 @@ class SamHfTwoWayAttentionBlock(nn.Module):
         queries = self.layer_norm3(queries + self.mlp(queries))
 
         # image -> tokens: queries are the image tokens; a shared image side broadcasts over the prompts
-        residual = image_tokens = None
-        if cache is not None and keys.device.type == "cpu" and records_nothing(queries, keys):
-            # inside a decoder call on CPU: the two (B, P, HW, C) results go to this thread's workspace, reused by
-            # every group and layer, instead of fresh blocks that glibc page-faults in again each time
-            shape, like = (*queries.shape[:2], *keys.shape[2:]), {"dtype": keys.dtype, "device": keys.device}
-            residual, image_tokens = workspace("decoder_residual", shape, **like), workspace("decoder_image_tokens", shape, **like)
+        # inside a decoder call on CPU: the two (B, P, HW, C) results go to this thread's workspace
+        shape = (*queries.shape[:2], *keys.shape[2:])
+        residual = SamHfAttention.scratch(cache, "decoder_residual", shape, keys, queries)
+        image_tokens = None if residual is None else SamHfAttention.scratch(cache, "decoder_image_tokens", shape, keys, queries)
         residual, w_i2t = self.cross_attn_image_to_token.image_to_tokens(keys, key_pe, queries, query_pe, token_mask, output_attentions, cache, out=residual)
         if image_tokens is None:
             keys = self.layer_norm4(residual)  # (B, P, HW, C)
