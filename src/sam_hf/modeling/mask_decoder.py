@@ -2,8 +2,9 @@
 hypernetwork MLPs (one per mask token) and the IoU head.
 
 The two 2x2 stride-2 transposed convolutions of the upscaling touch disjoint pixels, so each is a plain
-matmul per input pixel (C -> 2*2*C'), done channels-last; the hypernetwork product is taken before the
-pixels are put back in raster order, so only the M mask planes are rearranged, not the feature maps.
+matmul per input pixel (C -> 2*2*C'), done channels-last; the first one's pixels are put in raster order by
+its LayerNorm, and the second runs per output-row offset, so the hypernetwork products come out as whole rows
+of the masks (see `_upscale`).
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ from .layers import SamHfFeedForward, SamHfLayerNorm2d, linear_activation
 from .two_way_transformer import SamHfTwoWayTransformer
 
 
-def _conv_transpose_as_linear(conv: nn.ConvTranspose2d, states: torch.Tensor, activation: str | None = None) -> torch.Tensor:
-    """A 2x2 stride-2 ConvTranspose2d on channels-last pixels, then `activation`: (..., C_in) -> (..., 2, 2, C_out)."""
-    c_in, c_out = conv.weight.shape[:2]
-    weight = conv.weight.permute(0, 2, 3, 1).reshape(c_in, 4 * c_out)  # (C_in, [a, b, C_out])
-    out = linear_activation(states, weight.t(), conv.bias.repeat(4), activation)
-    return out.view(*states.shape[:-1], 2, 2, c_out)
-
-
+def _conv_transpose_weight(conv: nn.ConvTranspose2d, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 2x2 stride-2 ConvTranspose2d as a linear map of one channels-last pixel: weight (C_in, [a, b, C_out]) and
+    bias; with `rows` = a, only the outputs of that kernel row: weight (C_in, [b, C_out])."""
+    weight = conv.weight.permute(0, 2, 3, 1)  # (C_in, a, b, C_out)
+    if rows is not None:
+        weight = weight[:, rows]
+    c_in, c_out = weight.shape[0], weight.shape[-1]
+    return weight.reshape(c_in, -1), conv.bias.repeat(weight[0].numel() // c_out)
 # The logit of every pixel of a mask that `mask_iou_threshold` skipped: empty at any sensible threshold, and
 # finite, so that interpolation in post-processing gives no NaN (0 * -inf).
 SKIPPED_MASK_LOGIT = -1e4
@@ -93,16 +94,27 @@ class SamHfMaskDecoder(nn.Module):
         return out
 
     def _upscale(self, image: torch.Tensor, hyper_in: torch.Tensor, grid: int) -> torch.Tensor:
-        """image tokens (N, R*g, C) of R whole grid rows, hypernetwork weights (N, M, C/8) -> logits (N, M, 4R, 4g)."""
+        """image tokens (N, R*g, C) of R whole grid rows, hypernetwork weights (N, M, C/8) -> logits (N, M, 4R, 4g).
+
+        Output pixel (4i + 2a + c, 4j + 2b + d) comes from token (i, j), first-conv offset (a, b), second-conv
+        offset (c, d). The first conv's pixels are put in raster order (i, a, j, b) as their LayerNorm reads
+        them; the second conv then runs once per row offset c, so the hypernetwork product of each c is already
+        a set of whole output rows (4i + 2a + c, all columns) in raster order: no permutation of single pixels.
+        """
         norm = self.upscale_layer_norm
-        up = _conv_transpose_as_linear(self.upscale_conv1, image)  # (N, R*g, 2, 2, C/4)
-        up = F.gelu(F.layer_norm(up, norm.normalized_shape, norm.weight, norm.bias, norm.eps))
-        up = _conv_transpose_as_linear(self.upscale_conv2, up, "gelu")  # (N, R*g, 2, 2, 2, 2, C/8) as [a, b, c, d]
-        batch, masks = hyper_in.shape[:2]
-        logits = up.view(batch, -1, up.shape[-1]) @ hyper_in.transpose(1, 2)  # (N, R*g*16, M)
-        logits = logits.view(batch, -1, grid, 2, 2, 2, 2, masks)  # (N, i, j, a, b, c, d, M)
-        # output pixel (4i + 2a + c, 4j + 2b + d)
-        return logits.permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(batch, masks, -1, 4 * grid)
+        batch, tokens, _ = image.shape
+        rows, masks = tokens // grid, hyper_in.shape[1]
+        weight, bias = _conv_transpose_weight(self.upscale_conv1)
+        up = linear_activation(image, weight.t(), bias, None)  # (N, R*g, [a, b, C/4])
+        up = up.view(batch, rows, grid, 2, 2, -1).transpose(2, 3)  # (N, i, a, j, b, C/4) as a view
+        up = F.gelu(F.layer_norm(up, norm.normalized_shape, norm.weight, norm.bias, norm.eps))  # contiguous, raster order
+        up = up.view(batch, 4 * tokens, -1)  # (N, 2R * 2g, C/4)
+        out = image.new_empty(batch, masks, 2 * rows, 2, 4 * grid)  # (N, M, [i, a], c, [j, b, d])
+        for c in range(2):
+            weight, bias = _conv_transpose_weight(self.upscale_conv2, rows=c)
+            features = linear_activation(up, weight.t(), bias, "gelu")  # (N, 2R * 2g, [d, C/8])
+            out[:, :, :, c] = torch.bmm(hyper_in, features.view(batch, 8 * tokens, -1).transpose(1, 2)).view(batch, masks, 2 * rows, -1)
+        return out.view(batch, masks, 4 * rows, 4 * grid)
 
     def forward(
         self,
