@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..processing.masks import upscale_and_crop
 from ..processing.thresholds import greater
 from .crops import generate_crop_boxes, uncrop_boxes_xyxy, uncrop_points
 from .filters import is_box_near_crop_edge, stability_score
@@ -26,6 +27,7 @@ from .mask_data import MaskData
 from .nms import batched_nms, box_area
 from .options import GeneratorOptions
 from .postprocess import postprocess_small_regions, to_records
+from .upscale import upscale_in_boxes
 from .rle import boundaries_to_rles, rle_to_mask, run_boundaries  # noqa: F401 (rle_to_mask: re-export)
 
 # Upscaled float32 logits held at once while filtering a batch (elements): chunks of masks bound memory.
@@ -215,27 +217,70 @@ class SamHfAutomaticMaskGenerator:
         runs = [(empty, empty)]
         height, width = image_size
         side = self.image_processor.pad_size if hasattr(self.image_processor, "pad_size") else max(resized_size)
-        per_chunk = max(1, UPSCALE_BUDGET // max(crop_size[0] * crop_size[1], int(side) ** 2))
+        frame = dict(crop_box=crop_box, crop_size=crop_size, resized_size=resized_size, image_size=image_size, side=int(side))
+        in_boxes = self._upscales_in_boxes(device)
+        # elements held at once: the masks at the crop's size, or (in boxes) their first upscaling step
+        per_mask = resized_size[0] * resized_size[1] if in_boxes else max(crop_size[0] * crop_size[1], int(side) ** 2)
+        per_chunk = max(1, UPSCALE_BUDGET // per_mask)
         for start in range(0, len(low_res), per_chunk):
             chunk = slice(start, start + per_chunk)
-            logits = self.image_processor.post_process_masks(
-                low_res[chunk][None, :, None], [crop_size], [resized_size], binarize=False
-            )[0][:, 0]  # (n, h, w) float32 at the crop's size
-            stability = stability_score(logits, opts.mask_threshold, opts.stability_score_offset)
-            keep = torch.ones_like(stability, dtype=torch.bool)
-            if opts.stability_score_thresh > 0.0:
-                keep = stability >= opts.stability_score_thresh
-            masks = greater(logits, opts.mask_threshold)  # (n, h, w) bool: index 1 byte per pixel, not 4
-            del logits
-            masks = masks[keep]  # (n', h, w)
-            # runs in the image frame and boxes in the crop frame (batched_mask_to_box's), in one pass
-            flat, per_mask, boxes = run_boundaries(masks, image_size, offset=(crop_box[0], crop_box[1]), return_boxes=True)
-            del masks
+            step = self._filter_in_boxes if in_boxes else self._filter_dense
+            stability, keep, (flat, counts, boxes) = step(low_res[chunk], **frame)
             inner = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, width, height])
             pieces["iou_preds"].append(iou_preds[chunk][keep][inner])
             pieces["points"].append(mask_points[chunk][keep][inner])
             pieces["stability_score"].append(stability[keep][inner])
             pieces["boxes"].append(boxes[inner])
-            runs.append((flat[inner.repeat_interleave(per_mask)], per_mask[inner]))
+            runs.append((flat[inner.repeat_interleave(counts)], counts[inner]))
         batch = MaskData(**{k: torch.cat(v) for k, v in pieces.items()})
         return batch, (torch.cat([r[0] for r in runs]), torch.cat([r[1] for r in runs]))
+
+    def _upscales_in_boxes(self, device: torch.device) -> bool:
+        """On a CPU with sam_hf's own mask post-processing: masks are upscaled only where they can be (upscale.py)."""
+        from ..processing import SamHfImageProcessor
+
+        method = getattr(type(self.image_processor), "post_process_masks", None)
+        return device.type == "cpu" and method is SamHfImageProcessor.post_process_masks
+
+    def _stable(self, stability: torch.Tensor) -> torch.Tensor:
+        if self.options.stability_score_thresh > 0.0:
+            return stability >= self.options.stability_score_thresh
+        return torch.ones_like(stability, dtype=torch.bool)
+
+    def _filter_dense(self, low_res, *, crop_box, crop_size, resized_size, image_size, side):
+        """Low-res logits (n, L, L) -> stability (n,), kept (n,) bool, and the kept masks' run boundaries, counts
+        and crop-frame boxes: every mask upscaled to the crop's size (Meta's steps; any device)."""
+        opts = self.options
+        logits = self.image_processor.post_process_masks(
+            low_res[None, :, None], [crop_size], [resized_size], binarize=False
+        )[0][:, 0]  # (n, h, w) float32 at the crop's size
+        stability = stability_score(logits, opts.mask_threshold, opts.stability_score_offset)
+        keep = self._stable(stability)
+        masks = greater(logits, opts.mask_threshold)  # (n, h, w) bool: index 1 byte per pixel, not 4
+        del logits
+        # runs in the image frame and boxes in the crop frame (batched_mask_to_box's), in one pass
+        runs = run_boundaries(masks[keep], image_size, offset=(crop_box[0], crop_box[1]), return_boxes=True)
+        return stability, keep, runs
+
+    def _filter_in_boxes(self, low_res, *, crop_box, crop_size, resized_size, image_size, side):
+        """`_filter_dense`'s results, each mask upscaled to the crop's size only inside the box where it can exceed
+        a threshold (see upscale.py); the first upscaling step is post_process_masks' own."""
+        opts = self.options
+        resized = upscale_and_crop(low_res[:, None].float(), side, *resized_size)[:, 0]  # (n, h, w)
+        upscaled = upscale_in_boxes(resized, crop_size, opts.mask_threshold, opts.stability_score_offset)
+        stability = torch.tensor([u.high for u in upscaled], dtype=torch.int32) / torch.tensor([u.low for u in upscaled], dtype=torch.int32)
+        keep = self._stable(stability)
+        empty = torch.zeros(0, dtype=torch.int64)
+        flat, counts, boxes = [empty], [], []
+        for u in (u for u, k in zip(upscaled, keep.tolist()) if k):
+            if u.mask.numel() == 0:
+                counts.append(empty.new_zeros(1))
+                boxes.append(empty.new_zeros(1, 4))
+                continue
+            f, c, b = run_boundaries(u.mask[None], image_size, offset=(crop_box[0] + u.x0, crop_box[1] + u.y0), return_boxes=True)
+            flat.append(f)
+            counts.append(c)
+            boxes.append(b + torch.tensor([u.x0, u.y0, u.x0, u.y0]) * (c[:, None] > 0))  # box frame -> crop frame; empty stays 0
+        if not counts:
+            return stability, keep, (empty, empty, empty.view(0, 4))
+        return stability, keep, (torch.cat(flat), torch.cat(counts), torch.cat(boxes))

@@ -71,7 +71,7 @@ def post_process_masks(
                 f"reshaped_input_sizes[{i}] = ({new_h}, {new_w}) must fit in the padded input side {pad_size}"
             )
         logits = logits.to(torch.float32)
-        cropped = _upscale_and_crop(logits, pad_size, new_h, new_w)  # (P, M, h, w)
+        cropped = upscale_and_crop(logits, pad_size, new_h, new_w)  # (P, M, h, w)
         if (orig_h, orig_w) == (new_h, new_w):  # SAM's own size: resizing to the same size is the identity
             full = cropped.contiguous()  # (exact for finite logits: weights 1 and 0)
         else:
@@ -86,7 +86,7 @@ def _needed(low: int, scale: int, length: int) -> int:
     return min(low, max(0, math.floor(last)) + 2)
 
 
-def _upscale_and_crop(logits: torch.Tensor, pad_size: int, height: int, width: int) -> torch.Tensor:
+def upscale_and_crop(logits: torch.Tensor, pad_size: int, height: int, width: int) -> torch.Tensor:
     """F.interpolate(logits, (S, S), bilinear)[..., :height, :width], computing only the rows kept.
 
     Bit-exact: with an integer scale s = S / L, the upscaled rows below `height` read only the first
