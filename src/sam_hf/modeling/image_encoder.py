@@ -27,7 +27,7 @@ from .attention import (
     sdpa_with_rel_pos_mask,
     write_rel_pos_columns,
 )
-from .layers import SamHfLayerNorm2d, SamHfMLPBlock, linear_add, linear_into, workspace
+from .layers import SamHfLayerNorm2d, SamHfLinear, SamHfMLPBlock, linear_add, linear_into, workspace
 
 # Largest (tokens, mlp_dim) MLP temporary when autograd records nothing: below glibc's 32 MB mmap limit,
 # so that the allocator recycles it instead of page-faulting fresh memory on every call.
@@ -105,8 +105,8 @@ class SamHfVisionAttention(nn.Module):
         head_dim = config.hidden_size // config.num_attention_heads
         self.scale = head_dim**-0.5
         self.window_size = window_size
-        self.qkv = nn.Linear(config.hidden_size, config.hidden_size * 3, bias=config.qkv_bias)
-        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.qkv = SamHfLinear(config.hidden_size, config.hidden_size * 3, bias=config.qkv_bias)
+        self.proj = SamHfLinear(config.hidden_size, config.hidden_size)
         self.use_rel_pos = config.use_rel_pos
         if self.use_rel_pos:
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size - 1, head_dim))

@@ -108,15 +108,47 @@ def linear_activation(hidden_states: torch.Tensor, weight: torch.Tensor, bias: t
     return ACT2FN[activation](out) if activation else out
 
 
+def onednn_fp32(*tensors: torch.Tensor) -> bool:
+    """fp32 products go through oneDNN (one per batch entry) on CPU where autograd records nothing: on AMD CPUs
+    MKL's sgemm does not use AVX-512 (one Zen 5 core: about 100 GFLOP/s for MKL's batched gemm against 170-230 for
+    oneDNN on the decoder's shapes); MKL's bf16 is as fast as oneDNN's and is kept."""
+    return tensors[0].dtype == torch.float32 and fused_linear_available(tensors[0]) and records_nothing(*tensors)
+
+
+def onednn_linear(hidden_states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear` by oneDNN (callers check `onednn_fp32` or `fused_linear_available`); `weight` may be a transposed view."""
+    return _FUSED_LINEAR(hidden_states, weight, bias, "none", [], "")
+
+
 def add_matmul_nt_(out: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """out (N, M, L) += left (N, M, K) @ right (N, L, K)^T, in place. In fp32 on CPU where autograd records
-    nothing, one oneDNN product per batch entry (for the decoder's (56, 256) x (256, 4096) logits about 1.4x
-    MKL's batched gemm on AMD Zen 4); otherwise `baddbmm_` (MKL's bf16 is the faster there)."""
-    if out.dtype == torch.float32 and fused_linear_available(out) and records_nothing(out, left, right):
+    """out (N, M, L) += left (N, M, K) @ right (N, L, K)^T, in place (oneDNN in fp32, see `onednn_fp32`)."""
+    if onednn_fp32(out, left, right):
         for index in range(out.shape[0]):
             out[index] = _FUSED_LINEAR.binary(left[index], out[index], right[index], None, "add")
         return out
     return out.baddbmm_(left, right.transpose(1, 2))
+
+
+def matmul_nn(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """left (N, M, K) @ right (N, K, L) -> (N, M, L); in fp32 one oneDNN product per batch entry, `right` read through
+    its transpose as the weight (no copy), see `onednn_fp32`."""
+    if not onednn_fp32(left, right):
+        return left @ right
+    out = left.new_empty(left.shape[0], left.shape[1], right.shape[2])
+    for index in range(out.shape[0]):
+        out[index] = onednn_linear(left[index], right[index].t())
+    return out
+
+
+def matmul_add_shared(base: torch.Tensor, left: torch.Tensor, right: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """base (1, M, L) + left (N, M, K) @ right (N, K, L) -> (N, M, L) (into `out` when given): the shared image side
+    plus each prompt's update; in fp32 one oneDNN product per batch entry with the add fused, else `baddbmm`."""
+    if not onednn_fp32(left, right, base):
+        return torch.baddbmm(base, left, right, out=out)
+    out = left.new_empty(left.shape[0], left.shape[1], right.shape[2]) if out is None else out
+    for index in range(out.shape[0]):
+        out[index] = _FUSED_LINEAR.binary(left[index], base[0], right[index].t(), None, "add")
+    return out
 
 
 def linear_add(hidden_states: torch.Tensor, linear: nn.Linear, residual: torch.Tensor) -> torch.Tensor:
@@ -126,14 +158,27 @@ def linear_add(hidden_states: torch.Tensor, linear: nn.Linear, residual: torch.T
     return linear(hidden_states).add_(residual)
 
 
-def linear_into(hidden_states: torch.Tensor, linear: nn.Linear, out: torch.Tensor) -> torch.Tensor:
-    """linear(hidden_states (..., in)) written into `out` (..., out_features), both contiguous."""
+def linear_into(hidden_states: torch.Tensor, linear: nn.Linear, out: torch.Tensor, *, rows: int = 4096) -> torch.Tensor:
+    """linear(hidden_states (..., in)) written into `out` (..., out_features), both contiguous. In fp32 on CPU where
+    autograd records nothing, oneDNN `rows` rows at a time (see `onednn_fp32`; a block of new memory, not a tensor
+    of the full size); otherwise one `addmm` into `out`."""
     flat_in, flat_out = hidden_states.view(-1, linear.in_features), out.view(-1, linear.out_features)
-    if linear.bias is None:
+    if onednn_fp32(flat_in, linear.weight):
+        for start in range(0, flat_in.shape[0], rows):
+            flat_out[start : start + rows] = onednn_linear(flat_in[start : start + rows], linear.weight, linear.bias)
+    elif linear.bias is None:
         torch.mm(flat_in, linear.weight.t(), out=flat_out)
     else:
         torch.addmm(linear.bias, flat_in, linear.weight.t(), out=flat_out)
     return out
+
+
+class SamHfLinear(nn.Linear):
+    """`nn.Linear` (same parameters, names and initialisation) computed by oneDNN on a CPU where autograd records
+    nothing (`linear_activation`): in fp32 about twice MKL's speed on AMD CPUs, whose AVX-512 MKL leaves unused."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return linear_activation(hidden_states, self.weight, self.bias, None)
 
 
 class SamHfMLPBlock(nn.Module):
@@ -141,8 +186,8 @@ class SamHfMLPBlock(nn.Module):
 
     def __init__(self, *, hidden_size: int, mlp_dim: int, hidden_act: str) -> None:
         super().__init__()
-        self.lin1 = nn.Linear(hidden_size, mlp_dim)
-        self.lin2 = nn.Linear(mlp_dim, hidden_size)
+        self.lin1 = SamHfLinear(hidden_size, mlp_dim)
+        self.lin2 = SamHfLinear(mlp_dim, hidden_size)
         self.act = ACT2FN[hidden_act]
         self.hidden_act = hidden_act
 
@@ -166,9 +211,9 @@ class SamHfFeedForward(nn.Module):
 
     def __init__(self, *, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
         super().__init__()
-        self.proj_in = nn.Linear(input_dim, hidden_dim)
-        self.layers = nn.ModuleList([nn.Linear(hidden_dim, hidden_dim) for _ in range(num_layers - 2)])
-        self.proj_out = nn.Linear(hidden_dim, output_dim)
+        self.proj_in = SamHfLinear(input_dim, hidden_dim)
+        self.layers = nn.ModuleList([SamHfLinear(hidden_dim, hidden_dim) for _ in range(num_layers - 2)])
+        self.proj_out = SamHfLinear(hidden_dim, output_dim)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         hidden_states = F.relu(self.proj_in(hidden_states))

@@ -19,7 +19,10 @@ from torch import nn
 
 from ..configuration import SamHfMaskDecoderConfig
 from .attention import attention
-from .layers import SamHfMLPBlock, add_matmul_nt_, layer_norm_into, records_nothing, workspace
+from .layers import (
+    SamHfLinear, SamHfMLPBlock, add_matmul_nt_, layer_norm_into, linear_activation, matmul_add_shared, matmul_nn, records_nothing,
+    workspace,
+)
 
 
 class SamHfAttention(nn.Module):
@@ -31,17 +34,17 @@ class SamHfAttention(nn.Module):
         self.internal_dim = config.hidden_size // downsample_rate
         self.num_heads = config.num_attention_heads
         self.scale = (self.internal_dim // self.num_heads) ** -0.5
-        self.q_proj = nn.Linear(config.hidden_size, self.internal_dim)
-        self.k_proj = nn.Linear(config.hidden_size, self.internal_dim)
-        self.v_proj = nn.Linear(config.hidden_size, self.internal_dim)
-        self.out_proj = nn.Linear(self.internal_dim, config.hidden_size)
+        self.q_proj = SamHfLinear(config.hidden_size, self.internal_dim)
+        self.k_proj = SamHfLinear(config.hidden_size, self.internal_dim)
+        self.v_proj = SamHfLinear(config.hidden_size, self.internal_dim)
+        self.out_proj = SamHfLinear(self.internal_dim, config.hidden_size)
 
     @staticmethod
     def project(layer: nn.Linear, states: torch.Tensor, pe: torch.Tensor | None = None) -> torch.Tensor:
         """`layer(states + pe)` without forming `states + pe`; pe (HW, C) broadcasts over (B, P, HW, C)."""
         if pe is None:
             return layer(states)
-        return F.linear(states, layer.weight) + F.linear(pe, layer.weight, layer.bias)
+        return linear_activation(states, layer.weight, None, None) + linear_activation(pe, layer.weight, layer.bias, None)
 
     def shared(self, cache: dict | None, name: str, layer: nn.Linear, image: torch.Tensor, pe: torch.Tensor | None = None):
         """`project(layer, image, pe)`, computed once per decoder call for the image side that the decoder passed
@@ -120,7 +123,7 @@ class SamHfAttention(nn.Module):
         key = (id(self), name, bias)
         if cache is not None and key in cache:
             return cache[key]
-        out = F.linear(pe, layer.weight, layer.bias if bias else None)
+        out = linear_activation(pe, layer.weight, layer.bias if bias else None, None)
         if cache is not None:
             cache[key] = out
         return out
@@ -152,7 +155,7 @@ class SamHfAttention(nn.Module):
             folded = self._per_head_product(q, self.k_proj.weight).flatten(0, 1)  # (B*P, h*T, C)
             logits = add_matmul_nt_(logits, folded, flat_image)
             weights = torch.softmax(logits, dim=-1, out=self.scratch(None if output_attentions else cache, "decoder_weights", shape, q, image))  # (B*P, h*T, HW)
-            mixed = (weights @ flat_image).view(batch * prompts, self.num_heads, length, -1)  # (B*P, h, T, C)
+            mixed = matmul_nn(weights, flat_image).view(batch * prompts, self.num_heads, length, -1)  # (B*P, h, T, C)
             v_weight = self.v_proj.weight.view(self.num_heads, -1, self.v_proj.weight.shape[-1])  # (h, d, C)
             out = (mixed @ v_weight.transpose(1, 2)).transpose(1, 2).reshape(batch, prompts, length, self.internal_dim)
             out = out + self.v_proj.bias
@@ -191,7 +194,11 @@ class SamHfAttention(nn.Module):
         values = self._per_head_product(self.v_proj(tokens), self.out_proj.weight.t(), self.out_proj.bias / self.num_heads)  # (B, P, h*T, C)
         if batch == 1 or image.shape[1] == prompts:  # one batched matmul that also adds the residual
             flat_out = None if out is None else out.view(batch * prompts, *out.shape[2:])
-            flat_out = torch.baddbmm(image.reshape(-1, *image.shape[2:]), weights.flatten(0, 1).transpose(1, 2), values.flatten(0, 1), out=flat_out)
+            left, right = weights.flatten(0, 1).transpose(1, 2), values.flatten(0, 1)  # (B*P, HW, h*T), (B*P, h*T, C)
+            if batch == 1 and image.shape[1] == 1:  # the shared image side of one image plus each prompt's update
+                flat_out = matmul_add_shared(image[0], left, right, out=flat_out)
+            else:
+                flat_out = torch.baddbmm(image.reshape(-1, *image.shape[2:]), left, right, out=flat_out)
             out = flat_out.view(batch, prompts, *flat_out.shape[1:])
         else:
             out = torch.matmul(weights.transpose(-1, -2), values, out=out)

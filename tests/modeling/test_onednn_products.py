@@ -1,0 +1,71 @@
+"""The oneDNN forms of the model's fp32 products (layers.py) against PyTorch's, and their autograd fallbacks."""
+import pytest
+import torch
+from torch.testing import assert_close
+
+from sam_hf.modeling import layers
+from sam_hf.modeling.layers import SamHfLinear, linear_into, matmul_add_shared, matmul_nn
+
+pytestmark = pytest.mark.skipif(not layers.fused_linear_available(torch.zeros(1)), reason="oneDNN kernels unavailable")
+
+
+def _tolerance(dtype):
+    return {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 0.1}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_matmul_nn_matches_bmm(dtype):
+    generator = torch.Generator().manual_seed(0)
+    left = torch.randn(3, 10, 70, generator=generator).to(dtype)
+    right = torch.randn(3, 70, 24, generator=generator).to(dtype)
+    expected = left.float() @ right.float()
+    with torch.no_grad():
+        assert_close(matmul_nn(left, right).float(), expected, **_tolerance(dtype))
+        assert_close(matmul_nn(left[:, :4], right).float(), expected[:, :4], **_tolerance(dtype))  # strided rows, as the final attention
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_matmul_add_shared_matches_baddbmm(dtype):
+    generator = torch.Generator().manual_seed(1)
+    base = torch.randn(1, 50, 24, generator=generator).to(dtype)
+    weights = torch.randn(3, 7, 50, generator=generator).to(dtype)  # stored (N, K, M) like the decoder's softmax weights
+    right = torch.randn(3, 7, 24, generator=generator).to(dtype)
+    expected = base.float() + weights.float().transpose(1, 2) @ right.float()
+    with torch.no_grad():
+        out = torch.empty(3, 50, 24, dtype=dtype)
+        assert matmul_add_shared(base, weights.transpose(1, 2), right, out=out) is out
+        assert_close(out.float(), expected, **_tolerance(dtype))
+        assert_close(matmul_add_shared(base, weights.transpose(1, 2), right).float(), expected, **_tolerance(dtype))
+
+
+def test_products_keep_autograd():
+    left, right = torch.randn(2, 4, 5, requires_grad=True), torch.randn(2, 5, 6)
+    matmul_nn(left, right).sum().backward()
+    assert_close(left.grad, right.sum(2, keepdim=True).transpose(1, 2).expand(2, 4, 5))
+    base, left = torch.randn(1, 4, 6, requires_grad=True), torch.randn(2, 4, 5)
+    matmul_add_shared(base, left, right).sum().backward()
+    assert_close(base.grad, torch.full((1, 4, 6), 2.0))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_sam_hf_linear_is_nn_linear(bias):
+    torch.manual_seed(2)
+    ours = SamHfLinear(24, 40, bias=bias)
+    reference = torch.nn.Linear(24, 40, bias=bias)
+    reference.load_state_dict(ours.state_dict())
+    states = torch.randn(2, 3, 24)
+    with torch.no_grad():
+        assert_close(ours(states), reference(states), rtol=1e-5, atol=1e-5)
+    out = ours(states)  # autograd records: the plain path, with gradients
+    out.sum().backward()
+    assert ours.weight.grad is not None and out.grad_fn is not None
+
+
+def test_linear_into_in_row_blocks():
+    torch.manual_seed(3)
+    linear = torch.nn.Linear(16, 48)
+    states = torch.randn(2, 37, 16)
+    out = torch.empty(2, 37, 48)
+    with torch.no_grad():
+        assert linear_into(states, linear, out, rows=10) is out  # 74 rows: 7 full blocks and a partial one
+        assert_close(out, linear(states), rtol=1e-5, atol=1e-5)
