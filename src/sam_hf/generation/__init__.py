@@ -6,6 +6,7 @@
 - filters.py     stability score, boxes from masks, crop-edge filter, small regions
 - nms.py         pure-torch NMS / batched NMS with torchvision's semantics
 - rle.py         uncompressed RLE on the device, decode, area, COCO RLE (pycocotools)
+- upscale.py     masks at image size only inside the box where they can pass a threshold (CPU)
 - mask_data.py   MaskData, the per-mask record container
 - postprocess.py small-region clean-up and Meta's output records
 - pipeline_support.py  the image-processor methods transformers' stock pipeline calls

@@ -8,8 +8,9 @@ The steps are Meta's `SamAutomaticMaskGenerator`, with the same knobs, meanings 
 4. NMS across crops preferring smaller crops; optionally remove small holes/islands and NMS again.
 Reordered only where the result is the same: the predicted-IoU filter runs before upscaling (the
 decoder skips its own 4x mask upscaling for points with no mask above it), so only
-the survivors are upscaled (in chunks that bound memory on big images), and masks stay on the device as
-run boundaries until a crop is done (see rle.py); nothing else moves to the host inside the batch loop.
+the survivors are upscaled (in chunks that bound memory on big images; on a CPU only inside the box where
+each can pass a threshold, see upscale.py), and masks stay on the device as run boundaries until a crop is
+done (see rle.py); nothing else moves to the host inside the batch loop on other devices.
 """
 
 from __future__ import annotations

@@ -19,13 +19,13 @@ from .two_way_transformer import SamHfTwoWayTransformer
 
 
 def _conv_transpose_weight(conv: nn.ConvTranspose2d, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """A 2x2 stride-2 ConvTranspose2d as a linear map of one channels-last pixel: weight (C_in, [a, b, C_out]) and
-    bias; with `rows` = a, only the outputs of that kernel row: weight (C_in, [b, C_out])."""
-    weight = conv.weight.permute(0, 2, 3, 1)  # (C_in, a, b, C_out)
+    """A 2x2 stride-2 ConvTranspose2d as a linear layer on one channels-last pixel: weight ([a, b, C_out], C_in)
+    (contiguous, as F.linear takes it) and bias; with `rows` = a, only the outputs of that kernel row: ([b, C_out], C_in)."""
+    weight = conv.weight.permute(2, 3, 1, 0)  # (a, b, C_out, C_in)
     if rows is not None:
-        weight = weight[:, rows]
-    c_in, c_out = weight.shape[0], weight.shape[-1]
-    return weight.reshape(c_in, -1), conv.bias.repeat(weight[0].numel() // c_out)
+        weight = weight[rows]
+    c_in, c_out = weight.shape[-1], weight.shape[-2]
+    return weight.reshape(-1, c_in).contiguous(), conv.bias.repeat(weight[..., 0].numel() // c_out)
 # The logit of every pixel of a mask that `mask_iou_threshold` skipped: empty at any sensible threshold, and
 # finite, so that interpolation in post-processing gives no NaN (0 * -inf).
 SKIPPED_MASK_LOGIT = -1e4
@@ -82,19 +82,22 @@ class SamHfMaskDecoder(nn.Module):
         rows = _UPSCALE_BAND_BUDGET // per_row if image.device.type == "cpu" else prompt_group(per_row * grid, image.device) * grid
         rows = max(1, rows)
         out = image.new_empty(batch, masks, 4 * grid, 4 * grid)
+        # the convolutions as linear layers, rearranged once per call rather than once per block
+        weights = (_conv_transpose_weight(self.upscale_conv1), *(_conv_transpose_weight(self.upscale_conv2, rows=c) for c in range(2)))
         if rows >= grid:  # whole prompts per block
             group = rows // grid
             for n in range(0, batch, group):
-                out[n : n + group] = self._upscale(image[n : n + group], hyper_in[n : n + group], grid)
+                out[n : n + group] = self._upscale(image[n : n + group], hyper_in[n : n + group], grid, weights)
         else:  # bands of one prompt
             for n in range(batch):
                 for i in range(0, grid, rows):
                     band = image[n : n + 1, i * grid : (i + rows) * grid]  # (1, R*g, C)
-                    out[n : n + 1, :, 4 * i : 4 * (i + rows)] = self._upscale(band, hyper_in[n : n + 1], grid)
+                    out[n : n + 1, :, 4 * i : 4 * (i + rows)] = self._upscale(band, hyper_in[n : n + 1], grid, weights)
         return out
 
-    def _upscale(self, image: torch.Tensor, hyper_in: torch.Tensor, grid: int) -> torch.Tensor:
-        """image tokens (N, R*g, C) of R whole grid rows, hypernetwork weights (N, M, C/8) -> logits (N, M, 4R, 4g).
+    def _upscale(self, image: torch.Tensor, hyper_in: torch.Tensor, grid: int, weights) -> torch.Tensor:
+        """image tokens (N, R*g, C) of R whole grid rows, hypernetwork weights (N, M, C/8) -> logits (N, M, 4R, 4g);
+        `weights`: the first conv's and the second conv's two kernel rows as linear layers (`_conv_transpose_weight`).
 
         Output pixel (4i + 2a + c, 4j + 2b + d) comes from token (i, j), first-conv offset (a, b), second-conv
         offset (c, d). The first conv's pixels are put in raster order (i, a, j, b) as their LayerNorm reads
@@ -104,15 +107,13 @@ class SamHfMaskDecoder(nn.Module):
         norm = self.upscale_layer_norm
         batch, tokens, _ = image.shape
         rows, masks = tokens // grid, hyper_in.shape[1]
-        weight, bias = _conv_transpose_weight(self.upscale_conv1)
-        up = linear_activation(image, weight.t(), bias, None)  # (N, R*g, [a, b, C/4])
+        up = linear_activation(image, *weights[0], None)  # (N, R*g, [a, b, C/4])
         up = up.view(batch, rows, grid, 2, 2, -1).transpose(2, 3)  # (N, i, a, j, b, C/4) as a view
         up = F.gelu(F.layer_norm(up, norm.normalized_shape, norm.weight, norm.bias, norm.eps))  # contiguous, raster order
         up = up.view(batch, 4 * tokens, -1)  # (N, 2R * 2g, C/4)
         out = image.new_empty(batch, masks, 2 * rows, 2, 4 * grid)  # (N, M, [i, a], c, [j, b, d])
         for c in range(2):
-            weight, bias = _conv_transpose_weight(self.upscale_conv2, rows=c)
-            features = linear_activation(up, weight.t(), bias, "gelu")  # (N, 2R * 2g, [d, C/8])
+            features = linear_activation(up, *weights[1 + c], "gelu")  # (N, 2R * 2g, [d, C/8])
             out[:, :, :, c] = torch.bmm(hyper_in, features.view(batch, 8 * tokens, -1).transpose(1, 2)).view(batch, masks, 2 * rows, -1)
         return out.view(batch, masks, 4 * rows, 4 * grid)
 
