@@ -159,10 +159,16 @@ def interleaved(fns: dict, *, warmup: int, runs: int) -> dict[str, list[float]]:
 
 
 def matmul_peak(dtype: torch.dtype, size: int = 2048, runs: int = 5, device: torch.device | str = "cpu") -> float:
-    """GFLOP/s of a square torch.mm on this device (best of `runs`)."""
+    """GFLOP/s of a square matmul on this device (best of `runs`): torch.mm, and on a CPU also oneDNN's product
+    where sam_hf uses it (MKL's fp32 sgemm runs its AVX2 code on AMD CPUs, about half of oneDNN's AVX-512 rate)."""
     a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
     out = torch.empty(size, size, dtype=dtype, device=device)
     best = min(timed(lambda: torch.mm(a, b, out=out), warmup=2, runs=runs, device=device))
+    from sam_hf.modeling.layers import fused_linear_available, onednn_linear
+
+    if fused_linear_available(a):
+        with torch.inference_mode():
+            best = min(best, *timed(lambda: onednn_linear(a, b), warmup=2, runs=runs, device=device))
     return 2 * size**3 / best / 1e9
 
 

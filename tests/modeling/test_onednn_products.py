@@ -4,7 +4,7 @@ import torch
 from torch.testing import assert_close
 
 from sam_hf.modeling import layers
-from sam_hf.modeling.layers import SamHfLinear, linear_into, matmul_add_shared, matmul_nn
+from sam_hf.modeling.layers import SamHfLinear, linear_into, matmul_add_shared, matmul_nn, matmul_nt
 
 pytestmark = pytest.mark.skipif(not layers.fused_linear_available(torch.zeros(1)), reason="oneDNN kernels unavailable")
 
@@ -25,6 +25,15 @@ def test_matmul_nn_matches_bmm(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_matmul_nt_matches_bmm(dtype):
+    generator = torch.Generator().manual_seed(5)
+    left = torch.randn(2, 3, 32, generator=generator).to(dtype)
+    right = torch.randn(2, 90, 32, generator=generator).to(dtype)
+    with torch.no_grad():
+        assert_close(matmul_nt(left, right).float(), left.float() @ right.float().transpose(1, 2), **_tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_matmul_add_shared_matches_baddbmm(dtype):
     generator = torch.Generator().manual_seed(1)
     base = torch.randn(1, 50, 24, generator=generator).to(dtype)
@@ -41,6 +50,9 @@ def test_matmul_add_shared_matches_baddbmm(dtype):
 def test_products_keep_autograd():
     left, right = torch.randn(2, 4, 5, requires_grad=True), torch.randn(2, 5, 6)
     matmul_nn(left, right).sum().backward()
+    assert_close(left.grad, right.sum(2, keepdim=True).transpose(1, 2).expand(2, 4, 5))
+    left.grad = None
+    matmul_nt(left, right.transpose(1, 2)).sum().backward()
     assert_close(left.grad, right.sum(2, keepdim=True).transpose(1, 2).expand(2, 4, 5))
     base, left = torch.randn(1, 4, 6, requires_grad=True), torch.randn(2, 4, 5)
     matmul_add_shared(base, left, right).sum().backward()

@@ -140,6 +140,17 @@ def matmul_nn(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def matmul_nt(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """left (N, M, K) @ right (N, L, K)^T -> (N, M, L); in fp32 one oneDNN product per batch entry, `right` as the
+    weight (the mask upscaling's (3, 32) x (32, 8,192) hypernetwork products: 0.10 vs 0.19 ms), see `onednn_fp32`."""
+    if not onednn_fp32(left, right):
+        return torch.bmm(left, right.transpose(1, 2))
+    out = left.new_empty(left.shape[0], left.shape[1], right.shape[1])
+    for index in range(out.shape[0]):
+        out[index] = onednn_linear(left[index], right[index])
+    return out
+
+
 def matmul_add_shared(base: torch.Tensor, left: torch.Tensor, right: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """base (1, M, L) + left (N, M, K) @ right (N, K, L) -> (N, M, L) (into `out` when given): the shared image side
     plus each prompt's update; in fp32 one oneDNN product per batch entry with the add fused, else `baddbmm`."""

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..configuration import SamHfMaskDecoderConfig
-from .layers import SamHfFeedForward, SamHfLayerNorm2d, linear_activation
+from .layers import SamHfFeedForward, SamHfLayerNorm2d, linear_activation, matmul_nt
 from .two_way_transformer import SamHfTwoWayTransformer
 
 
@@ -114,7 +114,7 @@ class SamHfMaskDecoder(nn.Module):
         out = image.new_empty(batch, masks, 2 * rows, 2, 4 * grid)  # (N, M, [i, a], c, [j, b, d])
         for c in range(2):
             features = linear_activation(up, *weights[1 + c], "gelu")  # (N, 2R * 2g, [d, C/8])
-            out[:, :, :, c] = torch.bmm(hyper_in, features.view(batch, 8 * tokens, -1).transpose(1, 2)).view(batch, masks, 2 * rows, -1)
+            out[:, :, :, c] = matmul_nt(hyper_in, features.view(batch, 8 * tokens, -1)).view(batch, masks, 2 * rows, -1)
         return out.view(batch, masks, 4 * rows, 4 * grid)
 
     def forward(

@@ -77,6 +77,18 @@ class SamHfModel(SamHfPreTrainedModel):
         self.post_init()
         self._sync_attn_implementation()
 
+    def mixed_precision(self, encoder_dtype: torch.dtype = torch.bfloat16) -> "SamHfModel":
+        """The vision encoder in `encoder_dtype`, the rest (positional encoding, prompt encoder, mask decoder) in
+        float32; in place, returns the model. The encoder holds nearly all of the weights and of the work for one
+        prompt; the mask decoder then sees the low-precision embeddings but rounds nothing more itself (on the
+        shipped model, segment everything finds all fp32 masks this way, where all-bf16 misses a few; see README)."""
+        if not isinstance(encoder_dtype, torch.dtype) or not encoder_dtype.is_floating_point:
+            raise TypeError(f"encoder_dtype must be a floating torch.dtype such as torch.bfloat16, got {encoder_dtype!r}")
+        self.vision_encoder.to(encoder_dtype)
+        for module in (self.shared_image_embedding, self.prompt_encoder, self.mask_decoder):
+            module.to(torch.float32)
+        return self
+
     def get_image_wide_positional_embeddings(self) -> torch.Tensor:
         """Positional encoding of the image-embedding grid -> (C, g, g)."""
         return self.shared_image_embedding.grid(self.config.prompt_encoder_config.image_embedding_size)
