@@ -14,8 +14,9 @@ and seeded (`--variant`) or a saved SamHf model folder (`--model`), loaded into 
 Each row also compares its masks with sam_hf's fp32 masks: for every reference mask the best IoU among
 the row's masks ("found": IoU >= 0.95), and the other way round (the row's masks found among the
 reference's), so that both missing and extra masks show. bf16 is the model in bf16 (Meta's under
-autocast, as in bench_decoder.py); an implementation that cannot run a mode is reported as `failed: ...`
-with the place it failed. See benchmarks/README.md.
+autocast, as in bench_decoder.py); `bf16+fp32` is sam_hf's `SamHfModel.mixed_precision()` on the fp32
+weights (bf16 vision encoder, fp32 prompt encoder and mask decoder; sam_hf only). An implementation that
+cannot run a mode is reported as `failed: ...` with the place it failed. See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -109,6 +110,9 @@ def transformers_mask_pipeline(model, settings):
     return transformers.pipeline("mask-generation", model=model, image_processor=image_processor, device="cpu")
 
 
+MIXED = "bf16+fp32"  # sam_hf's mixed precision: bf16 vision encoder, fp32 prompt encoder and mask decoder
+
+
 def make_runner(impl: str, model, dtype: str, image: np.ndarray, args, processor, settings):
     """A no-argument function: one `generate` of `image` -> list of (H, W) bool masks (numpy)."""
     size, mean, std = settings
@@ -194,7 +198,8 @@ def main() -> None:
     parser.add_argument("--variant", default="vit_b", help="random seeded weights of this preset (ignored with --model)")
     parser.add_argument("--model", help="a saved SamHf model folder, loaded into all three implementations")
     parser.add_argument("--image-size", nargs=2, type=int, default=[1024, 683], metavar=("W", "H"))
-    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES) + [MIXED],
+                        help=f"{MIXED!r}: sam_hf's SamHfModel.mixed_precision() (bf16 encoder, fp32 decoder) on the fp32 weights, sam_hf only")
     parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
     parser.add_argument("--points-per-side", type=int, default=32)
     parser.add_argument("--points-per-batch", type=int, default=64)
@@ -208,26 +213,32 @@ def main() -> None:
 
     width, height = args.image_size
     image = synthetic_image(width, height)
+    weight_dtypes = sorted({"fp32" if dtype == MIXED else dtype for dtype in args.dtypes})
     folder = tempfile.mkdtemp(prefix="sam_hf_bench_")
     processor = None
     if args.model:
         from sam_hf import SamHfProcessor
 
-        config, paths = write_model_weights(args.model, args.dtypes, folder)
+        config, paths = write_model_weights(args.model, weight_dtypes, folder)
         with contextlib.suppress(Exception):  # a folder without a processor: the generator builds the default
             processor = SamHfProcessor.from_pretrained(args.model)
     else:
         from sam_hf import config_for_variant
 
-        config, paths = config_for_variant(args.variant), write_weights(args.variant, args.dtypes, folder)
+        config, paths = config_for_variant(args.variant), write_weights(args.variant, weight_dtypes, folder)
     settings = image_settings(config, processor)
 
     timings, masks = {}, {}
     for dtype in args.dtypes:
         fns, outputs, failures = {}, {}, {}
         for impl in args.impls:
+            if dtype == MIXED and impl != "sam_hf":
+                timings[impl, dtype] = "- (a sam_hf mode)"
+                continue
             try:
-                model = load_model(impl, args.variant, paths[dtype], config=config)
+                model = load_model(impl, args.variant, paths["fp32" if dtype == MIXED else dtype], config=config)
+                if dtype == MIXED:
+                    model.mixed_precision(torch.bfloat16)
                 run = make_runner(impl, model, dtype, image, args, processor, settings)
             except Exception as error:  # e.g. Meta's package missing or a config it cannot build
                 timings[impl, dtype] = failure(error)
