@@ -9,6 +9,13 @@ image side is still the same for every prompt of an image (before the first imag
 and without per-prompt mask inputs). That prompt-independent work is done once per image, not once per
 prompt. Positional encodings enter the projections as `W (x + pe) + b = W x + (W pe + b)`, so the sum
 `x + pe` is never materialised for the large image side.
+
+Three routes over the HW image tokens, chosen per attention (`SamHfAttention.route`): "shared" projects a
+shared image side once per decoder call; "per_prompt" folds each prompt's tokens into the projection weights
+(`(q_h W_k,h) . x`) and projects only the positional encoding, once per call; "fold" (calls of at most
+`FOLD_UP_TO_PROMPTS` prompts per image) folds the positional encoding too (`(q_h W_k,h) . (x + pe) + q_h . b_k,h`),
+so a single prompt projects nothing of size HW: those projections are prompt-independent work that only pays
+when several prompts share it.
 """
 
 from __future__ import annotations
@@ -23,6 +30,11 @@ from .layers import (
     SamHfLinear, SamHfMLPBlock, add_matmul_nt_, layer_norm_into, linear_activation, matmul_add_shared, matmul_nn, records_nothing,
     workspace,
 )
+
+
+# Prompts per image up to which a decoder call takes the "fold" route: one (HW, C) x (C, C') projection costs
+# about as many multiply-adds as the folded products of two prompts (ViT-B: 134M vs 2 x 59M).
+FOLD_UP_TO_PROMPTS = 2
 
 
 class SamHfAttention(nn.Module):
@@ -128,7 +140,33 @@ class SamHfAttention(nn.Module):
             cache[key] = out
         return out
 
-    def tokens_to_image(self, tokens, token_pe, image, image_pe, output_attentions=False, cache=None):
+    @staticmethod
+    def route(image: torch.Tensor, prompts: int, cache: dict | None, fold: bool) -> str:
+        """How an attention reaches the image side (B, P', HW, C) of `prompts` prompts: "fold" when the call is
+        small (`fold`), "shared" for an image side shared by several prompts or the decoder's own input (its
+        projections cached for the call), else "per_prompt" (P' = P, each prompt's own image side)."""
+        if fold:
+            return "fold"
+        if image.shape[1] == 1 and (prompts > 1 or cache is None or cache.get("image") is image):
+            return "shared"
+        return "per_prompt"
+
+    def _folded_logits(self, rows: torch.Tensor, layer: nn.Linear, with_pe: torch.Tensor, out=None) -> torch.Tensor:
+        """rows (B, P, T, C') against `layer`'s projection of an image side plus its positional encoding, `with_pe`
+        = x + pe (B, P', HW, C), head by head without projecting it: rows_h . (W_h (x + pe) + b_h) =
+        (rows_h W_h) . (x + pe) + rows_h . b_h -> (B*P, h*T, HW) as `_per_head_logits`, written into `out` when
+        given. A shared side (P' = 1) meets all prompts' rows in one product."""
+        batch, prompts, length, _ = rows.shape
+        sides, tokens, channels = batch * with_pe.shape[1], with_pe.shape[2], with_pe.shape[3]
+        folded = self._per_head_product(rows, layer.weight).view(sides, -1, channels)  # (B*P', P/P' * h*T, C)
+        bias = (rows.view(batch, prompts, length, self.num_heads, -1) * layer.bias.view(self.num_heads, -1)).sum(-1)  # (B, P, T, h)
+        bias = bias.transpose(2, 3).reshape(sides, -1, 1)  # (B*P', P/P' * h*T, 1), rows in the order of `folded`
+        logits = out.view(sides, -1, tokens) if out is not None else rows.new_empty(sides, folded.shape[1], tokens)
+        logits.copy_(bias.expand_as(logits))
+        logits = add_matmul_nt_(logits, folded, with_pe.reshape(sides, tokens, channels))
+        return logits.view(batch * prompts, self.num_heads * length, tokens)
+
+    def tokens_to_image(self, tokens, token_pe, image, image_pe, output_attentions=False, cache=None, fold=False, image_with_pe=None):
         """Each prompt's tokens (B, P, T, C) attend to the image tokens (B, P', HW, C) -> (B, P, T, C).
 
         A shared image side (P' = 1) is projected once per decoder call and attended head by head, all
@@ -139,7 +177,8 @@ class SamHfAttention(nn.Module):
         """
         batch, prompts, length, _ = tokens.shape
         q = self.project(self.q_proj, tokens + token_pe) * self.scale  # (B, P, T, C')
-        if image.shape[1] == 1:  # shared image side: its projections are computed once per decoder call
+        route = self.route(image, prompts, cache, fold)
+        if route == "shared":  # shared image side: its projections are computed once per decoder call
             k = self.shared(cache, "k", self.k_proj, image, image_pe)[:, 0]  # (B, HW, C')
             v = self.shared(cache, "v", self.v_proj, image)[:, 0]
             weights = (self._head_rows(q) @ self._image_heads(k).transpose(-1, -2)).softmax(dim=-1)  # (B, h, P*T, HW)
@@ -147,22 +186,30 @@ class SamHfAttention(nn.Module):
             out = out.view(batch, self.num_heads, prompts, length, -1).permute(0, 2, 3, 1, 4).reshape(batch, prompts, length, self.internal_dim)
             heads_view = weights.view(batch, self.num_heads, prompts, length, -1).transpose(1, 2) if output_attentions else None
         else:
-            flat_image = image.reshape(batch * prompts, *image.shape[2:])  # (B*P, HW, C)
-            # the bias is kept though the softmax cancels it: the same logits, and a gradient for b_k as in Meta's model
-            k_pe = self.pe_projection(cache, "k", self.k_proj, image_pe, bias=True)  # (HW, C')
+            sides = batch * image.shape[1]
+            flat_image = image.reshape(sides, *image.shape[2:])  # (B*P', HW, C)
             shape = (batch * prompts, self.num_heads * length, image.shape[2])
-            logits = self._per_head_logits(q, k_pe[None], out=self.scratch(cache, "decoder_logits", shape, q, image))  # (B*P, h*T, HW)
-            folded = self._per_head_product(q, self.k_proj.weight).flatten(0, 1)  # (B*P, h*T, C)
-            logits = add_matmul_nt_(logits, folded, flat_image)
+            logits = self.scratch(cache, "decoder_logits", shape, q, image)
+            # the bias is kept though the softmax cancels it: the same logits, and a gradient for b_k as in Meta's model
+            if route == "fold":
+                with_pe = image + image_pe if image_with_pe is None else image_with_pe  # (B, P', HW, C)
+                logits = self._folded_logits(q, self.k_proj, with_pe, out=logits)  # (B*P, h*T, HW)
+            else:
+                k_pe = self.pe_projection(cache, "k", self.k_proj, image_pe, bias=True)  # (HW, C')
+                logits = self._per_head_logits(q, k_pe[None], out=logits)  # (B*P, h*T, HW)
+                folded = self._per_head_product(q, self.k_proj.weight).flatten(0, 1)  # (B*P, h*T, C)
+                logits = add_matmul_nt_(logits, folded, flat_image)
             weights = torch.softmax(logits, dim=-1, out=self.scratch(None if output_attentions else cache, "decoder_weights", shape, q, image))  # (B*P, h*T, HW)
-            mixed = matmul_nn(weights, flat_image).view(batch * prompts, self.num_heads, length, -1)  # (B*P, h, T, C)
+            mixed = matmul_nn(weights.view(sides, -1, shape[2]), flat_image).view(batch * prompts, self.num_heads, length, -1)  # (B*P, h, T, C)
             v_weight = self.v_proj.weight.view(self.num_heads, -1, self.v_proj.weight.shape[-1])  # (h, d, C)
             out = (mixed @ v_weight.transpose(1, 2)).transpose(1, 2).reshape(batch, prompts, length, self.internal_dim)
             out = out + self.v_proj.bias
             heads_view = weights.view(batch, prompts, self.num_heads, length, -1) if output_attentions else None
         return self.out_proj(out), heads_view
 
-    def image_to_tokens(self, image, image_pe, tokens, token_pe, token_mask=None, output_attentions=False, cache=None, out=None):
+    def image_to_tokens(
+        self, image, image_pe, tokens, token_pe, token_mask=None, output_attentions=False, cache=None, out=None, fold=False, image_with_pe=None
+    ):
         """Image tokens (B, P', HW, C) attend to each prompt's few tokens (B, P, T, C); returns the residual
         sum `image + attention` (B, P, HW, C), written into `out` when given (contiguous, not `image`).
 
@@ -177,9 +224,13 @@ class SamHfAttention(nn.Module):
         k = self.project(self.k_proj, tokens + token_pe) * self.scale  # (B, P, T, C')
         shape = (batch * prompts, self.num_heads * length, image.shape[2])
         logits = self.scratch(cache, "decoder_logits", shape, k, image)
-        if image.shape[1] == 1:
+        route = self.route(image, prompts, cache, fold)
+        if route == "shared":
             q = self.shared(cache, "q", self.q_proj, image, image_pe)[:, 0]  # (B, HW, C')
             logits = self._per_head_logits(k, q, out=logits)  # (B*P, h*T, HW)
+        elif route == "fold":
+            with_pe = image + image_pe if image_with_pe is None else image_with_pe
+            logits = self._folded_logits(k, self.q_proj, with_pe, out=logits)
         else:
             q_pe = self.pe_projection(cache, "q", self.q_proj, image_pe, bias=True)  # (HW, C')
             folded = self._per_head_product(k, self.q_proj.weight).flatten(0, 1)  # (B*P, h*T, C)
@@ -221,8 +272,9 @@ class SamHfTwoWayAttentionBlock(nn.Module):
         self.cross_attn_image_to_token = SamHfAttention(config, downsample_rate=config.attention_downsample_rate)
         self.skip_first_layer_pe = skip_first_layer_pe
 
-    def forward(self, queries, keys, query_pe, key_pe, token_mask, output_attentions=False, cache=None):
-        """queries (B, P, T, C) tokens, keys (B, P', HW, C) image, query_pe (B, P, T, C), key_pe (HW, C)."""
+    def forward(self, queries, keys, query_pe, key_pe, token_mask, output_attentions=False, cache=None, fold=False):
+        """queries (B, P, T, C) tokens, keys (B, P', HW, C) image, query_pe (B, P, T, C), key_pe (HW, C);
+        `fold`: the attentions take the "fold" route (see `SamHfAttention.route`)."""
         if self.skip_first_layer_pe:
             queries, w_self = self.self_attn(queries, queries, queries, token_mask, output_attentions)
         else:
@@ -231,7 +283,11 @@ class SamHfTwoWayAttentionBlock(nn.Module):
             queries = queries + out
         queries = self.layer_norm1(queries)
 
-        out, w_t2i = self.cross_attn_token_to_image.tokens_to_image(queries, query_pe, keys, key_pe, output_attentions, cache)
+        with_pe = None  # x + pe, read by both cross-attentions of the "fold" route
+        if fold:
+            with_pe = SamHfAttention.scratch(cache, "decoder_image_pe", keys.shape, keys, key_pe)
+            with_pe = keys + key_pe if with_pe is None else torch.add(keys, key_pe, out=with_pe)
+        out, w_t2i = self.cross_attn_token_to_image.tokens_to_image(queries, query_pe, keys, key_pe, output_attentions, cache, fold, with_pe)
         queries = self.layer_norm2(queries + out)
         queries = self.layer_norm3(queries + self.mlp(queries))
 
@@ -240,7 +296,8 @@ class SamHfTwoWayAttentionBlock(nn.Module):
         shape = (*queries.shape[:2], *keys.shape[2:])
         residual = SamHfAttention.scratch(cache, "decoder_residual", shape, keys, queries)
         image_tokens = None if residual is None else SamHfAttention.scratch(cache, "decoder_image_tokens", shape, keys, queries)
-        residual, w_i2t = self.cross_attn_image_to_token.image_to_tokens(keys, key_pe, queries, query_pe, token_mask, output_attentions, cache, out=residual)
+        residual, w_i2t = self.cross_attn_image_to_token.image_to_tokens(
+            keys, key_pe, queries, query_pe, token_mask, output_attentions, cache, out=residual, fold=fold, image_with_pe=with_pe)
         if image_tokens is None:
             keys = self.layer_norm4(residual)  # (B, P, HW, C)
         else:
@@ -262,6 +319,8 @@ class SamHfTwoWayTransformer(nn.Module):
         `cache` (a dict for one decoder call) shares the prompt-independent projections across prompt groups; with
         it, on CPU where autograd records nothing, the image tokens returned live in this thread's workspace
         (see `layers.workspace`) and are overwritten by the next decoder call's groups.
+        `cache["prompts"]` (set by the decoder: prompts per image in the whole call, else this call's P) picks the
+        "fold" route for calls of at most `FOLD_UP_TO_PROMPTS` prompts.
         `output_tokens` (indices into T): only these tokens leave the final attention, in that order. Exact:
         the final attention and LayerNorm treat each token on its own, so the tokens nobody reads (the prompt
         tokens, an unused mask token) are not attended with.
@@ -269,15 +328,16 @@ class SamHfTwoWayTransformer(nn.Module):
         Returns tokens (B, P, T or len(output_tokens), C), image (B, P, HW, C) and the attention weights when asked for.
         """
         queries, keys = tokens, image
+        fold = (tokens.shape[1] if cache is None else cache.get("prompts", tokens.shape[1])) <= FOLD_UP_TO_PROMPTS
         if cache is not None:
             cache["image"] = image  # the decoder passes the same shared image side for every group of prompts
         weights = ()
         for layer in self.layers:
-            queries, keys, layer_weights = layer(queries, keys, tokens, image_pe, token_mask, output_attentions, cache)
+            queries, keys, layer_weights = layer(queries, keys, tokens, image_pe, token_mask, output_attentions, cache, fold)
             weights += layer_weights
         if output_tokens is not None:
             queries, tokens = queries[:, :, output_tokens], tokens[:, :, output_tokens]  # (B, P, T', C)
         final = self.final_attn_token_to_image
-        out, w_final = final.tokens_to_image(queries, tokens, keys, image_pe, output_attentions, cache)
+        out, w_final = final.tokens_to_image(queries, tokens, keys, image_pe, output_attentions, cache, fold)
         queries = self.layer_norm_final_attn(queries + out)
         return queries, keys, (weights + (w_final,) if output_attentions else None)
