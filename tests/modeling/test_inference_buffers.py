@@ -27,3 +27,21 @@ def test_outputs_survive_later_calls(tiny_model, dtype, grad_mode):
             assert torch.equal(model.get_image_embeddings(first_pixels), kept)  # rebuilt buffers, same result
     finally:
         model.to(torch.float32)
+
+
+def test_positional_grid_is_kept_only_while_its_matrix_is_unchanged():
+    from sam_hf.modeling.layers import SamHfPositionalEmbedding
+
+    encoding = SamHfPositionalEmbedding(num_pos_feats=8)
+    with torch.no_grad():
+        first = encoding.grid(4)
+        assert encoding.grid(4) is first  # kept
+        assert encoding.grid(5).shape == (16, 5, 5)  # another size: computed, not the kept one
+        encoding.positional_embedding.mul_(2)  # an in-place update (an optimizer step, load_state_dict)
+        changed = encoding.grid(4)
+    assert not torch.equal(changed, first)
+    with torch.inference_mode():
+        assert torch.equal(encoding.grid(4), changed)
+    recorded = encoding.grid(4)  # grad on: computed afresh, with a graph back to the matrix
+    assert recorded.grad_fn is not None
+    assert torch.equal(recorded.detach(), changed)

@@ -264,7 +264,23 @@ class SamHfPositionalEmbedding(nn.Module):
         return self(points / image_size)
 
     def grid(self, size: int) -> torch.Tensor:
-        """Encoding of the centres of a size x size grid -> (2F, size, size)."""
+        """Encoding of the centres of a size x size grid -> (2F, size, size). With grad disabled (no_grad or
+        inference mode) the result is kept for the next such call until the Gaussian matrix changes (another
+        tensor, dtype or device, or an in-place update: its version counter); callers do not write to it."""
+        weight = self.positional_embedding
+        try:
+            key = (size, weight.data_ptr(), weight._version, weight.dtype, weight.device, torch.is_inference_mode_enabled())
+        except RuntimeError:  # a parameter created under inference mode keeps no version counter: not cached
+            key = None
+        if key is not None and not torch.is_grad_enabled():
+            cached = getattr(self, "_grid_cache", None)
+            if cached is not None and cached[0] == key:
+                return cached[1]
+            self._grid_cache = (key, self._grid(size))
+            return self._grid_cache[1]
+        return self._grid(size)
+
+    def _grid(self, size: int) -> torch.Tensor:
         centres = (torch.arange(size, device=self.positional_embedding.device, dtype=torch.float32) + 0.5) / size
         y, x = torch.meshgrid(centres, centres, indexing="ij")
         return self(torch.stack([x, y], dim=-1)).permute(2, 0, 1)  # (2F, size, size)

@@ -192,7 +192,10 @@ class SamHfAttention(nn.Module):
             logits = self.scratch(cache, "decoder_logits", shape, q, image)
             # the bias is kept though the softmax cancels it: the same logits, and a gradient for b_k as in Meta's model
             if route == "fold":
-                with_pe = image + image_pe if image_with_pe is None else image_with_pe  # (B, P', HW, C)
+                with_pe = image_with_pe
+                if with_pe is None:  # (B, P', HW, C)
+                    with_pe = self.scratch(None if torch.is_grad_enabled() else cache, "decoder_image_pe", image.shape, image)
+                    with_pe = image + image_pe if with_pe is None else torch.add(image, image_pe, out=with_pe)
                 logits = self._folded_logits(q, self.k_proj, with_pe, out=logits)  # (B*P, h*T, HW)
             else:
                 k_pe = self.pe_projection(cache, "k", self.k_proj, image_pe, bias=True)  # (HW, C')
@@ -285,7 +288,8 @@ class SamHfTwoWayAttentionBlock(nn.Module):
 
         with_pe = None  # x + pe, read by both cross-attentions of the "fold" route
         if fold:
-            with_pe = SamHfAttention.scratch(cache, "decoder_image_pe", keys.shape, keys, key_pe)
+            # in the workspace only with grad off: any trained projection would save it for the backward pass
+            with_pe = SamHfAttention.scratch(None if torch.is_grad_enabled() else cache, "decoder_image_pe", keys.shape, keys)
             with_pe = keys + key_pe if with_pe is None else torch.add(keys, key_pe, out=with_pe)
         out, w_t2i = self.cross_attn_token_to_image.tokens_to_image(queries, query_pe, keys, key_pe, output_attentions, cache, fold, with_pe)
         queries = self.layer_norm2(queries + out)
