@@ -4,7 +4,8 @@
     sam-hf segment photo.jpg --points 500,375 --points 600,300,0 --box 400,300,700,500 --model ... --output out/
 
 `--model` is a saved sam_hf/transformers folder or Hub id, or Meta's `.pth` checkpoint with
-`--model-type vit_b|vit_l|vit_h`. Generator flags carry the names of Meta's scripts/amg.py. Images that
+`--model-type vit_b|vit_l|vit_h`; `--precision fp32|bf16|bf16-encoder` (default fp32, exact; bf16-encoder is
+`SamHfModel.mixed_precision()`). Generator flags carry the names of Meta's scripts/amg.py. Images that
 cannot be read are reported and skipped, and the exit status is 1 at the end; outputs already written
 stay; an existing output is kept (and reported) unless `--overwrite`. Outputs: see `cli_outputs.py`.
 """
@@ -33,6 +34,7 @@ GENERATOR_FLAGS = [
     ("--min-mask-region-area", float, "remove holes and islands smaller than this many pixels (needs scipy)"),
     ("--mask-threshold", float, "logit threshold of the binary masks"),
 ]
+PRECISIONS = ("fp32", "bf16", "bf16-encoder")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 
 
@@ -42,6 +44,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="folder for the outputs (created if missing)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="fp32",
+        help="fp32 (exact), bf16 (weights and activations), or bf16-encoder (SamHfModel.mixed_precision(): "
+             "the image encoder in bf16, the decoder in fp32)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,13 +79,16 @@ def _numbers(text: str, counts: tuple[int, ...], flag: str) -> list[float]:
     return values
 
 
-def load_model(model: str, model_type: str | None, device: str | None):
-    """(model, processor) from a saved folder / Hub id, or from a Meta checkpoint with its variant."""
+def load_model(model: str, model_type: str | None, device: str | None, precision: str = "fp32"):
+    """(model, processor) from a saved folder / Hub id, or from a Meta checkpoint with its variant, in `precision`
+    (one of PRECISIONS)."""
     import torch
 
     from .modeling import SamHfModel
     from .processing import SamHfImageProcessor, SamHfProcessor
 
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if model.endswith((".pth", ".pt")):
         if model_type is None:
@@ -91,7 +101,12 @@ def load_model(model: str, model_type: str | None, device: str | None):
             processor = SamHfProcessor.from_pretrained(model).image_processor
         except (OSError, ValueError):
             processor = SamHfImageProcessor(longest_edge=sam.config.vision_config.image_size)
-    return sam.to(device).eval(), processor
+    sam = sam.to(device).eval()
+    if precision == "bf16":
+        sam = sam.to(torch.bfloat16)
+    elif precision == "bf16-encoder":
+        sam = sam.mixed_precision(torch.bfloat16)
+    return sam, processor
 
 
 def list_images(path: str) -> list[str]:
@@ -125,7 +140,7 @@ def _segment_everything(args: argparse.Namespace) -> int:
     if not os.path.exists(args.input):
         _report(f"input {args.input!r} does not exist")
         return 1
-    model, processor = load_model(args.model, args.model_type, args.device)
+    model, processor = load_model(args.model, args.model_type, args.device, args.precision)
     generator = SamHfAutomaticMaskGenerator(
         model, processor, output_mode="coco_rle" if args.convert_to_rle else "binary_mask",
         multimask_output=not args.single_mask, **knobs,
@@ -166,7 +181,7 @@ def _segment(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         _report(f"could not read {args.input!r} as an image ({err})")
         return 1
-    model, processor = load_model(args.model, args.model_type, args.device)
+    model, processor = load_model(args.model, args.model_type, args.device, args.precision)
     predictor = SamHfPredictor(model, processor)
     predictor.set_image(image)
     coords = np.array([p[:2] for p in points]) if points else None
