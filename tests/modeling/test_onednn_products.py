@@ -33,8 +33,10 @@ def test_matmul_nt_matches_bmm(dtype):
         assert_close(matmul_nt(left, right).float(), left.float() @ right.float().transpose(1, 2), **_tolerance(dtype))
 
 
+@pytest.mark.parametrize("on_onednn", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_matmul_add_shared_matches_baddbmm(dtype):
+def test_matmul_add_shared_matches_baddbmm(dtype, on_onednn, monkeypatch):
+    monkeypatch.setattr(layers, "_SHARED_ADD_ON_ONEDNN", on_onednn)  # both routes, whatever this CPU is
     generator = torch.Generator().manual_seed(1)
     base = torch.randn(1, 50, 24, generator=generator).to(dtype)
     weights = torch.randn(3, 7, 50, generator=generator).to(dtype)  # stored (N, K, M) like the decoder's softmax weights
@@ -81,3 +83,16 @@ def test_linear_into_in_row_blocks():
     with torch.no_grad():
         assert linear_into(states, linear, out, rows=10) is out  # 74 rows: 7 full blocks and a partial one
         assert_close(out, linear(states), rtol=1e-5, atol=1e-5)
+
+
+ZEN4 = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+
+
+@pytest.mark.parametrize("text,wide", [
+    (ZEN4, False),
+    (ZEN4.replace("25", "26"), True),  # Zen 5
+    (ZEN4.replace("AuthenticAMD", "GenuineIntel").replace("25", "6"), False),
+    ("", False),  # no /proc/cpuinfo
+])
+def test_wide_avx512_amd_reads_vendor_and_family(text, wide):
+    assert layers.wide_avx512_amd(text) is wide
