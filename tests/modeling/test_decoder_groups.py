@@ -23,16 +23,22 @@ def test_groups_equal_one_group(tiny_model, monkeypatch, per_prompt_masks, budge
     assert_close(grouped.iou_scores, whole.iou_scores, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("batch,group", [(1, None), (2, None), (1, 3)])
 @pytest.mark.parametrize("multimask", [True, False])
 @torch.no_grad()
-def test_mask_iou_threshold_skips_only_prompts_without_a_mask_above_it(tiny_model, multimask):
-    embeddings = torch.randn(1, 32, 8, 8)
-    points = torch.rand(1, 16, 1, 2) * 128
+def test_mask_iou_threshold_skips_only_prompts_without_a_mask_above_it(tiny_model, monkeypatch, multimask, batch, group):
+    """The final attention runs for every IoU token, then for the mask tokens of the prompts above the threshold
+    only: the same IoU predictions and, for those prompts, the same masks as the full decoder (images of a batch
+    and groups of prompts included)."""
+    if group is not None:
+        monkeypatch.setattr(mask_decoder, "_TEMPORARY_BUDGET", group * batch * 8 * 8 * 32 * 4)
+    embeddings = torch.randn(batch, 32, 8, 8)
+    points = torch.rand(batch, 16, 1, 2) * 128
     full = tiny_model(image_embeddings=embeddings, input_points=points, multimask_output=multimask)
     threshold = float(full.iou_scores.max(-1).values.median())  # about half the prompts pass
     cut = tiny_model(image_embeddings=embeddings, input_points=points, multimask_output=multimask, mask_iou_threshold=threshold)
-    needed = (full.iou_scores > threshold).any(-1)  # (1, 16)
-    assert 0 < int(needed.sum()) < 16
+    needed = (full.iou_scores > threshold).any(-1)  # (B, 16)
+    assert 0 < int(needed.sum()) < 16 * batch
     assert_close(cut.iou_scores, full.iou_scores)
     assert_close(cut.pred_masks[needed], full.pred_masks[needed])
     assert (cut.pred_masks[~needed] == mask_decoder.SKIPPED_MASK_LOGIT).all()
@@ -63,3 +69,14 @@ def test_prompt_groups_are_small_on_cpu_only(monkeypatch):
     monkeypatch.setattr(mask_decoder, "_TEMPORARY_BUDGET", 5 * per_prompt)
     assert mask_decoder.prompt_group(per_prompt, torch.device("cpu")) == 5
     assert mask_decoder.prompt_group(10 * 2**30, torch.device("cuda", 0)) == 1  # never zero
+
+
+@torch.no_grad()
+def test_mask_iou_threshold_none_or_all_above(tiny_model):
+    embeddings, points = torch.randn(1, 32, 8, 8), torch.rand(1, 6, 1, 2) * 128
+    full = tiny_model(image_embeddings=embeddings, input_points=points)
+    none = tiny_model(image_embeddings=embeddings, input_points=points, mask_iou_threshold=float("inf"))
+    assert_close(none.iou_scores, full.iou_scores)
+    assert (none.pred_masks == mask_decoder.SKIPPED_MASK_LOGIT).all()
+    every = tiny_model(image_embeddings=embeddings, input_points=points, mask_iou_threshold=-float("inf"))
+    assert_close(every.pred_masks, full.pred_masks)

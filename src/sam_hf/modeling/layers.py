@@ -31,14 +31,14 @@ def workspace(
     if entries is None:
         entries = _WORKSPACE.entries = {}
     key = (tag, tuple(shape), dtype, str(device), torch.is_inference_mode_enabled())
-    tensor = entries.get(key)
+    tensor = entries.pop(key, None)  # re-inserted last: the least recently used entry goes first when full
     if tensor is None:
         while len(entries) >= _WORKSPACE_ENTRIES:
             entries.pop(next(iter(entries)))
         tensor = torch.empty(shape, dtype=dtype, device=device)
         if init is not None:
             init(tensor)
-        entries[key] = tensor
+    entries[key] = tensor
     return tensor
 
 

@@ -186,6 +186,8 @@ class SamHfMaskDecoder(nn.Module):
         batch, prompts, _, channels = tokens.shape
         grid = int(image.shape[2] ** 0.5)
         chosen = range(self.num_mask_tokens)[mask_slice]
+        if mask_iou_threshold is not None and not output_attentions:
+            return self._decode_above(tokens, token_mask, image, pe, mask_slice, cache, mask_iou_threshold)
         # only the IoU token and the chosen mask tokens are read after the transformer (all of them when the
         # attention weights are returned, which keep their full shape)
         read = list(range(tokens.shape[2])) if output_attentions else [0] + [1 + i for i in chosen]
@@ -195,11 +197,29 @@ class SamHfMaskDecoder(nn.Module):
         iou_pred = self.iou_prediction_head(tokens[:, :, position[0]])[..., mask_slice]  # (B, p, M)
         hyper_in = torch.stack([self.output_hypernetworks_mlps[i](tokens[:, :, position[1 + i]]) for i in chosen], dim=2)  # (B, p, M, C/8)
         image, hyper_in = image.reshape(batch * prompts, grid * grid, channels), hyper_in.flatten(0, 1)
-        if mask_iou_threshold is None:
-            masks = self.upscale_masks(image, hyper_in, grid)
-        else:  # only prompts with some mask scoring above the threshold: the others stay empty
-            needed = (iou_pred > mask_iou_threshold).any(-1).flatten()  # (B * p,)
-            masks = image.new_full((batch * prompts, len(chosen), 4 * grid, 4 * grid), SKIPPED_MASK_LOGIT)
-            if bool(needed.any()):
-                masks[needed] = self.upscale_masks(image[needed], hyper_in[needed], grid)
+        masks = self.upscale_masks(image, hyper_in, grid)
         return masks.view(batch, prompts, len(chosen), 4 * grid, 4 * grid), iou_pred, weights
+
+    def _decode_above(self, tokens, token_mask, image, pe, mask_slice, cache, mask_iou_threshold):
+        """`_decode` for prompts of which only those with some IoU prediction above `mask_iou_threshold` need masks:
+        the final attention runs for the IoU token of every prompt, then for the chosen mask tokens of those prompts
+        only, which alone get hypernetworks and upscaling; the others' masks are SKIPPED_MASK_LOGIT. Exact: the
+        final attention and its LayerNorm treat each token of each prompt on its own."""
+        batch, prompts, _, channels = tokens.shape
+        grid = int(image.shape[2] ** 0.5)
+        chosen = range(self.num_mask_tokens)[mask_slice]
+        transformer = self.transformer
+        queries, image, _, fold = transformer.blocks(tokens, image, pe, token_mask, False, cache)  # (B, p, T, C), (B, p, HW, C)
+        iou_token, _ = transformer.final(queries[:, :, :1], tokens[:, :, :1], image, pe, False, cache, fold)
+        iou_pred = self.iou_prediction_head(iou_token[:, :, 0])[..., mask_slice]  # (B, p, M)
+        needed = (iou_pred > mask_iou_threshold).any(-1).flatten()  # (B * p,)
+        masks = image.new_full((batch * prompts, len(chosen), 4 * grid, 4 * grid), SKIPPED_MASK_LOGIT)
+        if bool(needed.any()):
+            rows = [1 + i for i in chosen]
+            image = image.reshape(1, batch * prompts, grid * grid, channels)[:, needed]  # (1, n, HW, C)
+            queries = queries.reshape(1, batch * prompts, *queries.shape[2:])[:, needed][:, :, rows]  # (1, n, M, C)
+            prompt_tokens = tokens.reshape(1, batch * prompts, *tokens.shape[2:])[:, needed][:, :, rows]
+            mask_tokens, _ = transformer.final(queries, prompt_tokens, image, pe, False, cache, fold)
+            hyper_in = torch.stack([self.output_hypernetworks_mlps[i](mask_tokens[0, :, k]) for k, i in enumerate(chosen)], dim=1)  # (n, M, C/8)
+            masks[needed] = self.upscale_masks(image[0], hyper_in, grid)
+        return masks.view(batch, prompts, len(chosen), 4 * grid, 4 * grid), iou_pred, None

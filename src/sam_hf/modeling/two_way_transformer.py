@@ -331,6 +331,15 @@ class SamHfTwoWayTransformer(nn.Module):
 
         Returns tokens (B, P, T or len(output_tokens), C), image (B, P, HW, C) and the attention weights when asked for.
         """
+        queries, keys, weights, fold = self.blocks(tokens, image, image_pe, token_mask, output_attentions, cache)
+        if output_tokens is not None:
+            queries, tokens = queries[:, :, output_tokens], tokens[:, :, output_tokens]  # (B, P, T', C)
+        queries, w_final = self.final(queries, tokens, keys, image_pe, output_attentions, cache, fold)
+        return queries, keys, (weights + (w_final,) if output_attentions else None)
+
+    def blocks(self, tokens, image, image_pe, token_mask=None, output_attentions=False, cache=None):
+        """The attention blocks without the final attention: -> queries (B, P, T, C), image tokens (B, P, HW, C),
+        the blocks' attention weights (a tuple) and `fold`, the route flag for `final` (see `forward`)."""
         queries, keys = tokens, image
         fold = (tokens.shape[1] if cache is None else cache.get("prompts", tokens.shape[1])) <= FOLD_UP_TO_PROMPTS
         if cache is not None:
@@ -339,9 +348,11 @@ class SamHfTwoWayTransformer(nn.Module):
         for layer in self.layers:
             queries, keys, layer_weights = layer(queries, keys, tokens, image_pe, token_mask, output_attentions, cache, fold)
             weights += layer_weights
-        if output_tokens is not None:
-            queries, tokens = queries[:, :, output_tokens], tokens[:, :, output_tokens]  # (B, P, T', C)
-        final = self.final_attn_token_to_image
-        out, w_final = final.tokens_to_image(queries, tokens, keys, image_pe, output_attentions, cache, fold)
-        queries = self.layer_norm_final_attn(queries + out)
-        return queries, keys, (weights + (w_final,) if output_attentions else None)
+        return queries, keys, weights, fold
+
+    def final(self, queries, tokens, keys, image_pe, output_attentions=False, cache=None, fold=False):
+        """The final token -> image attention and its LayerNorm: queries (B, P, T', C) after `blocks`, tokens (B, P,
+        T', C) the same rows of the prompt tokens (their positional encoding), keys (B, P, HW, C) -> (B, P, T', C)
+        and the attention weights when asked for. Any subset of rows or prompts gives those rows of the whole."""
+        out, w_final = self.final_attn_token_to_image.tokens_to_image(queries, tokens, keys, image_pe, output_attentions, cache, fold)
+        return self.layer_norm_final_attn(queries + out), w_final
