@@ -80,3 +80,17 @@ def test_mask_iou_threshold_none_or_all_above(tiny_model):
     assert (none.pred_masks == mask_decoder.SKIPPED_MASK_LOGIT).all()
     every = tiny_model(image_embeddings=embeddings, input_points=points, mask_iou_threshold=-float("inf"))
     assert_close(every.pred_masks, full.pred_masks)
+
+
+@torch.no_grad()
+def test_mask_iou_threshold_with_attention_weights(tiny_model):
+    """With the attention weights asked for every token goes through the final attention; masks below the threshold
+    are still SKIPPED_MASK_LOGIT, the others the full decoder's."""
+    embeddings, points = torch.randn(1, 32, 8, 8), torch.rand(1, 8, 1, 2) * 128
+    full = tiny_model(image_embeddings=embeddings, input_points=points)
+    threshold = float(full.iou_scores.max(-1).values.median())
+    cut = tiny_model(image_embeddings=embeddings, input_points=points, mask_iou_threshold=threshold, output_attentions=True)
+    needed = (full.iou_scores > threshold).any(-1)
+    assert 0 < int(needed.sum()) < 8
+    assert_close(cut.pred_masks[needed], full.pred_masks[needed])
+    assert (cut.pred_masks[~needed] == mask_decoder.SKIPPED_MASK_LOGIT).all()

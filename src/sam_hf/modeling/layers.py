@@ -23,6 +23,7 @@ def workspace(
 ) -> torch.Tensor:
     """A tensor of this thread for temporaries, created once per (tag, shape, dtype, device) and returned
     again on later calls (uninitialised, or as `init` left it the first time: callers rewrite what varies).
+    At most `_WORKSPACE_ENTRIES` are kept; the least recently used goes first.
 
     Reusing memory avoids the page faults that a fresh large allocation costs on every call with glibc.
     Only for code where autograd records nothing; `clear_workspace()` releases it.

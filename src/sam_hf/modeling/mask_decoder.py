@@ -197,7 +197,13 @@ class SamHfMaskDecoder(nn.Module):
         iou_pred = self.iou_prediction_head(tokens[:, :, position[0]])[..., mask_slice]  # (B, p, M)
         hyper_in = torch.stack([self.output_hypernetworks_mlps[i](tokens[:, :, position[1 + i]]) for i in chosen], dim=2)  # (B, p, M, C/8)
         image, hyper_in = image.reshape(batch * prompts, grid * grid, channels), hyper_in.flatten(0, 1)
-        masks = self.upscale_masks(image, hyper_in, grid)
+        if mask_iou_threshold is None:
+            masks = self.upscale_masks(image, hyper_in, grid)
+        else:  # with the attention weights asked for: every token went through the final attention
+            needed = (iou_pred > mask_iou_threshold).any(-1).flatten()  # (B * p,)
+            masks = image.new_full((batch * prompts, len(chosen), 4 * grid, 4 * grid), SKIPPED_MASK_LOGIT)
+            if bool(needed.any()):
+                masks[needed] = self.upscale_masks(image[needed], hyper_in[needed], grid)
         return masks.view(batch, prompts, len(chosen), 4 * grid, 4 * grid), iou_pred, weights
 
     def _decode_above(self, tokens, token_mask, image, pe, mask_slice, cache, mask_iou_threshold):
