@@ -151,6 +151,13 @@ class SamHfAttention(nn.Module):
             return "shared"
         return "per_prompt"
 
+    @classmethod
+    def with_positions(cls, image: torch.Tensor, image_pe: torch.Tensor, cache: dict | None) -> torch.Tensor:
+        """image (B, P', HW, C) + image_pe (HW, C) for the "fold" route; in this thread's workspace only with grad
+        off (with grad on, any trained projection saves it for the backward pass)."""
+        out = cls.scratch(None if torch.is_grad_enabled() else cache, "decoder_image_pe", image.shape, image)
+        return image + image_pe if out is None else torch.add(image, image_pe, out=out)
+
     def _folded_logits(self, rows: torch.Tensor, layer: nn.Linear, with_pe: torch.Tensor, out=None) -> torch.Tensor:
         """rows (B, P, T, C') against `layer`'s projection of an image side plus its positional encoding, `with_pe`
         = x + pe (B, P', HW, C), head by head without projecting it: rows_h . (W_h (x + pe) + b_h) =
@@ -192,10 +199,7 @@ class SamHfAttention(nn.Module):
             logits = self.scratch(cache, "decoder_logits", shape, q, image)
             # the bias is kept though the softmax cancels it: the same logits, and a gradient for b_k as in Meta's model
             if route == "fold":
-                with_pe = image_with_pe
-                if with_pe is None:  # (B, P', HW, C)
-                    with_pe = self.scratch(None if torch.is_grad_enabled() else cache, "decoder_image_pe", image.shape, image)
-                    with_pe = image + image_pe if with_pe is None else torch.add(image, image_pe, out=with_pe)
+                with_pe = self.with_positions(image, image_pe, cache) if image_with_pe is None else image_with_pe  # (B, P', HW, C)
                 logits = self._folded_logits(q, self.k_proj, with_pe, out=logits)  # (B*P, h*T, HW)
             else:
                 k_pe = self.pe_projection(cache, "k", self.k_proj, image_pe, bias=True)  # (HW, C')
@@ -232,7 +236,7 @@ class SamHfAttention(nn.Module):
             q = self.shared(cache, "q", self.q_proj, image, image_pe)[:, 0]  # (B, HW, C')
             logits = self._per_head_logits(k, q, out=logits)  # (B*P, h*T, HW)
         elif route == "fold":
-            with_pe = image + image_pe if image_with_pe is None else image_with_pe
+            with_pe = self.with_positions(image, image_pe, cache) if image_with_pe is None else image_with_pe
             logits = self._folded_logits(k, self.q_proj, with_pe, out=logits)
         else:
             q_pe = self.pe_projection(cache, "q", self.q_proj, image_pe, bias=True)  # (HW, C')
@@ -286,11 +290,7 @@ class SamHfTwoWayAttentionBlock(nn.Module):
             queries = queries + out
         queries = self.layer_norm1(queries)
 
-        with_pe = None  # x + pe, read by both cross-attentions of the "fold" route
-        if fold:
-            # in the workspace only with grad off: any trained projection would save it for the backward pass
-            with_pe = SamHfAttention.scratch(None if torch.is_grad_enabled() else cache, "decoder_image_pe", keys.shape, keys)
-            with_pe = keys + key_pe if with_pe is None else torch.add(keys, key_pe, out=with_pe)
+        with_pe = SamHfAttention.with_positions(keys, key_pe, cache) if fold else None  # read by both cross-attentions
         out, w_t2i = self.cross_attn_token_to_image.tokens_to_image(queries, query_pe, keys, key_pe, output_attentions, cache, fold, with_pe)
         queries = self.layer_norm2(queries + out)
         queries = self.layer_norm3(queries + self.mlp(queries))
