@@ -129,8 +129,8 @@ class SamHfModel(SamHfPreTrainedModel):
         input_boxes (`(B, P, 4)`): x0, y0, x1, y1 in the model-input frame.
         input_masks (`(B, 1, 4g, 4g)` or `(B, P, 4g, 4g)`): low-res mask logits, one per image or per prompt.
         multimask_output (`bool`): three masks per prompt (True) or the single best-trained one.
-        mask_iou_threshold (`float`, optional): skip the mask upscaling of every prompt none of whose returned
-            masks has a predicted IoU above this value; their `pred_masks` are -1e4 everywhere (empty). `iou_scores` are
+        mask_iou_threshold (`float`, optional): skip the mask upscaling (and the mask tokens' final attention) of
+            every prompt none of whose returned masks has a predicted IoU above this value; their `pred_masks` are -1e4 everywhere (empty). `iou_scores` are
             always computed. Segment-everything uses it with its `pred_iou_thresh` (an exact shortcut there).
         """
         unknown = set(kwargs) - {"original_sizes", "reshaped_input_sizes", "prompt_mask"}
