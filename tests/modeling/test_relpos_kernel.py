@@ -1,6 +1,7 @@
 """sam_hf's compiled bf16 attention kernel (sam_hf.kernels): Meta's formula within bf16 rounding, the same
 encoder output as the PyTorch path it replaces, and a clean fallback when it cannot be used."""
 
+import os
 import shutil
 
 import pytest
@@ -206,3 +207,26 @@ def test_kernel_in_use_passed_its_runtime_check(relpos_attention):
         assert module.brgemm_usable() is False
         assert not relpos_kernel_usable(dtype=torch.bfloat16, device=torch.device("cpu"), head_dim=64)
     assert relpos_kernel_usable(dtype=torch.bfloat16, device=torch.device("cpu"), head_dim=64)
+
+
+def test_build_compiles_a_copy_of_the_source_in_its_cache_folder(monkeypatch, tmp_path):
+    """Every checkout compiles the same path (ninja rebuilds when the source path changes); the copy is rewritten
+    only when the source differs, so its timestamp (which ninja also reads) stays put."""
+    import torch.utils.cpp_extension as cpp_extension
+
+    monkeypatch.setenv("SAM_HF_KERNEL_CACHE", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(cpp_extension, "load", lambda name, sources, **kwargs: calls.append((sources, kwargs["build_directory"])))
+    loader._build(NAME)
+    (staged,), build_dir = calls[0]
+    assert os.path.dirname(staged) == build_dir and build_dir.startswith(str(tmp_path))
+    with open(staged, "rb") as copy, open(loader.SOURCES / f"{NAME}.cpp", "rb") as source:
+        assert copy.read() == source.read()
+    stamp = os.stat(staged).st_mtime_ns
+    loader._build(NAME)
+    assert calls[1] == calls[0] and os.stat(staged).st_mtime_ns == stamp
+    with open(staged, "ab") as copy:  # a stale or damaged copy is replaced
+        copy.write(b"// stale\n")
+    loader._build(NAME)
+    with open(staged, "rb") as copy, open(loader.SOURCES / f"{NAME}.cpp", "rb") as source:
+        assert copy.read() == source.read()

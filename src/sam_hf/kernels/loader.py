@@ -66,6 +66,19 @@ def _why_not(name: str) -> str | None:
     return None
 
 
+def _staged_source(name: str, build_dir: Path) -> Path:
+    """The kernel's source copied into its build folder (written only when absent or different), so that every
+    installation with this source compiles the same path: ninja rebuilds when a build's source path changes, so
+    two checkouts sharing the cache would otherwise rebuild it in turn (about 30 s inside the next call)."""
+    code = (SOURCES / f"{name}.cpp").read_bytes()
+    staged = build_dir / f"{name}.cpp"
+    if not staged.exists() or staged.read_bytes() != code:
+        partial = build_dir / f".{name}.cpp.{os.getpid()}"
+        partial.write_bytes(code)
+        os.replace(partial, staged)  # atomic: a concurrent build never reads half a file
+    return staged
+
+
 def _build(name: str) -> ModuleType:
     from torch.utils.cpp_extension import load
 
@@ -75,7 +88,8 @@ def _build(name: str) -> ModuleType:
     build_dir.mkdir(parents=True, exist_ok=True)
     if not any(build_dir.glob(f"{name}*.so")):
         logger.warning(f"sam_hf: compiling the {name} CPU kernel once (about 30 s) into {build_dir}")
-    return load(name, [str(source)], build_directory=str(build_dir), extra_cflags=list(REQUIREMENTS[name]["cflags"]), verbose=False)
+    staged = _staged_source(name, build_dir)
+    return load(name, [str(staged)], build_directory=str(build_dir), extra_cflags=list(REQUIREMENTS[name]["cflags"]), verbose=False)
 
 
 def kernel(name: str) -> ModuleType | None:
