@@ -2,7 +2,8 @@
 
 The kernels are C++ sources shipped in this folder, compiled once per machine on first use with
 `torch.utils.cpp_extension` (a C++ compiler and ninja are needed; about 30 s) and cached under
-`$SAM_HF_KERNEL_CACHE` (default `~/.cache/sam_hf/kernels`), one folder per torch version and source hash.
+`$SAM_HF_KERNEL_CACHE` (default `~/.cache/sam_hf/kernels`), one folder per torch version and source hash,
+which holds the copy of the source that is compiled (so every checkout shares one build).
 Everything works without them: when a kernel cannot be used (other CPU, no compiler, a failed build, or
 `SAM_HF_KERNELS=0`), `kernel(...)` returns None, callers take their PyTorch path, and the reason is
 logged once and kept in `unavailable_reason(...)`. `python -m sam_hf.kernels` builds and reports.
