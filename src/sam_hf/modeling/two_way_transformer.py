@@ -295,17 +295,18 @@ class SamHfTwoWayAttentionBlock(nn.Module):
         queries = self.layer_norm2(queries + out)
         queries = self.layer_norm3(queries + self.mlp(queries))
 
-        # image -> tokens: queries are the image tokens; a shared image side broadcasts over the prompts
-        # inside a decoder call on CPU: the two (B, P, HW, C) results go to this thread's workspace
+        # image -> tokens: queries are the image tokens; a shared image side broadcasts over the prompts.
+        # Inside a decoder call on CPU the (B, P, HW, C) residual goes to one workspace buffer, the LayerNorm
+        # overwrites it in place, and the next block's residual is added in place too: one buffer for the
+        # group's image tokens, not two, so more of them stays in cache between products
         shape = (*queries.shape[:2], *keys.shape[2:])
-        residual = SamHfAttention.scratch(cache, "decoder_residual", shape, keys, queries)
-        image_tokens = None if residual is None else SamHfAttention.scratch(cache, "decoder_image_tokens", shape, keys, queries)
+        buffer = SamHfAttention.scratch(cache, "decoder_image_tokens", shape, keys, queries)
         residual, w_i2t = self.cross_attn_image_to_token.image_to_tokens(
-            keys, key_pe, queries, query_pe, token_mask, output_attentions, cache, out=residual, fold=fold, image_with_pe=with_pe)
-        if image_tokens is None:
+            keys, key_pe, queries, query_pe, token_mask, output_attentions, cache, out=buffer, fold=fold, image_with_pe=with_pe)
+        if buffer is None:
             keys = self.layer_norm4(residual)  # (B, P, HW, C)
         else:
-            keys = layer_norm_into(self.layer_norm4, residual, image_tokens)
+            keys = layer_norm_into(self.layer_norm4, residual, buffer)
         return queries, keys, (w_self, w_t2i, w_i2t)
 
 
