@@ -218,7 +218,9 @@ class SamHfAttention(nn.Module):
         self, image, image_pe, tokens, token_pe, token_mask=None, output_attentions=False, cache=None, out=None, fold=False, image_with_pe=None
     ):
         """Image tokens (B, P', HW, C) attend to each prompt's few tokens (B, P, T, C); returns the residual
-        sum `image + attention` (B, P, HW, C), written into `out` when given (contiguous, not `image`).
+        sum `image + attention` (B, P, HW, C), written into `out` when given (contiguous). `out` may be `image`
+        itself where each prompt has its own image side (P' = P; the block's one workspace buffer): the logits read
+        it before the residual is added in place. A shared side (P' = 1) is the decoder's input, never `out`.
 
         The value and output projections are folded, exactly up to rounding: with weights w over the
         tokens of each head summing to one, out_proj(sum_t w_t v_t) = sum_(h,t) w_(h,t) (W_o,h v_(h,t) + b_o / h),
@@ -258,7 +260,7 @@ class SamHfAttention(nn.Module):
             else:
                 flat_out = torch.baddbmm(image.reshape(-1, *image.shape[2:]), left, right, out=flat_out)
             out = flat_out.view(batch, prompts, *flat_out.shape[1:])
-        else:
+        else:  # a shared side of several images (P' = 1 < P): `out` is not `image` here
             out = torch.matmul(weights.transpose(-1, -2), values, out=out)
             out += image
         heads_view = weights.view(batch, prompts, self.num_heads, length, -1).transpose(-1, -2) if output_attentions else None
