@@ -3,6 +3,8 @@ import torch
 
 from references import meta_from_ours, randomize, transformers_from_ours
 from sam_hf import SamHfModel, config_for_variant
+from sam_hf.kernels import kernel, unavailable_reason
+from sam_hf.modeling import two_way_transformer
 
 
 @pytest.fixture(scope="module")
@@ -19,3 +21,14 @@ def meta_tiny(tiny_model):
 @pytest.fixture(scope="module")
 def transformers_tiny(tiny_model):
     return transformers_from_ours(tiny_model)
+
+
+@pytest.fixture(params=["kernel", "pytorch"])
+def decoder_path(request, monkeypatch):
+    """Runs a test twice: with the decoder's compiled attention kernel (`sam_hf.kernels`, fp32 on AVX-512 CPUs) and
+    with PyTorch's path alone."""
+    if request.param == "pytorch":
+        monkeypatch.setattr(two_way_transformer, "kernel", lambda name: None)
+    elif kernel("decoder_attention") is None:
+        pytest.skip(f"the decoder_attention kernel cannot be used here: {unavailable_reason('decoder_attention')}")
+    return request.param

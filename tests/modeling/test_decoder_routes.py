@@ -10,6 +10,8 @@ from references import randomize, transformers_from_ours
 from sam_hf import SamHfModel, config_for_variant
 from sam_hf.modeling.two_way_transformer import FOLD_UP_TO_PROMPTS, SamHfAttention
 
+pytestmark = pytest.mark.usefixtures("decoder_path")  # with and without the compiled decoder kernel
+
 
 def _decode(model, embeddings, prompts, masks=None, seed=0):
     generator = torch.Generator().manual_seed(seed)
@@ -59,13 +61,17 @@ def _routes(monkeypatch, model, prompts, group=None):
     return taken
 
 
-def test_routes_are_taken_where_meant(tiny_model, monkeypatch):
+def test_routes_are_taken_where_meant(tiny_model, monkeypatch, decoder_path):
     layers = len(tiny_model.mask_decoder.transformer.layers)
-    assert _routes(monkeypatch, tiny_model, FOLD_UP_TO_PROMPTS) == ["fold"] * (2 * layers + 1)
+    # PyTorch's path asks for a route in every attention to the image: two per block and the final one. The kernel's
+    # asks in the first token -> image attention and in each image -> token pass, which also runs the token -> image
+    # attention that follows it (the next block's or the final one) in its own streaming form, with no route.
+    attentions = 2 * layers + 1 if decoder_path == "pytorch" else layers + 1
+    assert _routes(monkeypatch, tiny_model, FOLD_UP_TO_PROMPTS) == ["fold"] * attentions
     # several prompts: the decoder's own image side projected once, then each prompt's own image side folded
-    assert _routes(monkeypatch, tiny_model, 5) == ["shared", "shared"] + ["per_prompt"] * (2 * layers - 1)
+    assert _routes(monkeypatch, tiny_model, 5) == ["shared", "shared"] + ["per_prompt"] * (attentions - 2)
     # groups of one prompt in a call of five: a prompt's own image side (P' = P = 1) is not projected as if shared
-    assert _routes(monkeypatch, tiny_model, 5, group=1) == 5 * (["shared", "shared"] + ["per_prompt"] * (2 * layers - 1))
+    assert _routes(monkeypatch, tiny_model, 5, group=1) == 5 * (["shared", "shared"] + ["per_prompt"] * (attentions - 2))
 
 
 @pytest.mark.parametrize("prompts", [1, 3])

@@ -8,6 +8,8 @@ from torch.testing import assert_close
 import sam_hf.modeling.mask_decoder as mask_decoder
 from sam_hf.modeling.layers import add_matmul_nt_, layer_norm_into
 
+pytestmark = pytest.mark.usefixtures("decoder_path")  # with and without the compiled decoder kernel
+
 
 def test_layer_norm_into_is_the_layer_norm_bit_for_bit():
     norm = torch.nn.LayerNorm(48, eps=1e-6)

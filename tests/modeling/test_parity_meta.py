@@ -7,6 +7,8 @@ from torch.testing import assert_close
 from references import meta_from_ours, randomize
 from sam_hf import SamHfModel, config_for_variant
 
+pytestmark = pytest.mark.usefixtures("decoder_path")  # with and without the compiled decoder kernel
+
 
 def _meta_decode(meta, embeddings, points=None, labels=None, boxes=None, masks=None, multimask=True):
     sparse, dense = meta.prompt_encoder(points=None if points is None else (points, labels), boxes=boxes, masks=masks)

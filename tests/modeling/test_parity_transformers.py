@@ -7,6 +7,8 @@ from torch.testing import assert_close
 from references import transformers_from_ours
 from sam_hf import SamHfModel, config_for_variant
 
+pytestmark = pytest.mark.usefixtures("decoder_path")  # with and without the compiled decoder kernel
+
 
 @torch.no_grad()
 def test_vit_b_encoder_matches_transformers():

@@ -222,6 +222,8 @@ def test_build_compiles_a_copy_of_the_source_in_its_cache_folder(monkeypatch, tm
     assert os.path.dirname(staged) == build_dir and build_dir.startswith(str(tmp_path))
     with open(staged, "rb") as copy, open(loader.SOURCES / f"{NAME}.cpp", "rb") as source:
         assert copy.read() == source.read()
+    with open(os.path.join(build_dir, "simd.h"), "rb") as copy, open(loader.SOURCES / "simd.h", "rb") as source:
+        assert copy.read() == source.read()  # the shared header it includes sits beside it
     stamp = os.stat(staged).st_mtime_ns
     loader._build(NAME)
     assert calls[1] == calls[0] and os.stat(staged).st_mtime_ns == stamp
@@ -230,3 +232,18 @@ def test_build_compiles_a_copy_of_the_source_in_its_cache_folder(monkeypatch, tm
     loader._build(NAME)
     with open(staged, "rb") as copy, open(loader.SOURCES / f"{NAME}.cpp", "rb") as source:
         assert copy.read() == source.read()
+
+
+def test_the_build_folder_follows_the_shared_header(monkeypatch, tmp_path):
+    """A change to simd.h (which every kernel includes) gives a new build folder, as a change to the source does."""
+    import torch.utils.cpp_extension as cpp_extension
+
+    monkeypatch.setenv("SAM_HF_KERNEL_CACHE", str(tmp_path / "cache"))
+    calls = []
+    monkeypatch.setattr(cpp_extension, "load", lambda name, sources, **kwargs: calls.append(kwargs["build_directory"]))
+    loader._build(NAME)
+    header = tmp_path / "simd.h"
+    header.write_bytes((loader.SOURCES / "simd.h").read_bytes() + b"// changed\n")
+    monkeypatch.setattr(loader, "_headers", lambda: [header])
+    loader._build(NAME)
+    assert calls[0] != calls[1]

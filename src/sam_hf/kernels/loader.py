@@ -32,6 +32,11 @@ REQUIREMENTS = {
         "cflags": ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mfma", "-fopenmp"),
         "runtime_check": "brgemm_usable",
     },
+    "decoder_attention": {
+        "cpu_flags": ("avx512f", "avx512bw", "avx512vl", "avx512dq"),
+        "cflags": ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-fopenmp"),
+        "runtime_check": "brgemm_usable",
+    },
 }
 
 _LOCK = threading.Lock()
@@ -67,24 +72,37 @@ def _why_not(name: str) -> str | None:
     return None
 
 
-def _staged_source(name: str, build_dir: Path) -> Path:
-    """The kernel's source copied into its build folder (written only when absent or different), so that every
-    installation with this source compiles the same path: ninja rebuilds when a build's source path changes, so
-    two checkouts sharing the cache would otherwise rebuild it in turn (about 30 s inside the next call)."""
-    code = (SOURCES / f"{name}.cpp").read_bytes()
-    staged = build_dir / f"{name}.cpp"
+def _headers() -> list[Path]:
+    """The headers every kernel may include (`simd.h`), staged and hashed with each source."""
+    return sorted(SOURCES.glob("*.h"))
+
+
+def _stage(path: Path, build_dir: Path) -> Path:
+    """`path` copied into `build_dir` (written only when absent or different)."""
+    code = path.read_bytes()
+    staged = build_dir / path.name
     if not staged.exists() or staged.read_bytes() != code:
-        partial = build_dir / f".{name}.cpp.{os.getpid()}"
+        partial = build_dir / f".{path.name}.{os.getpid()}"
         partial.write_bytes(code)
         os.replace(partial, staged)  # atomic: a concurrent build never reads half a file
     return staged
+
+
+def _staged_source(name: str, build_dir: Path) -> Path:
+    """The kernel's source and the shared headers copied into its build folder, so that every installation with
+    this source compiles the same path: ninja rebuilds when a build's source path changes, so two checkouts
+    sharing the cache would otherwise rebuild it in turn (about 30 s inside the next call)."""
+    for header in _headers():
+        _stage(header, build_dir)
+    return _stage(SOURCES / f"{name}.cpp", build_dir)
 
 
 def _build(name: str) -> ModuleType:
     from torch.utils.cpp_extension import load
 
     source = SOURCES / f"{name}.cpp"
-    digest = hashlib.sha256(source.read_bytes() + " ".join(REQUIREMENTS[name]["cflags"]).encode()).hexdigest()[:16]
+    code = source.read_bytes() + b"".join(header.read_bytes() for header in _headers())
+    digest = hashlib.sha256(code + " ".join(REQUIREMENTS[name]["cflags"]).encode()).hexdigest()[:16]
     build_dir = cache_dir() / f"{name}-torch{torch.__version__}-{digest}"
     build_dir.mkdir(parents=True, exist_ok=True)
     if not any(build_dir.glob(f"{name}*.so")):

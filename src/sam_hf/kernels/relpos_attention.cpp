@@ -11,6 +11,11 @@
 #include <ATen/native/CPUBlas.h>
 #include <immintrin.h>
 
+#include "simd.h"
+
+using sam_hf_simd::exp16;
+using sam_hf_simd::lanes_below;
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -32,28 +37,6 @@ constexpr int64_t kMaxBlockQueries = 256;
 // max by more than this: then the block is redone in two passes with a new max. exp(16) ~ 9e6 is far
 // from overflowing fp32 or bf16; the normalisation divides it out exactly as before.
 constexpr float kLazyRescaleMargin = 16.0f;
-
-// exp of 16 floats: 2^n * p(r) with x = n ln2 + r, |r| <= ln2 / 2, Taylor polynomial of degree 6
-// (relative error ~2e-7, far below bf16 rounding); x below -87 gives ~0 instead of a denormal.
-inline __m512 exp16(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  // ln2 split in two for precision
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 720.0f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
-}
-
-inline __mmask16 lanes_below(int64_t count) {  // the first min(count, 16) lanes
-  return count >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << count) - 1);
-}
 
 // brgemm's B operand in VNNI form: the (K, N) matrix as [ceil(K / 2)][N][2] (pairs along K interleaved).
 // From `rows` rows of `cols` bf16 values (row stride ld) that form B itself (K = rows), odd K zero-padded.

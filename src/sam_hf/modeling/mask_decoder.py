@@ -215,8 +215,8 @@ class SamHfMaskDecoder(nn.Module):
         grid = int(image.shape[2] ** 0.5)
         chosen = range(self.num_mask_tokens)[mask_slice]
         transformer = self.transformer
-        queries, image, _, fold = transformer.blocks(tokens, image, pe, token_mask, False, cache)  # (B, p, T, C), (B, p, HW, C)
-        iou_token, _ = transformer.final(queries[:, :, :1], tokens[:, :, :1], image, pe, False, cache, fold)
+        # (B, p, T, C), (B, p, HW, C) and the IoU token through the final attention
+        queries, image, _, fold, (iou_token, _) = transformer.blocks(tokens, image, pe, token_mask, False, cache, final_rows=slice(0, 1))
         iou_pred = self.iou_prediction_head(iou_token[:, :, 0])[..., mask_slice]  # (B, p, M)
         needed = (iou_pred > mask_iou_threshold).any(-1).flatten()  # (B * p,)
         masks = image.new_full((batch * prompts, len(chosen), 4 * grid, 4 * grid), SKIPPED_MASK_LOGIT)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..configuration import SamHfMaskDecoderConfig
+from ..kernels import kernel
 from .attention import attention
 from .layers import (
     SamHfLinear, SamHfMLPBlock, add_matmul_nt_, layer_norm_into, linear_activation, matmul_add_shared, matmul_nn, records_nothing,
@@ -35,6 +36,16 @@ from .layers import (
 # Prompts per image up to which a decoder call takes the "fold" route: one (HW, C) x (C, C') projection costs
 # about as many multiply-adds as the folded products of two prompts (ViT-B: 134M vs 2 x 59M).
 FOLD_UP_TO_PROMPTS = 2
+
+
+def decoder_kernel(cache: dict | None, output_attentions: bool, image: torch.Tensor, *tensors: torch.Tensor):
+    """The compiled `decoder_attention` module (`sam_hf.kernels`) for an attention over the image tokens `image`
+    (B, P', HW, C) inside a decoder call (`cache` given), when it may take it: fp32 on CPU, no attention weights
+    asked for, and autograd recording nothing on `image` and `tensors` (every other input and parameter
+    involved); else None, and the PyTorch path runs."""
+    if cache is None or output_attentions or image.dtype != torch.float32 or image.device.type != "cpu":
+        return None
+    return kernel("decoder_attention") if records_nothing(image, *tensors) else None
 
 
 class SamHfAttention(nn.Module):
@@ -188,10 +199,18 @@ class SamHfAttention(nn.Module):
         if route == "shared":  # shared image side: its projections are computed once per decoder call
             k = self.shared(cache, "k", self.k_proj, image, image_pe)[:, 0]  # (B, HW, C')
             v = self.shared(cache, "v", self.v_proj, image)[:, 0]
-            weights = (self._head_rows(q) @ self._image_heads(k).transpose(-1, -2)).softmax(dim=-1)  # (B, h, P*T, HW)
-            out = weights @ self._image_heads(v)  # (B, h, P*T, d)
+            module = decoder_kernel(cache, output_attentions, image, q, k, v)
+            if module is not None:  # flash-style, per head: no (P*T, HW) logits or weights in memory
+                out, weights = module.head_attention(self._head_rows(q).contiguous(), k.contiguous(), v.contiguous()), None  # (B, h, P*T, d)
+            else:
+                weights = (self._head_rows(q) @ self._image_heads(k).transpose(-1, -2)).softmax(dim=-1)  # (B, h, P*T, HW)
+                out = weights @ self._image_heads(v)  # (B, h, P*T, d)
             out = out.view(batch, self.num_heads, prompts, length, -1).permute(0, 2, 3, 1, 4).reshape(batch, prompts, length, self.internal_dim)
             heads_view = weights.view(batch, self.num_heads, prompts, length, -1).transpose(1, 2) if output_attentions else None
+        elif (module := decoder_kernel(cache, output_attentions, image, q, image_pe, self.k_proj.weight, self.v_proj.weight, self.v_proj.bias)) is not None:
+            flat_image = image.reshape(-1, *image.shape[2:]).contiguous()  # (B*P', HW, C)
+            mixed = module.tokens_to_image(self._folded_queries(q), flat_image, image_pe.contiguous())  # (B*P, h*T, C)
+            return self.attended_tokens(mixed, tokens.shape), None
         else:
             sides = batch * image.shape[1]
             flat_image = image.reshape(sides, *image.shape[2:])  # (B*P', HW, C)
@@ -267,6 +286,66 @@ class SamHfAttention(nn.Module):
         return out, heads_view
 
 
+    def _folded_queries(self, q: torch.Tensor) -> torch.Tensor:
+        """Scaled queries q (B, P, T, C') -> the rows q_h W_k,h (B*P, h*T, C), contiguous, that the compiled kernel
+        meets with x + pe: softmax_x((q_h W_k,h) . (x + pe)) weighs the image tokens x exactly as the projected keys
+        do, the bias term q_h . b_k,h being the same for every x, so cancelled by the softmax."""
+        batch, prompts = q.shape[:2]
+        return self._per_head_product(q, self.k_proj.weight).reshape(batch * prompts, -1, self.k_proj.weight.shape[-1]).contiguous()
+
+    def folded_queries(self, tokens: torch.Tensor, token_pe: torch.Tensor) -> torch.Tensor:
+        """This token -> image attention's query rows for the compiled kernel: tokens, token_pe (B, P, T, C) -> (B*P, h*T, C)."""
+        return self._folded_queries(self.project(self.q_proj, tokens + token_pe) * self.scale)
+
+    def attended_tokens(self, mixed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """The kernel's weighted sums of image tokens (B*P, h*T, C) -> this attention's output (B, P, T, C) for tokens of
+        `shape` (B, P, T, C): per head the value projection W_v,h (its weights summing to one, b_v added once), then out_proj."""
+        batch, prompts, length, _ = shape
+        mixed = mixed.view(batch * prompts, self.num_heads, length, -1)  # (B*P, h, T, C)
+        v_weight = self.v_proj.weight.view(self.num_heads, -1, self.v_proj.weight.shape[-1])  # (h, d, C)
+        out = (mixed @ v_weight.transpose(1, 2)).transpose(1, 2).reshape(batch, prompts, length, self.internal_dim)
+        return self.out_proj(out + self.v_proj.bias)
+
+    def normed_image_to_tokens(self, module, image, image_pe, tokens, token_pe, token_mask, norm: nn.LayerNorm, route: str, cache, out=None,
+                               next_queries=None):
+        """`norm(image_to_tokens(...))` (B, P, HW, C) by the compiled kernel `module` (see `decoder_kernel`), written
+        into `out` when given (which may be `image` itself where P' = P). Per image token x the kernel forms the
+        logits a . w_(t,h) + b_(t,h), softmaxes each head's T tokens, adds sum_(t,h) w v_(t,h) to x and normalises,
+        in one pass over cache-sized blocks of tokens. The logits are the same as in `image_to_tokens`: on the
+        "shared" route a = the shared query projection of the image side and w_(t,h) = k_(t,h) on head h's columns
+        (zero elsewhere); on the others a = x + pe, w_(t,h) = k_(t,h) W_q,h and b_(t,h) = k_(t,h) . b_q,h.
+        `next_queries` (B*P, M, C), a token -> image attention's `folded_queries`: that attention to the new image
+        tokens runs in the same pass, while each block of them is in cache. Returns the new image tokens and, with
+        `next_queries`, that attention's weighted sums of them (B*P, M, C), else None."""
+        batch, prompts, length, _ = tokens.shape
+        heads, head_dim = self.num_heads, self.internal_dim // self.num_heads
+        sides, tokens_hw, channels = batch * image.shape[1], image.shape[2], image.shape[3]
+        k = self.project(self.k_proj, tokens + token_pe) * self.scale  # (B, P, T, C')
+        by_head = k.reshape(batch * prompts, length, heads, head_dim)  # (B*P, T, h, d)
+        if route == "shared":
+            source = self.shared(cache, "q", self.q_proj, image, image_pe)[:, 0].contiguous()  # (B, HW, C')
+            weight = k.new_zeros(batch * prompts, heads, head_dim, length, heads)  # (B*P, [h, d], [t, h'])
+            diagonal = torch.arange(heads, device=k.device)
+            weight[:, diagonal, :, :, diagonal] = by_head.permute(2, 0, 3, 1)  # head h's rows meet only its own columns
+            weight = weight.view(batch * prompts, self.internal_dim, length * heads)
+            bias = k.new_zeros(batch * prompts, length, heads)
+        else:
+            source = None
+            folded = self._per_head_product(k, self.q_proj.weight)  # (B, P, h*T, C), rows (h, t)
+            weight = folded.view(batch * prompts, heads, length, channels).permute(0, 3, 2, 1).reshape(batch * prompts, channels, length * heads)
+            bias = (by_head * self.q_proj.bias.view(heads, head_dim)).sum(-1)  # (B*P, T, h)
+        if token_mask is not None:
+            bias = bias.masked_fill(~token_mask.reshape(batch * prompts, length, 1), float("-inf"))
+        values = self._per_head_product(self.v_proj(tokens), self.out_proj.weight.t(), self.out_proj.bias / heads)  # (B, P, h*T, C)
+        values = values.view(batch * prompts, heads, length, channels).transpose(1, 2).reshape(batch * prompts, length * heads, channels)
+        residual = image.reshape(sides, tokens_hw, channels)
+        flat_out = image.new_empty(batch * prompts, tokens_hw, channels) if out is None else out.view(batch * prompts, tokens_hw, channels)
+        mixed = module.image_to_tokens(residual.contiguous(), source, image_pe.contiguous(), weight.contiguous(),
+                                       bias.reshape(batch * prompts, -1).contiguous(), heads, values.contiguous(), norm.weight.contiguous(),
+                                       norm.bias.contiguous(), norm.eps, flat_out, next_queries)
+        return flat_out.view(batch, prompts, tokens_hw, channels), mixed
+
+
 class SamHfTwoWayAttentionBlock(nn.Module):
     def __init__(self, config: SamHfMaskDecoderConfig, *, skip_first_layer_pe: bool) -> None:
         super().__init__()
@@ -281,21 +360,29 @@ class SamHfTwoWayAttentionBlock(nn.Module):
         self.cross_attn_image_to_token = SamHfAttention(config, downsample_rate=config.attention_downsample_rate)
         self.skip_first_layer_pe = skip_first_layer_pe
 
-    def forward(self, queries, keys, query_pe, key_pe, token_mask, output_attentions=False, cache=None, fold=False):
-        """queries (B, P, T, C) tokens, keys (B, P', HW, C) image, query_pe (B, P, T, C), key_pe (HW, C);
-        `fold`: the attentions take the "fold" route (see `SamHfAttention.route`)."""
+    def token_attention(self, queries, query_pe, token_mask, output_attentions=False):
+        """The tokens' self-attention and its LayerNorm: (B, P, T, C) -> (B, P, T, C), weights."""
         if self.skip_first_layer_pe:
             queries, w_self = self.self_attn(queries, queries, queries, token_mask, output_attentions)
         else:
             q = queries + query_pe
             out, w_self = self.self_attn(q, q, queries, token_mask, output_attentions)
             queries = queries + out
-        queries = self.layer_norm1(queries)
+        return self.layer_norm1(queries), w_self
 
+    def token_update(self, queries, attended):
+        """After the token -> image attention (its output `attended`): residual, LayerNorm, MLP, LayerNorm (B, P, T, C)."""
+        queries = self.layer_norm2(queries + attended)
+        return self.layer_norm3(queries + self.mlp(queries))
+
+    def forward(self, queries, keys, query_pe, key_pe, token_mask, output_attentions=False, cache=None, fold=False):
+        """queries (B, P, T, C) tokens, keys (B, P', HW, C) image, query_pe (B, P, T, C), key_pe (HW, C);
+        `fold`: the attentions take the "fold" route (see `SamHfAttention.route`). PyTorch's path: the compiled
+        kernel's runs in `SamHfTwoWayTransformer.blocks`."""
+        queries, w_self = self.token_attention(queries, query_pe, token_mask, output_attentions)
         with_pe = SamHfAttention.with_positions(keys, key_pe, cache) if fold else None  # read by both cross-attentions
         out, w_t2i = self.cross_attn_token_to_image.tokens_to_image(queries, query_pe, keys, key_pe, output_attentions, cache, fold, with_pe)
-        queries = self.layer_norm2(queries + out)
-        queries = self.layer_norm3(queries + self.mlp(queries))
+        queries = self.token_update(queries, out)
 
         # image -> tokens: queries are the image tokens; a shared image side broadcasts over the prompts.
         # Inside a decoder call on CPU the (B, P, HW, C) residual goes to one workspace buffer, the LayerNorm
@@ -334,24 +421,60 @@ class SamHfTwoWayTransformer(nn.Module):
 
         Returns tokens (B, P, T or len(output_tokens), C), image (B, P, HW, C) and the attention weights when asked for.
         """
-        queries, keys, weights, fold = self.blocks(tokens, image, image_pe, token_mask, output_attentions, cache)
-        if output_tokens is not None:
-            queries, tokens = queries[:, :, output_tokens], tokens[:, :, output_tokens]  # (B, P, T', C)
-        queries, w_final = self.final(queries, tokens, keys, image_pe, output_attentions, cache, fold)
+        rows = slice(None) if output_tokens is None else output_tokens
+        _, keys, weights, _, (queries, w_final) = self.blocks(tokens, image, image_pe, token_mask, output_attentions, cache, final_rows=rows)
         return queries, keys, (weights + (w_final,) if output_attentions else None)
 
-    def blocks(self, tokens, image, image_pe, token_mask=None, output_attentions=False, cache=None):
-        """The attention blocks without the final attention: -> queries (B, P, T, C), image tokens (B, P, HW, C),
-        the blocks' attention weights (a tuple) and `fold`, the route flag for `final` (see `forward`)."""
-        queries, keys = tokens, image
+    def blocks(self, tokens, image, image_pe, token_mask=None, output_attentions=False, cache=None, final_rows=None):
+        """The attention blocks: -> queries (B, P, T, C), image tokens (B, P, HW, C), the blocks' attention weights (a
+        tuple; empty without `output_attentions`), `fold` (the route flag for `final`, see `forward`) and, for
+        `final_rows` (indices or a slice into T), what `final` gives for those rows: (tokens (B, P, T', C), weights),
+        else None. Inside a decoder call in fp32 on CPU with autograd recording nothing, the compiled kernel runs
+        them (see `_kernel_blocks`)."""
         fold = (tokens.shape[1] if cache is None else cache.get("prompts", tokens.shape[1])) <= FOLD_UP_TO_PROMPTS
         if cache is not None:
             cache["image"] = image  # the decoder passes the same shared image side for every group of prompts
+        module = decoder_kernel(cache, output_attentions, image, tokens, image_pe, *self.parameters())
+        if module is not None:
+            return self._kernel_blocks(module, tokens, image, image_pe, token_mask, cache, fold, final_rows)
+        queries, keys = tokens, image
         weights = ()
         for layer in self.layers:
             queries, keys, layer_weights = layer(queries, keys, tokens, image_pe, token_mask, output_attentions, cache, fold)
             weights += layer_weights
-        return queries, keys, weights, fold
+        final = None
+        if final_rows is not None:
+            final = self.final(queries[:, :, final_rows], tokens[:, :, final_rows], keys, image_pe, output_attentions, cache, fold)
+        return queries, keys, weights, fold, final
+
+    def _kernel_blocks(self, module, tokens, image, image_pe, token_mask, cache, fold, final_rows):
+        """`blocks` by the compiled kernel `module` (see `decoder_kernel`). A block's image -> token attention and the
+        token -> image attention that reads its result (the next block's, or the final one for `final_rows`) run in
+        one pass over the image tokens: that attention's query rows depend only on the tokens, which are ready
+        before the pass (the next block's self-attention comes first)."""
+        first = self.layers[0]
+        queries, _ = first.token_attention(tokens, tokens, token_mask)
+        attended, _ = first.cross_attn_token_to_image.tokens_to_image(queries, tokens, image, image_pe, False, cache, fold)
+        queries, keys, final = first.token_update(queries, attended), image, None
+        for index, layer in enumerate(self.layers):
+            following = self.layers[index + 1] if index + 1 < len(self.layers) else None
+            if following is not None:  # the next block's self-attention, then its token -> image attention in the pass
+                rows, _ = following.token_attention(queries, tokens, token_mask)
+                attention, rows_pe = following.cross_attn_token_to_image, tokens
+            elif final_rows is not None:  # the final attention for the rows asked for
+                rows, rows_pe, attention = queries[:, :, final_rows], tokens[:, :, final_rows], self.final_attn_token_to_image
+            else:
+                rows = attention = None
+            route = SamHfAttention.route(keys, queries.shape[1], cache, fold)
+            buffer = SamHfAttention.scratch(cache, "decoder_image_tokens", (*queries.shape[:2], *keys.shape[2:]), keys, queries)
+            keys, mixed = layer.cross_attn_image_to_token.normed_image_to_tokens(
+                module, keys, image_pe, queries, tokens, token_mask, layer.layer_norm4, route, cache, out=buffer,
+                next_queries=None if rows is None else attention.folded_queries(rows, rows_pe))
+            if following is not None:
+                queries = following.token_update(rows, attention.attended_tokens(mixed, rows.shape))
+            elif rows is not None:
+                final = (self.layer_norm_final_attn(rows + attention.attended_tokens(mixed, rows.shape)), None)
+        return queries, keys, (), fold, final
 
     def final(self, queries, tokens, keys, image_pe, output_attentions=False, cache=None, fold=False):
         """The final token -> image attention and its LayerNorm: queries (B, P, T', C) after `blocks`, tokens (B, P,

@@ -1,0 +1,467 @@
+// The mask decoder's two attentions over the image tokens in fp32, each one streaming pass over the HW image
+// tokens of a prompt, in blocks of rows that stay in the L2 cache (x86 CPUs with AVX-512):
+//
+//   image_to_tokens: out = LayerNorm(x + softmax_t(a W + b) V)   per image token x (a row of the logit source
+//     a: the image side's shared query projection, or x + pe), softmax over each head's T tokens, V the
+//     prompt's token values with the output projection folded in. Logits, weights and the update never
+//     leave the cache; the LayerNorm is applied to each row while it is there.
+//   tokens_to_image: mixed = softmax_x(Q (x + pe)) x   for a prompt's M folded query rows Q against all its
+//     image tokens, flash-style (a running max and sum per row, nothing of size M x HW in memory).
+//
+// The products are ATen's fp32 brgemm (oneDNN's ukernel: about 90-115 GFLOP/s on one Zen 4 core for these
+// shapes against 60-65 for MKL's sgemm there); softmax, LayerNorm and the additions are AVX-512 here.
+// Built on first use by sam_hf.kernels.loader; inference only (no autograd).
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
+#include <immintrin.h>
+
+#include "simd.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <vector>
+
+using sam_hf_simd::exp16;
+using sam_hf_simd::lanes_below;
+
+namespace {
+
+// Image tokens per block: for ViT-B (C = 256, h*T = 56) a block's rows, logits and update take about 300 KB,
+// inside a Zen 4 core's 1 MB L2.
+constexpr int64_t kRows = 64;
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// C (M x N, row stride ldc) (+)= A (M x K, lda) B (K x N, ldb), all row-major fp32.
+inline void gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+                 int64_t ldc, bool accumulate) {
+  at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, accumulate, a, b, c, false);
+}
+
+// dst[i] = x[i] + y[i] for n floats.
+inline void add_rows(const float* x, const float* y, float* dst, int64_t n) {
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 lanes = lanes_below(n - c);
+    _mm512_mask_storeu_ps(dst + c, lanes, _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, x + c), _mm512_maskz_loadu_ps(lanes, y + c)));
+  }
+}
+
+inline float reduce(__m512 v) { return _mm512_reduce_add_ps(v); }
+
+// One row of logits laid out (t, head): softmax over t for every head, in place, after adding `bias`
+// (-inf masks a token: its weight is exactly zero). Any number of heads; `softmax_over_tokens_8` is the fast form.
+void softmax_over_tokens(float* row, const float* bias, int64_t tokens, int64_t heads) {
+  for (int64_t h0 = 0; h0 < heads; h0 += 16) {
+    const __mmask16 lanes = lanes_below(heads - h0);
+    __m512 top = _mm512_set1_ps(-kInf);
+    for (int64_t t = 0; t < tokens; ++t) {
+      float* x = row + t * heads + h0;
+      const __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, x), _mm512_maskz_loadu_ps(lanes, bias + t * heads + h0));
+      _mm512_mask_storeu_ps(x, lanes, v);
+      top = _mm512_max_ps(top, v);
+    }
+    __m512 total = _mm512_setzero_ps();
+    for (int64_t t = 0; t < tokens; ++t) {
+      float* x = row + t * heads + h0;
+      const __m512 v = _mm512_maskz_loadu_ps(lanes, x);
+      const __mmask16 live = _mm512_cmp_ps_mask(v, _mm512_set1_ps(-kInf), _CMP_NEQ_OQ);
+      const __m512 e = _mm512_maskz_mov_ps(live, exp16(_mm512_sub_ps(v, top)));
+      _mm512_mask_storeu_ps(x, lanes, e);
+      total = _mm512_add_ps(total, e);
+    }
+    const __m512 inverse = _mm512_div_ps(_mm512_set1_ps(1.0f), total);
+    for (int64_t t = 0; t < tokens; ++t) {
+      float* x = row + t * heads + h0;
+      _mm512_mask_storeu_ps(x, lanes, _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, x), inverse));
+    }
+  }
+}
+
+// The same for 8 heads (SAM's decoder) and at most 2 * kMaxPairs tokens, the row held in registers: each 16-lane
+// vector holds two tokens' 8 heads, and the halves are folded together for the max and the sum.
+constexpr int64_t kMaxPairs = 16;
+void softmax_over_tokens_8(float* row, const __m512* bias, int64_t tokens) {
+  const int64_t pairs = (tokens + 1) / 2;
+  const __m512 minus_inf = _mm512_set1_ps(-kInf);
+  __m512 v[kMaxPairs];
+  __m512 top = minus_inf;
+  for (int64_t i = 0; i < pairs; ++i) {
+    const __mmask16 lanes = 2 * i + 1 < tokens ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>(0x00FF);
+    v[i] = _mm512_add_ps(_mm512_mask_loadu_ps(minus_inf, lanes, row + 16 * i), bias[i]);  // a missing token is -inf
+    top = _mm512_max_ps(top, v[i]);
+  }
+  top = _mm512_max_ps(top, _mm512_shuffle_f32x4(top, top, 0x4E));  // both halves: the max over all tokens
+  __m512 total = _mm512_setzero_ps();
+  for (int64_t i = 0; i < pairs; ++i) {
+    const __mmask16 live = _mm512_cmp_ps_mask(v[i], minus_inf, _CMP_NEQ_OQ);
+    v[i] = _mm512_maskz_mov_ps(live, exp16(_mm512_sub_ps(v[i], top)));
+    total = _mm512_add_ps(total, v[i]);
+  }
+  total = _mm512_add_ps(total, _mm512_shuffle_f32x4(total, total, 0x4E));
+  const __m512 inverse = _mm512_div_ps(_mm512_set1_ps(1.0f), total);
+  for (int64_t i = 0; i < pairs; ++i) {
+    const __mmask16 lanes = 2 * i + 1 < tokens ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>(0x00FF);
+    _mm512_mask_storeu_ps(row + 16 * i, lanes, _mm512_mul_ps(v[i], inverse));
+  }
+}
+
+// out = LayerNorm(z + residual) * weight + bias over one row of n channels; z is overwritten.
+void residual_layer_norm(float* z, const float* residual, const float* weight, const float* bias, float eps, float* out, int64_t n) {
+  __m512 sum = _mm512_setzero_ps();
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 lanes = lanes_below(n - c);
+    const __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, z + c), _mm512_maskz_loadu_ps(lanes, residual + c));
+    _mm512_mask_storeu_ps(z + c, lanes, v);
+    sum = _mm512_add_ps(sum, v);
+  }
+  const float mean = reduce(sum) / static_cast<float>(n);
+  const __m512 vmean = _mm512_set1_ps(mean);
+  __m512 squares = _mm512_setzero_ps();
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 lanes = lanes_below(n - c);
+    const __m512 d = _mm512_maskz_sub_ps(lanes, _mm512_maskz_loadu_ps(lanes, z + c), vmean);
+    squares = _mm512_fmadd_ps(d, d, squares);
+  }
+  const __m512 scale = _mm512_set1_ps(1.0f / std::sqrt(reduce(squares) / static_cast<float>(n) + eps));
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 lanes = lanes_below(n - c);
+    const __m512 d = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, z + c), vmean), scale);
+    const __m512 y = _mm512_fmadd_ps(d, _mm512_maskz_loadu_ps(lanes, weight + c), _mm512_maskz_loadu_ps(lanes, bias + c));
+    _mm512_mask_storeu_ps(out + c, lanes, y);
+  }
+}
+
+// The same for n = 16 * kVecs channels, the row held in registers (the weight and bias preloaded by the caller).
+template <int kVecs>
+void residual_layer_norm_fixed(const float* z, const float* residual, const __m512* weight, const __m512* bias, float eps, float* out) {
+  __m512 v[kVecs];
+  __m512 sum = _mm512_setzero_ps();
+  for (int i = 0; i < kVecs; ++i) {
+    v[i] = _mm512_add_ps(_mm512_loadu_ps(z + 16 * i), _mm512_loadu_ps(residual + 16 * i));
+    sum = _mm512_add_ps(sum, v[i]);
+  }
+  const __m512 mean = _mm512_set1_ps(reduce(sum) / (16.0f * kVecs));
+  __m512 squares = _mm512_setzero_ps();
+  for (int i = 0; i < kVecs; ++i) {
+    v[i] = _mm512_sub_ps(v[i], mean);
+    squares = _mm512_fmadd_ps(v[i], v[i], squares);
+  }
+  const __m512 scale = _mm512_set1_ps(1.0f / std::sqrt(reduce(squares) / (16.0f * kVecs) + eps));
+  for (int i = 0; i < kVecs; ++i) _mm512_storeu_ps(out + 16 * i, _mm512_fmadd_ps(_mm512_mul_ps(v[i], scale), weight[i], bias[i]));
+}
+
+// LayerNorm(z + residual) of `rows` rows of n channels into out; register-resident for n = 256 (SAM's decoder).
+void residual_layer_norm_rows(float* z, const float* residual, const float* weight, const float* bias, float eps, float* out,
+                              int64_t rows, int64_t n) {
+  if (n == 256) {
+    __m512 w[16], b[16];
+    for (int i = 0; i < 16; ++i) {
+      w[i] = _mm512_loadu_ps(weight + 16 * i);
+      b[i] = _mm512_loadu_ps(bias + 16 * i);
+    }
+    for (int64_t r = 0; r < rows; ++r) residual_layer_norm_fixed<16>(z + r * n, residual + r * n, w, b, eps, out + r * n);
+    return;
+  }
+  for (int64_t r = 0; r < rows; ++r) residual_layer_norm(z + r * n, residual + r * n, weight, bias, eps, out + r * n, n);
+}
+
+void check_float(const at::Tensor& t, const char* name, int64_t dim) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat && t.device().is_cpu() && t.is_contiguous() && t.dim() == dim,
+              "decoder_attention: ", name, " must be a contiguous fp32 CPU tensor with ", dim, " dimensions, got ",
+              t.scalar_type(), " ", t.sizes(), t.is_contiguous() ? "" : " (not contiguous)");
+}
+
+// Running state of one prompt's query rows over a range of image tokens: max and sum of exp per row, weighted sums.
+struct Partial {
+  std::vector<float> top, total, acc;  // (M), (M), (M, C)
+  Partial(int64_t m, int64_t c) : top(m, -kInf), total(m, 0.0f), acc(m * c, 0.0f) {}
+};
+
+// Flash-style attention of M query rows q (M, K) to blocks of image tokens: logits q . (k_x + pe_x) (pe optional),
+// a running max and sum per row, and the weighted sum of the value rows v_x (width V). Holds its scratch (one per
+// thread).
+class Attender {
+ public:
+  Attender(int64_t m, int64_t key_width, int64_t value_width)
+      : m_(m), k_(key_width), v_(value_width), weight_t_(key_width * m), y_(kRows * key_width), logits_(kRows * m), probs_(m * kRows) {}
+
+  void set_queries(const float* q, int64_t ldq) {  // (M, K), row stride ldq -> its transpose, the product's right operand
+    for (int64_t i = 0; i < m_; ++i)
+      for (int64_t c = 0; c < k_; ++c) weight_t_[c * m_ + i] = q[i * ldq + c];
+  }
+
+  // `rows` image tokens: keys (rows, K) with row stride ldk, their positional encodings pe (rows, K) contiguous or
+  // null, values (rows, V) with row stride ldv.
+  void add_block(const float* keys, int64_t ldk, const float* pe, const float* values, int64_t ldv, int64_t rows, Partial& state) {
+    if (pe != nullptr) {
+      for (int64_t r = 0; r < rows; ++r) add_rows(keys + r * ldk, pe + r * k_, y_.data() + r * k_, k_);
+      keys = y_.data();
+      ldk = k_;
+    }
+    gemm(rows, m_, k_, keys, ldk, weight_t_.data(), m_, logits_.data(), m_, false);  // (rows, M)
+    for (int64_t i0 = 0; i0 < m_; i0 += 16) {
+      const __mmask16 lanes = lanes_below(m_ - i0);
+      __m512 top = _mm512_maskz_loadu_ps(lanes, state.top.data() + i0);
+      const __m512 old = top;
+      for (int64_t r = 0; r < rows; ++r) top = _mm512_mask_max_ps(top, lanes, top, _mm512_maskz_loadu_ps(lanes, logits_.data() + r * m_ + i0));
+      const __m512 factor = exp16(_mm512_sub_ps(old, top));  // 0 (to rounding) on the first block
+      __m512 total = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, state.total.data() + i0), factor);
+      for (int64_t r = 0; r < rows; ++r) {
+        float* l = logits_.data() + r * m_ + i0;
+        const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, l), top));
+        _mm512_mask_storeu_ps(l, lanes, e);
+        total = _mm512_add_ps(total, e);
+      }
+      _mm512_mask_storeu_ps(state.total.data() + i0, lanes, total);
+      alignas(64) float scales[16], olds[16], tops[16];
+      _mm512_store_ps(scales, factor);
+      _mm512_store_ps(olds, old);
+      _mm512_store_ps(tops, top);
+      _mm512_mask_storeu_ps(state.top.data() + i0, lanes, top);
+      for (int64_t i = i0; i < std::min(m_, i0 + 16); ++i) {
+        if (tops[i - i0] == olds[i - i0]) continue;  // this row's max did not move
+        float* acc = state.acc.data() + i * v_;
+        const __m512 scale = _mm512_set1_ps(olds[i - i0] == -kInf ? 0.0f : scales[i - i0]);
+        for (int64_t c = 0; c < v_; c += 16) {
+          const __mmask16 cl = lanes_below(v_ - c);
+          _mm512_mask_storeu_ps(acc + c, cl, _mm512_mul_ps(_mm512_maskz_loadu_ps(cl, acc + c), scale));
+        }
+      }
+    }
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t i = 0; i < m_; ++i) probs_[i * rows + r] = logits_[r * m_ + i];  // (M, rows)
+    gemm(m_, v_, rows, probs_.data(), rows, values, ldv, state.acc.data(), v_, true);
+  }
+
+ private:
+  int64_t m_, k_, v_;
+  std::vector<float> weight_t_, y_, logits_, probs_;
+};
+
+// Ranges of blocks per prompt: with fewer prompts than threads, each prompt's image tokens are split into
+// ranges whose partial softmax states are merged at the end.
+int64_t splits_for(int64_t prompts, int64_t blocks) {
+  return std::max<int64_t>(1, std::min(blocks, (at::get_num_threads() + prompts - 1) / prompts));
+}
+
+// The attention outputs (P, M, C) from each prompt's `splits` partial states.
+at::Tensor merge(const std::vector<Partial>& partials, int64_t prompts, int64_t splits, int64_t m, int64_t channels,
+                 const at::TensorOptions& options) {
+  at::Tensor out = at::empty({prompts, m, channels}, options);
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, prompts, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> weights(splits);
+    for (int64_t p = begin; p < end; ++p) {
+      for (int64_t i = 0; i < m; ++i) {
+        float top = -kInf;
+        for (int64_t s = 0; s < splits; ++s) top = std::max(top, partials[p * splits + s].top[i]);
+        float total = 0.0f;
+        for (int64_t s = 0; s < splits; ++s) {
+          const Partial& part = partials[p * splits + s];
+          weights[s] = part.top[i] == -kInf ? 0.0f : std::exp(part.top[i] - top);
+          total += part.total[i] * weights[s];
+        }
+        float* row = o + (p * m + i) * channels;
+        for (int64_t c = 0; c < channels; ++c) {
+          float sum = 0.0f;
+          for (int64_t s = 0; s < splits; ++s) sum += partials[p * splits + s].acc[i * channels + c] * weights[s];
+          row[c] = sum / total;
+        }
+      }
+    }
+  });
+  return out;
+}
+
+// residual (S, L, C); logit_source (S, L, D) or none (then a = residual + pe, D = C); pe (L, C); logit_weight
+// (P, D, N) and logit_bias (P, N) with N = T * heads, columns ordered (t, head); values (P, N, C); out (P, L, C),
+// which may be `residual` itself when S = P. Prompt p reads side p / (P / S).
+// With next_queries (P, M, C): also the next attention of those query rows to the new image tokens, as
+// `tokens_to_image(next_queries, out, pe)`, in the same pass while each block of `out` is in cache -> (P, M, C).
+std::optional<at::Tensor> image_to_tokens(const at::Tensor& residual, const std::optional<at::Tensor>& logit_source,
+                                          const at::Tensor& pe, const at::Tensor& logit_weight, const at::Tensor& logit_bias,
+                                          int64_t heads, const at::Tensor& values, const at::Tensor& norm_weight,
+                                          const at::Tensor& norm_bias, double eps, at::Tensor& out,
+                                          const std::optional<at::Tensor>& next_queries) {
+  check_float(residual, "residual", 3);
+  check_float(pe, "pe", 2);
+  check_float(logit_weight, "logit_weight", 3);
+  check_float(logit_bias, "logit_bias", 2);
+  check_float(values, "values", 3);
+  check_float(norm_weight, "norm_weight", 1);
+  check_float(norm_bias, "norm_bias", 1);
+  check_float(out, "out", 3);
+  const int64_t sides = residual.size(0), length = residual.size(1), channels = residual.size(2);
+  const int64_t prompts = logit_weight.size(0), n = logit_weight.size(2);
+  const int64_t depth = logit_source ? logit_source->size(2) : channels;
+  if (logit_source) {
+    check_float(*logit_source, "logit_source", 3);
+    TORCH_CHECK(logit_source->size(0) == sides && logit_source->size(1) == length, "decoder_attention: logit_source must be (S, L, D)");
+  }
+  TORCH_CHECK(prompts % sides == 0, "decoder_attention: prompts must be a multiple of the image sides");
+  TORCH_CHECK(heads > 0 && n % heads == 0, "decoder_attention: the logit columns must be T * heads");
+  TORCH_CHECK(pe.size(0) == length && pe.size(1) == channels, "decoder_attention: pe must be (L, C)");
+  TORCH_CHECK(logit_weight.size(1) == depth && logit_bias.size(0) == prompts && logit_bias.size(1) == n,
+              "decoder_attention: logit_weight must be (P, D, N) and logit_bias (P, N)");
+  TORCH_CHECK(values.size(0) == prompts && values.size(1) == n && values.size(2) == channels, "decoder_attention: values must be (P, N, C)");
+  TORCH_CHECK(norm_weight.size(0) == channels && norm_bias.size(0) == channels, "decoder_attention: the norm must have C channels");
+  TORCH_CHECK(out.size(0) == prompts && out.size(1) == length && out.size(2) == channels, "decoder_attention: out must be (P, L, C)");
+  TORCH_CHECK(sides == prompts || !out.is_same(residual), "decoder_attention: out may be the residual only when each prompt has its own");
+  const int64_t m = next_queries ? next_queries->size(1) : 0;
+  if (next_queries) {
+    check_float(*next_queries, "next_queries", 3);
+    TORCH_CHECK(next_queries->size(0) == prompts && next_queries->size(2) == channels, "decoder_attention: next_queries must be (P, M, C)");
+  }
+  const int64_t per_side = prompts / sides, blocks = (length + kRows - 1) / kRows, tokens = n / heads;
+  const int64_t splits = splits_for(prompts, blocks), per_split = (blocks + splits - 1) / splits;
+  std::vector<Partial> partials;
+  if (next_queries) {
+    partials.reserve(prompts * splits);
+    for (int64_t i = 0; i < prompts * splits; ++i) partials.emplace_back(m, channels);
+  }
+  const float* res = residual.data_ptr<float>();
+  const float* source = logit_source ? logit_source->data_ptr<float>() : nullptr;
+  const float* pos = pe.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  const float feps = static_cast<float>(eps);
+  at::parallel_for(0, prompts * splits, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> a_rows(source ? 0 : kRows * channels), logits(kRows * n), update(kRows * channels);
+    std::optional<Attender> attender;
+    if (next_queries) attender.emplace(m, channels, channels);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t p = item / splits, split = item % splits, side = p / per_side;
+      const float* b = logit_bias.data_ptr<float>() + p * n;
+      __m512 bias[kMaxPairs];
+      const bool eight = heads == 8 && tokens <= 2 * kMaxPairs;
+      if (eight)
+        for (int64_t i = 0; i < (tokens + 1) / 2; ++i) bias[i] = _mm512_maskz_loadu_ps(lanes_below(n - 16 * i), b + 16 * i);
+      if (attender) attender->set_queries(next_queries->data_ptr<float>() + p * m * channels, channels);
+      for (int64_t block = split * per_split; block < std::min(blocks, (split + 1) * per_split); ++block) {
+        const int64_t row0 = block * kRows, rows = std::min(kRows, length - row0);
+        const float* x = res + (side * length + row0) * channels;
+        const float* a = nullptr;
+        if (source) {
+          a = source + (side * length + row0) * depth;
+        } else {
+          for (int64_t r = 0; r < rows; ++r) add_rows(x + r * channels, pos + (row0 + r) * channels, a_rows.data() + r * channels, channels);
+          a = a_rows.data();
+        }
+        gemm(rows, n, depth, a, depth, logit_weight.data_ptr<float>() + p * depth * n, n, logits.data(), n, false);
+        if (eight) {
+          for (int64_t r = 0; r < rows; ++r) softmax_over_tokens_8(logits.data() + r * n, bias, tokens);
+        } else {
+          for (int64_t r = 0; r < rows; ++r) softmax_over_tokens(logits.data() + r * n, b, tokens, heads);
+        }
+        gemm(rows, channels, n, logits.data(), n, values.data_ptr<float>() + p * n * channels, channels, update.data(), channels, false);
+        float* y = dst + (p * length + row0) * channels;  // may be x itself: each row is read before it is written
+        residual_layer_norm_rows(update.data(), x, norm_weight.data_ptr<float>(), norm_bias.data_ptr<float>(), feps, y, rows, channels);
+        if (attender) attender->add_block(y, channels, pos + row0 * channels, y, channels, rows, partials[item]);
+      }
+    }
+  });
+  if (!next_queries) return std::nullopt;
+  return merge(partials, prompts, splits, m, channels, out.options());
+}
+
+// queries (P, M, C), keys (S, L, C), pe (L, C) -> (P, M, C): row i of prompt p is
+// sum_x softmax_x(q_i . (x + pe_x)) x over the image tokens x of its side (p / (P / S)).
+at::Tensor tokens_to_image(const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& pe) {
+  check_float(queries, "queries", 3);
+  check_float(keys, "keys", 3);
+  check_float(pe, "pe", 2);
+  const int64_t prompts = queries.size(0), m = queries.size(1), channels = queries.size(2);
+  const int64_t sides = keys.size(0), length = keys.size(1);
+  TORCH_CHECK(keys.size(2) == channels && pe.size(0) == length && pe.size(1) == channels,
+              "decoder_attention: keys must be (S, L, C) and pe (L, C) with the queries' C");
+  TORCH_CHECK(prompts % sides == 0, "decoder_attention: prompts must be a multiple of the image sides");
+  const int64_t per_side = prompts / sides, blocks = (length + kRows - 1) / kRows;
+  const int64_t splits = splits_for(prompts, blocks), per_split = (blocks + splits - 1) / splits;
+  std::vector<Partial> partials;
+  partials.reserve(prompts * splits);
+  for (int64_t i = 0; i < prompts * splits; ++i) partials.emplace_back(m, channels);
+  const float* k = keys.data_ptr<float>();
+  const float* pos = pe.data_ptr<float>();
+  at::parallel_for(0, prompts * splits, 1, [&](int64_t begin, int64_t end) {
+    Attender attender(m, channels, channels);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t p = item / splits, split = item % splits;
+      attender.set_queries(queries.data_ptr<float>() + p * m * channels, channels);
+      const float* side = k + (p / per_side) * length * channels;
+      for (int64_t block = split * per_split; block < std::min(blocks, (split + 1) * per_split); ++block) {
+        const int64_t row0 = block * kRows, rows = std::min(kRows, length - row0);
+        const float* x = side + row0 * channels;
+        attender.add_block(x, channels, pos + row0 * channels, x, channels, rows, partials[item]);
+      }
+    }
+  });
+  return merge(partials, prompts, splits, m, channels, queries.options());
+}
+
+// Multi-head attention of query rows to projected image tokens shared by them: queries (S, h, M, d) (scaled),
+// keys and values (S, L, h*d) with head j in columns [j*d, (j+1)*d) -> (S, h, M, d), softmax over the L tokens.
+// The decoder's first token -> image attention, where one image side's projections serve all its prompts'
+// rows (M = P*T), without logits or weights of size M x L in memory.
+at::Tensor head_attention(const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& values) {
+  check_float(queries, "queries", 4);
+  check_float(keys, "keys", 3);
+  check_float(values, "values", 3);
+  const int64_t sides = queries.size(0), heads = queries.size(1), m = queries.size(2), width = queries.size(3);
+  const int64_t length = keys.size(1);
+  TORCH_CHECK(keys.size(0) == sides && keys.size(2) == heads * width && values.sizes() == keys.sizes(),
+              "decoder_attention: keys and values must be (S, L, h*d) for queries (S, h, M, d)");
+  const int64_t groups = sides * heads, blocks = (length + kRows - 1) / kRows;
+  const int64_t splits = splits_for(groups, blocks), per_split = (blocks + splits - 1) / splits;
+  std::vector<Partial> partials;
+  partials.reserve(groups * splits);
+  for (int64_t i = 0; i < groups * splits; ++i) partials.emplace_back(m, width);
+  const int64_t ld = heads * width;
+  at::parallel_for(0, groups * splits, 1, [&](int64_t begin, int64_t end) {
+    Attender attender(m, width, width);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t group = item / splits, split = item % splits, side = group / heads, head = group % heads;
+      attender.set_queries(queries.data_ptr<float>() + group * m * width, width);
+      const float* k = keys.data_ptr<float>() + side * length * ld + head * width;
+      const float* v = values.data_ptr<float>() + side * length * ld + head * width;
+      for (int64_t block = split * per_split; block < std::min(blocks, (split + 1) * per_split); ++block) {
+        const int64_t row0 = block * kRows, rows = std::min(kRows, length - row0);
+        attender.add_block(k + row0 * ld, ld, nullptr, v + row0 * ld, ld, rows, partials[item]);
+      }
+    }
+  });
+  return merge(partials, groups, splits, m, width, queries.options()).view({sides, heads, m, width});
+}
+
+// Whether ATen's fp32 brgemm serves this CPU: one tiny product checked against its known result.
+bool brgemm_usable() {
+  try {
+    const float a[4] = {1.0f, 2.0f, 3.0f, 4.0f};  // (2, 2)
+    float b[2 * 16], c[2 * 16];
+    for (int j = 0; j < 16; ++j) {
+      b[j] = static_cast<float>(j);
+      b[16 + j] = 1.0f;
+    }
+    gemm(2, 16, 2, a, 2, b, 16, c, 16, false);
+    for (int j = 0; j < 16; ++j)
+      if (c[j] != j + 2.0f || c[16 + j] != 3.0f * j + 4.0f) return false;
+    return true;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.def("brgemm_usable", &brgemm_usable, "whether ATen's fp32 brgemm serves this CPU");
+  module.def("image_to_tokens", &image_to_tokens, "image tokens attend to a prompt's tokens, residual and LayerNorm fused",
+             pybind11::arg("residual"), pybind11::arg("logit_source"), pybind11::arg("pe"), pybind11::arg("logit_weight"),
+             pybind11::arg("logit_bias"), pybind11::arg("heads"), pybind11::arg("values"), pybind11::arg("norm_weight"),
+             pybind11::arg("norm_bias"), pybind11::arg("eps"), pybind11::arg("out"), pybind11::arg("next_queries") = pybind11::none());
+  module.def("head_attention", &head_attention, "query rows attend per head to projected image tokens they share (flash-style)",
+             pybind11::arg("queries"), pybind11::arg("keys"), pybind11::arg("values"));
+  module.def("tokens_to_image", &tokens_to_image, "a prompt's folded query rows attend to its image tokens (flash-style)",
+             pybind11::arg("queries"), pybind11::arg("keys"), pybind11::arg("pe"));
+}

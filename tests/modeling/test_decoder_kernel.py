@@ -1,0 +1,197 @@
+"""sam_hf's compiled fp32 decoder kernel (`sam_hf.kernels`, "decoder_attention"): each function against its formula
+in plain PyTorch, the decoder with it against the decoder without it and against transformers (SAM's own decoder
+sizes: 8 heads, 256 channels), and where it is not used."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.testing import assert_close
+
+from references import randomize, transformers_from_ours
+from sam_hf import SamHfModel, config_for_variant, kernels
+from sam_hf.kernels import loader
+from sam_hf.modeling import mask_decoder, two_way_transformer
+
+NAME = "decoder_attention"
+
+
+@pytest.fixture(scope="module")
+def module():
+    reason = loader._why_not(NAME)
+    if reason is not None:
+        pytest.skip(f"the kernel cannot be used here: {reason}")
+    built = kernels.kernel(NAME)
+    assert built is not None, f"the kernel should build on this machine: {kernels.unavailable_reason(NAME)}"
+    return built
+
+
+@pytest.fixture(params=[1, 2])
+def threads(request):
+    """One thread, and two (then prompts' image tokens are split into ranges whose softmax states are merged)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def _image_to_tokens_reference(residual, source, pe, weight, bias, heads, values, norm_weight, norm_bias, prompts):
+    sides = residual.shape[0]
+    expand = lambda t: t.repeat_interleave(prompts // sides, dim=0)  # noqa: E731 - prompt p reads side p // (P / S)
+    a = expand(source) if source is not None else expand(residual) + pe
+    logits = a @ weight + bias[:, None]  # (P, L, N), columns (t, head)
+    length, n = logits.shape[1], logits.shape[2]
+    probs = logits.view(prompts, length, n // heads, heads).softmax(dim=2).view(prompts, length, n)
+    return F.layer_norm(expand(residual) + probs @ values, (residual.shape[-1],), norm_weight, norm_bias, 1e-6)
+
+
+def _tokens_to_image_reference(queries, keys, pe):
+    keys = keys.repeat_interleave(queries.shape[0] // keys.shape[0], dim=0)
+    return ((queries @ (keys + pe).transpose(1, 2)).softmax(dim=-1)) @ keys
+
+
+@pytest.mark.parametrize(
+    "sides, prompts, channels, heads, tokens, shared_source",
+    [
+        (1, 3, 256, 8, 7, True),  # SAM's first pass: the shared query projection (register-held softmax and LayerNorm)
+        (3, 3, 256, 8, 6, False),  # each prompt's own image side, x + pe folded; an even token count
+        (1, 2, 32, 2, 5, False),  # the tiny test model: any head count and width
+        (2, 4, 48, 4, 3, True),  # two images, two prompts each
+    ],
+)
+def test_image_to_tokens_matches_its_formula(module, threads, sides, prompts, channels, heads, tokens, shared_source):
+    generator = torch.Generator().manual_seed(0)
+    length, n = 300, tokens * heads  # not a multiple of the block size
+    residual, pe = torch.randn(sides, length, channels, generator=generator), torch.randn(length, channels, generator=generator)
+    depth = channels // 2 if shared_source else channels
+    source = torch.randn(sides, length, depth, generator=generator) if shared_source else None
+    weight = torch.randn(prompts, depth, n, generator=generator) / depth**0.5
+    bias = torch.randn(prompts, n, generator=generator)
+    bias[0, heads : 2 * heads] = float("-inf")  # prompt 0's token 1 is padding: exactly no weight
+    values = torch.randn(prompts, n, channels, generator=generator)
+    norm_weight, norm_bias = torch.randn(channels, generator=generator), torch.randn(channels, generator=generator)
+    next_queries = torch.randn(prompts, 5, channels, generator=generator) / channels**0.5
+    expected = _image_to_tokens_reference(residual, source, pe, weight, bias, heads, values, norm_weight, norm_bias, prompts)
+    own = sides == prompts
+    out = residual.clone() if own else torch.empty(prompts, length, channels)
+    mixed = module.image_to_tokens(out if own else residual, source, pe, weight, bias, heads, values, norm_weight, norm_bias, 1e-6, out,
+                                   next_queries)
+    assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    assert_close(mixed, _tokens_to_image_reference(next_queries, expected, pe), rtol=1e-4, atol=1e-5)
+    assert module.image_to_tokens(residual if not own else out.copy_(residual), source, pe, weight, bias, heads, values, norm_weight,
+                                  norm_bias, 1e-6, out) is None  # no next attention asked for
+    assert_close(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_padded_tokens_get_no_weight(module):
+    """A token masked by -inf gets weight exactly zero: its values, even huge ones, change nothing."""
+    generator = torch.Generator().manual_seed(1)
+    residual, pe = torch.randn(1, 64, 256, generator=generator), torch.randn(64, 256, generator=generator)
+    weight, bias = torch.randn(1, 256, 56, generator=generator) / 16, torch.zeros(1, 56)
+    bias[0, 8:16] = float("-inf")
+    values = torch.randn(1, 56, 256, generator=generator)
+    outs = []
+    for scale in (1.0, 1e30):
+        values[0, 8:16] = scale
+        outs.append(torch.empty(1, 64, 256))
+        module.image_to_tokens(residual, None, pe, weight, bias, 8, values, torch.ones(256), torch.zeros(256), 1e-6, outs[-1], None)
+    assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("sides, prompts, rows", [(1, 1, 56), (1, 3, 8), (2, 2, 7)])
+def test_tokens_to_image_matches_its_formula(module, threads, sides, prompts, rows):
+    generator = torch.Generator().manual_seed(2)
+    keys, pe = torch.randn(sides, 1000, 64, generator=generator), torch.randn(1000, 64, generator=generator)
+    queries = torch.randn(prompts, rows, 64, generator=generator)  # large logits: the running max moves often
+    assert_close(module.tokens_to_image(queries, keys, pe), _tokens_to_image_reference(queries, keys, pe), rtol=1e-4, atol=1e-5)
+
+
+def test_head_attention_matches_its_formula(module, threads):
+    generator = torch.Generator().manual_seed(3)
+    queries = torch.randn(2, 8, 28, 16, generator=generator) / 2  # (S, h, M, d)
+    keys, values = torch.randn(2, 700, 128, generator=generator), torch.randn(2, 700, 128, generator=generator)
+    split = lambda t: t.view(2, 700, 8, 16).transpose(1, 2)  # noqa: E731 - (S, h, L, d)
+    expected = ((queries @ split(keys).transpose(-1, -2)).softmax(-1)) @ split(values)
+    assert_close(module.head_attention(queries, keys, values), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_inputs_are_refused(module):
+    residual = torch.randn(1, 64, 32)
+    with pytest.raises(RuntimeError, match="residual must be a contiguous fp32 CPU tensor"):
+        module.image_to_tokens(residual.transpose(1, 2), None, torch.randn(64, 32), torch.randn(1, 32, 8), torch.zeros(1, 8), 2,
+                               torch.randn(1, 8, 32), torch.ones(32), torch.zeros(32), 1e-6, torch.empty(1, 64, 32), None)
+    with pytest.raises(RuntimeError, match="queries must be a contiguous fp32"):
+        module.tokens_to_image(torch.randn(1, 4, 32, dtype=torch.float64), residual, torch.randn(64, 32))
+    with pytest.raises(RuntimeError, match="keys must be"):
+        module.tokens_to_image(torch.randn(1, 4, 16), residual, torch.randn(64, 32))
+
+
+@pytest.fixture(scope="module")
+def sam_decoder():
+    """SAM's own decoder sizes (8 heads, 256 channels, a 64 x 64 grid; any variant has them) with random weights."""
+    return randomize(SamHfModel(config_for_variant("vit_b")), seed=4).eval()
+
+
+def _decode(model, prompts, seed=0, **kwargs):
+    generator = torch.Generator().manual_seed(seed)
+    embeddings = torch.randn(1, 256, 64, 64, generator=generator)
+    points = torch.rand(1, prompts, 1, 2, generator=generator) * 1024
+    return model(image_embeddings=embeddings, input_points=points, multimask_output=True, **kwargs)
+
+
+def _calls(monkeypatch, module):
+    """Counts the kernel's calls by function while the decoder runs."""
+    counts = {}
+
+    class Spy:
+        def __getattr__(self, name):
+            def call(*args, **kwargs):
+                counts[name] = counts.get(name, 0) + 1
+                return getattr(module, name)(*args, **kwargs)
+
+            return call
+
+    monkeypatch.setattr(two_way_transformer, "kernel", lambda name: Spy())
+    return counts
+
+
+@pytest.mark.parametrize("prompts", [1, 6])
+@torch.no_grad()
+def test_sam_sized_decoder_equals_pytorch_path_and_transformers(module, sam_decoder, monkeypatch, prompts):
+    """The "fold" route (one prompt) and the "shared" then "per_prompt" routes (six prompts), with the mask IoU
+    threshold (the IoU token first, in the last pass) and without."""
+    with monkeypatch.context() as patch:
+        counts = _calls(patch, module)
+        ours = _decode(sam_decoder, prompts)
+        cut = _decode(sam_decoder, prompts, mask_iou_threshold=-1.0)
+    groups = -(-prompts // mask_decoder.prompt_group(64 * 64 * 256 * 4, torch.device("cpu")))
+    assert counts["image_to_tokens"] == 2 * 2 * groups  # one pass per block, two calls
+    # the first token -> image attention: of one prompt's image side ("fold"), or of the shared one, per head; the
+    # mask tokens' final attention after the threshold, of the image side each prompt has by then
+    assert counts["tokens_to_image"] == (3 if prompts == 1 else groups) and counts.get("head_attention", 0) == (0 if prompts == 1 else 2 * groups)
+    with monkeypatch.context() as patch:
+        patch.setattr(two_way_transformer, "kernel", lambda name: None)
+        plain = _decode(sam_decoder, prompts)
+    reference = _decode(transformers_from_ours(sam_decoder), prompts)
+    # random ViT-B weights give mask logits of a few hundred: fp32 rounding differs by ~1e-3 between any two of
+    # the three (PyTorch's path against transformers too)
+    scale = float(reference.pred_masks.abs().max())
+    for out in (ours, cut):
+        assert_close(out.pred_masks, plain.pred_masks, rtol=1e-4, atol=1e-5 * scale)
+        assert_close(out.pred_masks, reference.pred_masks, rtol=1e-4, atol=1e-5 * scale)
+        assert_close(out.iou_scores, plain.iou_scores, rtol=1e-4, atol=5e-4)
+        assert_close(out.iou_scores, reference.iou_scores, rtol=1e-4, atol=5e-4)
+
+
+def test_not_used_where_it_does_not_apply(module, tiny_model, monkeypatch):
+    """Attention weights asked for, autograd recording, bf16: PyTorch's path, never the kernel."""
+    counts = _calls(monkeypatch, module)
+    embeddings, points = torch.randn(1, 32, 8, 8), torch.rand(1, 3, 1, 2) * 128
+    with torch.no_grad():
+        tiny_model(image_embeddings=embeddings, input_points=points, output_attentions=True)
+        tiny_model.to(torch.bfloat16)(image_embeddings=embeddings.bfloat16(), input_points=points)
+        tiny_model.float()
+    tiny_model(image_embeddings=embeddings, input_points=points)  # grad enabled, the weights require it
+    assert counts == {}
+    with torch.no_grad():
+        tiny_model(image_embeddings=embeddings, input_points=points)
+    assert counts.get("image_to_tokens") == 2
