@@ -63,6 +63,11 @@ _ACCELERATOR_TEMPORARY_BUDGET = 2**30
 _UPSCALE_BAND_BUDGET = 2 * 2**20
 
 
+def _skipped_masks(like: torch.Tensor, shape: tuple[int, ...], out: torch.Tensor | None) -> torch.Tensor:
+    """Masks of `shape` all SKIPPED_MASK_LOGIT: `out` filled when given, else a new tensor like `like`."""
+    return like.new_full(shape, SKIPPED_MASK_LOGIT) if out is None else out.fill_(SKIPPED_MASK_LOGIT)
+
+
 def prompt_group(per_prompt_bytes: int, device: torch.device) -> int:
     """How many prompts share one group, given the bytes of one prompt's largest temporary on `device`."""
     budget = _TEMPORARY_BUDGET if device.type == "cpu" else _ACCELERATOR_TEMPORARY_BUDGET
@@ -88,8 +93,9 @@ class SamHfMaskDecoder(nn.Module):
             input_dim=hidden, hidden_dim=config.iou_head_hidden_dim, output_dim=self.num_mask_tokens, num_layers=config.iou_head_depth
         )
 
-    def upscale_masks(self, image: torch.Tensor, hyper_in: torch.Tensor, grid: int) -> torch.Tensor:
-        """image tokens (N, g*g, C) and hypernetwork weights (N, M, C/8) -> mask logits (N, M, 4g, 4g).
+    def upscale_masks(self, image: torch.Tensor, hyper_in: torch.Tensor, grid: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """image tokens (N, g*g, C) and hypernetwork weights (N, M, C/8) -> mask logits (N, M, 4g, 4g), written into
+        `out` (contiguous) when given.
 
         Runs over blocks whose largest temporary (the second upscaling's 16 * C/8 values per image token) stays
         under a budget: on CPU a band of grid rows of one prompt (cache-sized), on an accelerator groups of
@@ -99,7 +105,7 @@ class SamHfMaskDecoder(nn.Module):
         per_row = 16 * grid * (image.shape[-1] // 8) * image.element_size()  # bytes of one grid row's largest temporary
         rows = _UPSCALE_BAND_BUDGET // per_row if image.device.type == "cpu" else prompt_group(per_row * grid, image.device) * grid
         rows = max(1, rows)
-        out = image.new_empty(batch, masks, 4 * grid, 4 * grid)
+        out = image.new_empty(batch, masks, 4 * grid, 4 * grid) if out is None else out
         # the convolutions as linear layers, rearranged once per call rather than once per block
         weights = (_conv_transpose_weight(self.upscale_conv1), *(_conv_transpose_weight(self.upscale_conv2, rows=c) for c in range(2)))
         if rows >= grid:  # whole prompts per block
@@ -171,23 +177,29 @@ class SamHfMaskDecoder(nn.Module):
         # prompt-independent projections (of the positional encoding, and of an image side shared by all
         # prompts), computed once for all groups
         cache = {"prompts": prompts}
+        # one image's groups write their masks straight into the output (no concatenation of B x P x M x 4g x 4g logits)
+        masks = None
+        if batch == 1 and group < prompts:
+            masks = image.new_empty(batch, prompts, len(range(self.num_mask_tokens)[mask_slice]), 4 * grid, 4 * grid)
         results = [
             self._decode(tokens[:, i : i + group], None if token_mask is None else token_mask[:, i : i + group],
                          image if image.shape[1] == 1 else image[:, i : i + group], pe, mask_slice, output_attentions, cache,
-                         mask_iou_threshold)
+                         mask_iou_threshold, out=None if masks is None else masks[0, i : i + group])
             for i in range(0, prompts, group)
         ]
-        masks = torch.cat([r[0] for r in results], dim=1) if len(results) > 1 else results[0][0]
+        if masks is None:
+            masks = torch.cat([r[0] for r in results], dim=1) if len(results) > 1 else results[0][0]
         iou_pred = torch.cat([r[1] for r in results], dim=1) if len(results) > 1 else results[0][1]
         return masks, iou_pred, results[0][2]
 
-    def _decode(self, tokens, token_mask, image, pe, mask_slice, output_attentions, cache, mask_iou_threshold=None):
-        """One group of prompts: tokens (B, p, T', C), image (B, p or 1, g*g, C) -> masks, iou, weights."""
+    def _decode(self, tokens, token_mask, image, pe, mask_slice, output_attentions, cache, mask_iou_threshold=None, out=None):
+        """One group of prompts: tokens (B, p, T', C), image (B, p or 1, g*g, C) -> masks, iou, weights; the masks
+        written into `out` (B*p, M, 4g, 4g), contiguous, when given."""
         batch, prompts, _, channels = tokens.shape
         grid = int(image.shape[2] ** 0.5)
         chosen = range(self.num_mask_tokens)[mask_slice]
         if mask_iou_threshold is not None and not output_attentions:
-            return self._decode_above(tokens, token_mask, image, pe, mask_slice, cache, mask_iou_threshold)
+            return self._decode_above(tokens, token_mask, image, pe, mask_slice, cache, mask_iou_threshold, out)
         # only the IoU token and the chosen mask tokens are read after the transformer (all of them when the
         # attention weights are returned, which keep their full shape)
         read = list(range(tokens.shape[2])) if output_attentions else [0] + [1 + i for i in chosen]
@@ -198,15 +210,15 @@ class SamHfMaskDecoder(nn.Module):
         hyper_in = torch.stack([self.output_hypernetworks_mlps[i](tokens[:, :, position[1 + i]]) for i in chosen], dim=2)  # (B, p, M, C/8)
         image, hyper_in = image.reshape(batch * prompts, grid * grid, channels), hyper_in.flatten(0, 1)
         if mask_iou_threshold is None:
-            masks = self.upscale_masks(image, hyper_in, grid)
+            masks = self.upscale_masks(image, hyper_in, grid, out=out)
         else:  # with the attention weights asked for: every token went through the final attention
             needed = (iou_pred > mask_iou_threshold).any(-1).flatten()  # (B * p,)
-            masks = image.new_full((batch * prompts, len(chosen), 4 * grid, 4 * grid), SKIPPED_MASK_LOGIT)
+            masks = _skipped_masks(image, (batch * prompts, len(chosen), 4 * grid, 4 * grid), out)
             if bool(needed.any()):
                 masks[needed] = self.upscale_masks(image[needed], hyper_in[needed], grid)
         return masks.view(batch, prompts, len(chosen), 4 * grid, 4 * grid), iou_pred, weights
 
-    def _decode_above(self, tokens, token_mask, image, pe, mask_slice, cache, mask_iou_threshold):
+    def _decode_above(self, tokens, token_mask, image, pe, mask_slice, cache, mask_iou_threshold, out=None):
         """`_decode` for prompts of which only those with some IoU prediction above `mask_iou_threshold` need masks:
         the final attention runs for the IoU token of every prompt, then for the chosen mask tokens of those prompts
         only, which alone get hypernetworks and upscaling; the others' masks are SKIPPED_MASK_LOGIT. Exact: the
@@ -219,7 +231,7 @@ class SamHfMaskDecoder(nn.Module):
         queries, image, _, fold, (iou_token, _) = transformer.blocks(tokens, image, pe, token_mask, False, cache, final_rows=slice(0, 1))
         iou_pred = self.iou_prediction_head(iou_token[:, :, 0])[..., mask_slice]  # (B, p, M)
         needed = (iou_pred > mask_iou_threshold).any(-1).flatten()  # (B * p,)
-        masks = image.new_full((batch * prompts, len(chosen), 4 * grid, 4 * grid), SKIPPED_MASK_LOGIT)
+        masks = _skipped_masks(image, (batch * prompts, len(chosen), 4 * grid, 4 * grid), out)
         if bool(needed.any()):
             rows = [1 + i for i in chosen]
             image = image.reshape(1, batch * prompts, grid * grid, channels)[:, needed]  # (1, n, HW, C)
