@@ -55,7 +55,8 @@ def _routes(monkeypatch, model, prompts, group=None):
 
     monkeypatch.setattr(SamHfAttention, "route", staticmethod(spy))
     if group is not None:  # groups of `group` prompts
-        monkeypatch.setattr(mask_decoder, "_TEMPORARY_BUDGET", group * 8 * 8 * 32 * 4)
+        for budget_name in ("_TEMPORARY_BUDGET", "_KERNEL_TEMPORARY_BUDGET"):
+            monkeypatch.setattr(mask_decoder, budget_name, group * 8 * 8 * 32 * 4)
     with torch.no_grad():
         _decode(model, torch.randn(1, 32, 8, 8), prompts)
     return taken

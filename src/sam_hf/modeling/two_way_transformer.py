@@ -434,7 +434,7 @@ class SamHfTwoWayTransformer(nn.Module):
         fold = (tokens.shape[1] if cache is None else cache.get("prompts", tokens.shape[1])) <= FOLD_UP_TO_PROMPTS
         if cache is not None:
             cache["image"] = image  # the decoder passes the same shared image side for every group of prompts
-        module = decoder_kernel(cache, output_attentions, image, tokens, image_pe, *self.parameters())
+        module = self.kernel_for(image, tokens, image_pe, output_attentions) if cache is not None else None
         if module is not None:
             return self._kernel_blocks(module, tokens, image, image_pe, token_mask, cache, fold, final_rows)
         queries, keys = tokens, image
@@ -446,6 +446,11 @@ class SamHfTwoWayTransformer(nn.Module):
         if final_rows is not None:
             final = self.final(queries[:, :, final_rows], tokens[:, :, final_rows], keys, image_pe, output_attentions, cache, fold)
         return queries, keys, weights, fold, final
+
+    def kernel_for(self, image, tokens, image_pe, output_attentions=False):
+        """The compiled kernel module that `blocks` takes inside a decoder call for these inputs, else None (see
+        `decoder_kernel`)."""
+        return decoder_kernel({}, output_attentions, image, tokens, image_pe, *self.parameters())
 
     def _kernel_blocks(self, module, tokens, image, image_pe, token_mask, cache, fold, final_rows):
         """`blocks` by the compiled kernel `module` (see `decoder_kernel`). A block's image -> token attention and the
