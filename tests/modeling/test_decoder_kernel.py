@@ -105,6 +105,17 @@ def test_tokens_to_image_matches_its_formula(module, threads, sides, prompts, ro
     assert_close(module.tokens_to_image(queries, keys, pe), _tokens_to_image_reference(queries, keys, pe), rtol=1e-4, atol=1e-5)
 
 
+def test_tokens_to_image_reads_the_sides_it_is_given(module, threads):
+    """side_index: each prompt's image side picked in place (the prompts above the IoU threshold, no copy)."""
+    generator = torch.Generator().manual_seed(5)
+    keys, pe = torch.randn(5, 300, 32, generator=generator), torch.randn(300, 32, generator=generator)
+    queries, index = torch.randn(3, 6, 32, generator=generator), torch.tensor([4, 0, 4])
+    expected = _tokens_to_image_reference(queries, keys[index], pe)
+    assert_close(module.tokens_to_image(queries, keys, pe, index), expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(RuntimeError, match="side_index values must be in"):
+        module.tokens_to_image(queries, keys, pe, torch.tensor([0, 5, 1]))
+
+
 def test_head_attention_matches_its_formula(module, threads):
     generator = torch.Generator().manual_seed(3)
     queries = torch.randn(2, 8, 28, 16, generator=generator) / 2  # (S, h, M, d)

@@ -367,8 +367,10 @@ std::optional<at::Tensor> image_to_tokens(const at::Tensor& residual, const std:
 }
 
 // queries (P, M, C), keys (S, L, C), pe (L, C) -> (P, M, C): row i of prompt p is
-// sum_x softmax_x(q_i . (x + pe_x)) x over the image tokens x of its side (p / (P / S)).
-at::Tensor tokens_to_image(const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& pe) {
+// sum_x softmax_x(q_i . (x + pe_x)) x over the image tokens x of its side: side_index[p] when given ((P,) int64),
+// else p / (P / S).
+at::Tensor tokens_to_image(const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& pe,
+                           const std::optional<at::Tensor>& side_index) {
   check_float(queries, "queries", 3);
   check_float(keys, "keys", 3);
   check_float(pe, "pe", 2);
@@ -376,8 +378,20 @@ at::Tensor tokens_to_image(const at::Tensor& queries, const at::Tensor& keys, co
   const int64_t sides = keys.size(0), length = keys.size(1);
   TORCH_CHECK(keys.size(2) == channels && pe.size(0) == length && pe.size(1) == channels,
               "decoder_attention: keys must be (S, L, C) and pe (L, C) with the queries' C");
-  TORCH_CHECK(prompts % sides == 0, "decoder_attention: prompts must be a multiple of the image sides");
-  const int64_t per_side = prompts / sides, blocks = (length + kRows - 1) / kRows;
+  std::vector<int64_t> side_of(prompts);
+  if (side_index) {
+    TORCH_CHECK(side_index->scalar_type() == at::kLong && side_index->dim() == 1 && side_index->size(0) == prompts,
+                "decoder_attention: side_index must be (P,) int64");
+    const at::Tensor index = side_index->contiguous();
+    for (int64_t p = 0; p < prompts; ++p) {
+      side_of[p] = index.data_ptr<int64_t>()[p];
+      TORCH_CHECK(side_of[p] >= 0 && side_of[p] < sides, "decoder_attention: side_index values must be in [0, S)");
+    }
+  } else {
+    TORCH_CHECK(prompts % sides == 0, "decoder_attention: prompts must be a multiple of the image sides");
+    for (int64_t p = 0; p < prompts; ++p) side_of[p] = p / (prompts / sides);
+  }
+  const int64_t blocks = (length + kRows - 1) / kRows;
   const int64_t splits = splits_for(prompts, blocks), per_split = (blocks + splits - 1) / splits;
   std::vector<Partial> partials;
   partials.reserve(prompts * splits);
@@ -389,7 +403,7 @@ at::Tensor tokens_to_image(const at::Tensor& queries, const at::Tensor& keys, co
     for (int64_t item = begin; item < end; ++item) {
       const int64_t p = item / splits, split = item % splits;
       attender.set_queries(queries.data_ptr<float>() + p * m * channels, channels);
-      const float* side = k + (p / per_side) * length * channels;
+      const float* side = k + side_of[p] * length * channels;
       for (int64_t block = split * per_split; block < std::min(blocks, (split + 1) * per_split); ++block) {
         const int64_t row0 = block * kRows, rows = std::min(kRows, length - row0);
         const float* x = side + row0 * channels;
@@ -463,5 +477,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("head_attention", &head_attention, "query rows attend per head to projected image tokens they share (flash-style)",
              pybind11::arg("queries"), pybind11::arg("keys"), pybind11::arg("values"));
   module.def("tokens_to_image", &tokens_to_image, "a prompt's folded query rows attend to its image tokens (flash-style)",
-             pybind11::arg("queries"), pybind11::arg("keys"), pybind11::arg("pe"));
+             pybind11::arg("queries"), pybind11::arg("keys"), pybind11::arg("pe"), pybind11::arg("side_index") = pybind11::none());
 }

@@ -102,9 +102,11 @@ class SamHfMaskDecoder(nn.Module):
             input_dim=hidden, hidden_dim=config.iou_head_hidden_dim, output_dim=self.num_mask_tokens, num_layers=config.iou_head_depth
         )
 
-    def upscale_masks(self, image: torch.Tensor, hyper_in: torch.Tensor, grid: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    def upscale_masks(self, image: torch.Tensor, hyper_in: torch.Tensor, grid: int, out: torch.Tensor | None = None,
+                      index: torch.Tensor | None = None) -> torch.Tensor:
         """image tokens (N, g*g, C) and hypernetwork weights (N, M, C/8) -> mask logits (N, M, 4g, 4g), written into
-        `out` (contiguous) when given.
+        `out` (contiguous) when given. With `index` ((n,) int64): hyper_in (n, M, C/8), whose row k meets image
+        tokens index[k] (read in place on CPU) -> (n, M, 4g, 4g).
 
         Runs over blocks whose largest temporary (the second upscaling's 16 * C/8 values per image token) stays
         under a budget: on CPU a band of grid rows of one prompt (cache-sized), on an accelerator groups of
@@ -120,11 +122,13 @@ class SamHfMaskDecoder(nn.Module):
         if rows >= grid:  # whole prompts per block
             group = rows // grid
             for n in range(0, batch, group):
-                out[n : n + group] = self._upscale(image[n : n + group], hyper_in[n : n + group], grid, weights)
+                tokens = image[n : n + group] if index is None else image[index[n : n + group]]
+                out[n : n + group] = self._upscale(tokens, hyper_in[n : n + group], grid, weights)
         else:  # bands of one prompt
             for n in range(batch):
+                k = n if index is None else int(index[n])
                 for i in range(0, grid, rows):
-                    band = image[n : n + 1, i * grid : (i + rows) * grid]  # (1, R*g, C)
+                    band = image[k : k + 1, i * grid : (i + rows) * grid]  # (1, R*g, C)
                     out[n : n + 1, :, 4 * i : 4 * (i + rows)] = self._upscale(band, hyper_in[n : n + 1], grid, weights)
         return out
 
@@ -243,11 +247,17 @@ class SamHfMaskDecoder(nn.Module):
         needed = (iou_pred > mask_iou_threshold).any(-1).flatten()  # (B * p,)
         masks = _skipped_masks(image, (batch * prompts, len(chosen), 4 * grid, 4 * grid), out)
         if bool(needed.any()):
+            # the needed prompts' image tokens are read where they are (a copy costs about a millisecond per ViT prompt)
             rows = [1 + i for i in chosen]
-            image = image.reshape(1, batch * prompts, grid * grid, channels)[:, needed]  # (1, n, HW, C)
-            queries = queries.reshape(1, batch * prompts, *queries.shape[2:])[:, needed][:, :, rows]  # (1, n, M, C)
-            prompt_tokens = tokens.reshape(1, batch * prompts, *tokens.shape[2:])[:, needed][:, :, rows]
-            mask_tokens, _ = transformer.final(queries, prompt_tokens, image, pe, False, cache, fold)
+            image = image.reshape(1, batch * prompts, grid * grid, channels)  # (1, B*p, HW, C)
+            index = None if bool(needed.all()) else needed.nonzero().squeeze(1)  # (n,)
+            pick = (lambda t: t) if index is None else (lambda t: t.index_select(0, index))  # noqa: E731
+            queries = pick(queries.reshape(batch * prompts, *queries.shape[2:]))[None, :, rows]  # (1, n, M, C)
+            prompt_tokens = pick(tokens.reshape(batch * prompts, *tokens.shape[2:]))[None, :, rows]
+            mask_tokens, _ = transformer.final(queries, prompt_tokens, image, pe, False, cache, fold, keys_index=index)
             hyper_in = torch.stack([self.output_hypernetworks_mlps[i](mask_tokens[0, :, k]) for k, i in enumerate(chosen)], dim=1)  # (n, M, C/8)
-            masks[needed] = self.upscale_masks(image[0], hyper_in, grid)
+            if index is None:
+                masks = self.upscale_masks(image[0], hyper_in, grid, out=masks)
+            else:
+                masks[index] = self.upscale_masks(image[0], hyper_in, grid, index=index)
         return masks.view(batch, prompts, len(chosen), 4 * grid, 4 * grid), iou_pred, None

@@ -184,8 +184,11 @@ class SamHfAttention(nn.Module):
         logits = add_matmul_nt_(logits, folded, with_pe.reshape(sides, tokens, channels))
         return logits.view(batch * prompts, self.num_heads * length, tokens)
 
-    def tokens_to_image(self, tokens, token_pe, image, image_pe, output_attentions=False, cache=None, fold=False, image_with_pe=None):
-        """Each prompt's tokens (B, P, T, C) attend to the image tokens (B, P', HW, C) -> (B, P, T, C).
+    def tokens_to_image(self, tokens, token_pe, image, image_pe, output_attentions=False, cache=None, fold=False, image_with_pe=None,
+                        image_index=None):
+        """Each prompt's tokens (B, P, T, C) attend to the image tokens (B, P', HW, C) -> (B, P, T, C). With
+        `image_index` ((P,) int64, B = 1): prompt p attends to image side image_index[p] of P' (read in place by the
+        compiled kernel, else gathered first).
 
         A shared image side (P' = 1) is projected once per decoder call and attended head by head, all
         prompts of a group together. A per-prompt image side (P' = P) is never projected: for head h,
@@ -195,6 +198,12 @@ class SamHfAttention(nn.Module):
         """
         batch, prompts, length, _ = tokens.shape
         q = self.project(self.q_proj, tokens + token_pe) * self.scale  # (B, P, T, C')
+        if image_index is not None:
+            module = decoder_kernel(cache, output_attentions, image, q, image_pe, self.k_proj.weight, self.v_proj.weight, self.v_proj.bias)
+            if module is not None:
+                mixed = module.tokens_to_image(self._folded_queries(q), image[0].contiguous(), image_pe.contiguous(), image_index)
+                return self.attended_tokens(mixed, tokens.shape), None
+            image = image[:, image_index]  # (1, P, HW, C)
         route = self.route(image, prompts, cache, fold)
         if route == "shared":  # shared image side: its projections are computed once per decoder call
             k = self.shared(cache, "k", self.k_proj, image, image_pe)[:, 0]  # (B, HW, C')
@@ -481,9 +490,11 @@ class SamHfTwoWayTransformer(nn.Module):
                 final = (self.layer_norm_final_attn(rows + attention.attended_tokens(mixed, rows.shape)), None)
         return queries, keys, (), fold, final
 
-    def final(self, queries, tokens, keys, image_pe, output_attentions=False, cache=None, fold=False):
+    def final(self, queries, tokens, keys, image_pe, output_attentions=False, cache=None, fold=False, keys_index=None):
         """The final token -> image attention and its LayerNorm: queries (B, P, T', C) after `blocks`, tokens (B, P,
         T', C) the same rows of the prompt tokens (their positional encoding), keys (B, P, HW, C) -> (B, P, T', C)
-        and the attention weights when asked for. Any subset of rows or prompts gives those rows of the whole."""
-        out, w_final = self.final_attn_token_to_image.tokens_to_image(queries, tokens, keys, image_pe, output_attentions, cache, fold)
+        and the attention weights when asked for. Any subset of rows or prompts gives those rows of the whole: with
+        `keys_index` ((P,) int64, B = 1) prompt p's image tokens are keys[:, keys_index[p]]."""
+        out, w_final = self.final_attn_token_to_image.tokens_to_image(
+            queries, tokens, keys, image_pe, output_attentions, cache, fold, image_index=keys_index)
         return self.layer_norm_final_attn(queries + out), w_final
