@@ -24,8 +24,17 @@ from _common import DTYPES, IMPLS, interleaved, load_model, print_table, speedup
 GFLOP_PER_PROMPT = 3.5  # two-way transformer + upscaling on 64 x 64 image tokens, 2 x multiply-adds
 
 
+# sam_hf with its compiled kernels off (`sam_hf.kernels.disabled()`): what they gain, in the same run
+WITHOUT_KERNELS = "sam_hf_pytorch"
+
+
 def decode(impl: str, model, embeddings: torch.Tensor, points: torch.Tensor, labels: torch.Tensor):
     """-> low-resolution mask logits (P, 3, 4g, 4g) and IoU predictions (P, 3) for P one-point prompts."""
+    if impl == WITHOUT_KERNELS:
+        from sam_hf import kernels
+
+        with kernels.disabled():
+            return decode("sam_hf", model, embeddings, points, labels)
     if impl == "meta":  # Meta's prompt encoder mixes fp32 coordinates with the weights' dtype: autocast
         with torch.autocast("cpu", dtype=embeddings.dtype, enabled=embeddings.dtype != torch.float32):
             sparse, dense = model.prompt_encoder(points=(points[0], labels[0]), boxes=None, masks=None)
@@ -42,7 +51,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", default="vit_b", help="only sets the weights; the decoder is the same for all")
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
-    parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
+    parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=[*IMPLS, WITHOUT_KERNELS],
+                        help=f"{WITHOUT_KERNELS}: sam_hf with its compiled kernels off")
     parser.add_argument("--batch", type=int, default=64, help="prompts per call")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
@@ -66,7 +76,7 @@ def main() -> None:
         inputs = embeddings.to(DTYPES[dtype])
         for impl in args.impls:
             try:
-                models[impl] = load_model(impl, args.variant, paths[dtype])
+                models[impl] = load_model("sam_hf" if impl == WITHOUT_KERNELS else impl, args.variant, paths[dtype])
                 with torch.inference_mode():
                     masks[impl, dtype] = decode(impl, models[impl], inputs, points, labels)[0].float()
                 fns[impl] = lambda impl=impl, model=models[impl]: decode(impl, model, inputs, points, labels)

@@ -161,7 +161,7 @@ def _calls(monkeypatch, module):
 
             return call
 
-    monkeypatch.setattr(two_way_transformer, "kernel", lambda name: Spy())
+    monkeypatch.setattr(two_way_transformer, "kernel", lambda name: None if loader.kernel(name) is None else Spy())
     return counts
 
 
@@ -194,7 +194,7 @@ def test_sam_sized_decoder_equals_pytorch_path_and_transformers(module, sam_deco
 
 
 def test_not_used_where_it_does_not_apply(module, tiny_model, monkeypatch):
-    """Attention weights asked for, autograd recording, bf16: PyTorch's path, never the kernel."""
+    """Attention weights asked for, autograd recording, bf16, inside `sam_hf.kernels.disabled()`: PyTorch's path."""
     counts = _calls(monkeypatch, module)
     embeddings, points = torch.randn(1, 32, 8, 8), torch.rand(1, 3, 1, 2) * 128
     with torch.no_grad():
@@ -202,6 +202,8 @@ def test_not_used_where_it_does_not_apply(module, tiny_model, monkeypatch):
         tiny_model.to(torch.bfloat16)(image_embeddings=embeddings.bfloat16(), input_points=points)
         tiny_model.float()
     tiny_model(image_embeddings=embeddings, input_points=points)  # grad enabled, the weights require it
+    with torch.no_grad(), kernels.disabled():
+        tiny_model(image_embeddings=embeddings, input_points=points)
     assert counts == {}
     with torch.no_grad():
         tiny_model(image_embeddings=embeddings, input_points=points)

@@ -11,6 +11,7 @@ logged once and kept in `unavailable_reason(...)`. `python -m sam_hf.kernels` bu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -40,6 +41,7 @@ REQUIREMENTS = {
 }
 
 _LOCK = threading.Lock()
+_THIS_THREAD = threading.local()  # `disabled()` state
 _LOADED: dict[str, ModuleType | None] = {}
 _REASONS: dict[str, str] = {}
 
@@ -111,10 +113,24 @@ def _build(name: str) -> ModuleType:
     return load(name, [str(staged)], build_directory=str(build_dir), extra_cflags=list(REQUIREMENTS[name]["cflags"]), verbose=False)
 
 
+@contextlib.contextmanager
+def disabled():
+    """Within this context (in this thread) `kernel()` returns None, so sam_hf takes its PyTorch paths: to compare
+    the two, or to rule a kernel out while debugging. `SAM_HF_KERNELS=0` does the same for a whole process."""
+    previous = getattr(_THIS_THREAD, "disabled", False)
+    _THIS_THREAD.disabled = True
+    try:
+        yield
+    finally:
+        _THIS_THREAD.disabled = previous
+
+
 def kernel(name: str) -> ModuleType | None:
-    """The compiled module `name` (built on first call), or None when it cannot be used here."""
+    """The compiled module `name` (built on first call), or None when it cannot be used here (or inside `disabled()`)."""
     if name not in REQUIREMENTS:
         raise ValueError(f"name must be one of {sorted(REQUIREMENTS)}, got {name!r}")
+    if getattr(_THIS_THREAD, "disabled", False):
+        return None
     if name in _LOADED:
         return _LOADED[name]
     with _LOCK:
