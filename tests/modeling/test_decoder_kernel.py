@@ -56,6 +56,8 @@ def _tokens_to_image_reference(queries, keys, pe):
         (3, 3, 256, 8, 6, False),  # each prompt's own image side, x + pe folded; an even token count
         (1, 2, 32, 2, 5, False),  # the tiny test model: any head count and width
         (2, 4, 48, 4, 3, True),  # two images, two prompts each
+        (1, 2, 64, 4, 7, False),  # the shipped model's decoder: 4 heads, 64 channels
+        (1, 2, 40, 5, 4, False),  # a head count that does not divide 16: the general softmax
     ],
 )
 def test_image_to_tokens_matches_its_formula(module, threads, sides, prompts, channels, heads, tokens, shared_source):

@@ -52,7 +52,7 @@ inline void add_rows(const float* x, const float* y, float* dst, int64_t n) {
 inline float reduce(__m512 v) { return _mm512_reduce_add_ps(v); }
 
 // One row of logits laid out (t, head): softmax over t for every head, in place, after adding `bias`
-// (-inf masks a token: its weight is exactly zero). Any number of heads; `softmax_over_tokens_8` is the fast form.
+// (-inf masks a token: its weight is exactly zero). Any number of heads; `softmax_over_tokens_fast` is the fast form.
 void softmax_over_tokens(float* row, const float* bias, int64_t tokens, int64_t heads) {
   for (int64_t h0 = 0; h0 < heads; h0 += 16) {
     const __mmask16 lanes = lanes_below(heads - h0);
@@ -80,32 +80,38 @@ void softmax_over_tokens(float* row, const float* bias, int64_t tokens, int64_t 
   }
 }
 
-// The same for 8 heads (SAM's decoder) and at most 2 * kMaxPairs tokens, the row held in registers: each 16-lane
-// vector holds two tokens' 8 heads, and the halves are folded together for the max and the sum.
-constexpr int64_t kMaxPairs = 16;
-void softmax_over_tokens_8(float* row, const __m512* bias, int64_t tokens) {
-  const int64_t pairs = (tokens + 1) / 2;
+// Swaps lanes i and i ^ d of a 16-lane vector (d = 1, 2, 4 or 8).
+inline __m512 swap_lanes(__m512 v, int64_t d) {
+  switch (d) {
+    case 8: return _mm512_shuffle_f32x4(v, v, 0x4E);
+    case 4: return _mm512_shuffle_f32x4(v, v, 0xB1);
+    case 2: return _mm512_permute_ps(v, 0x4E);
+    default: return _mm512_permute_ps(v, 0xB1);
+  }
+}
+
+// The same for a head count that divides 16 (SAM's decoder: 8) and at most 16 * kMaxVectors logits, the row held
+// in registers: each 16-lane vector holds 16 / heads tokens' heads, folded together for the max and the sum.
+constexpr int64_t kMaxVectors = 16;
+void softmax_over_tokens_fast(float* row, const __m512* bias, int64_t n, int64_t heads) {
+  const int64_t vectors = (n + 15) / 16;
   const __m512 minus_inf = _mm512_set1_ps(-kInf);
-  __m512 v[kMaxPairs];
+  __m512 v[kMaxVectors];
   __m512 top = minus_inf;
-  for (int64_t i = 0; i < pairs; ++i) {
-    const __mmask16 lanes = 2 * i + 1 < tokens ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>(0x00FF);
-    v[i] = _mm512_add_ps(_mm512_mask_loadu_ps(minus_inf, lanes, row + 16 * i), bias[i]);  // a missing token is -inf
+  for (int64_t i = 0; i < vectors; ++i) {
+    v[i] = _mm512_add_ps(_mm512_mask_loadu_ps(minus_inf, lanes_below(n - 16 * i), row + 16 * i), bias[i]);  // a missing token is -inf
     top = _mm512_max_ps(top, v[i]);
   }
-  top = _mm512_max_ps(top, _mm512_shuffle_f32x4(top, top, 0x4E));  // both halves: the max over all tokens
+  for (int64_t d = heads; d < 16; d *= 2) top = _mm512_max_ps(top, swap_lanes(top, d));  // every lane: its head's max
   __m512 total = _mm512_setzero_ps();
-  for (int64_t i = 0; i < pairs; ++i) {
+  for (int64_t i = 0; i < vectors; ++i) {
     const __mmask16 live = _mm512_cmp_ps_mask(v[i], minus_inf, _CMP_NEQ_OQ);
     v[i] = _mm512_maskz_mov_ps(live, exp16(_mm512_sub_ps(v[i], top)));
     total = _mm512_add_ps(total, v[i]);
   }
-  total = _mm512_add_ps(total, _mm512_shuffle_f32x4(total, total, 0x4E));
+  for (int64_t d = heads; d < 16; d *= 2) total = _mm512_add_ps(total, swap_lanes(total, d));
   const __m512 inverse = _mm512_div_ps(_mm512_set1_ps(1.0f), total);
-  for (int64_t i = 0; i < pairs; ++i) {
-    const __mmask16 lanes = 2 * i + 1 < tokens ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>(0x00FF);
-    _mm512_mask_storeu_ps(row + 16 * i, lanes, _mm512_mul_ps(v[i], inverse));
-  }
+  for (int64_t i = 0; i < vectors; ++i) _mm512_mask_storeu_ps(row + 16 * i, lanes_below(n - 16 * i), _mm512_mul_ps(v[i], inverse));
 }
 
 // out = LayerNorm(z + residual) * weight + bias over one row of n channels; z is overwritten.
@@ -153,19 +159,29 @@ void residual_layer_norm_fixed(const float* z, const float* residual, const __m5
   for (int i = 0; i < kVecs; ++i) _mm512_storeu_ps(out + 16 * i, _mm512_fmadd_ps(_mm512_mul_ps(v[i], scale), weight[i], bias[i]));
 }
 
-// LayerNorm(z + residual) of `rows` rows of n channels into out; register-resident for n = 256 (SAM's decoder).
+template <int kVecs>
+void residual_layer_norm_rows_fixed(float* z, const float* residual, const float* weight, const float* bias, float eps, float* out,
+                                    int64_t rows) {
+  __m512 w[kVecs], b[kVecs];
+  for (int i = 0; i < kVecs; ++i) {
+    w[i] = _mm512_loadu_ps(weight + 16 * i);
+    b[i] = _mm512_loadu_ps(bias + 16 * i);
+  }
+  for (int64_t r = 0; r < rows; ++r) residual_layer_norm_fixed<kVecs>(z + r * 16 * kVecs, residual + r * 16 * kVecs, w, b, eps, out + r * 16 * kVecs);
+}
+
+// LayerNorm(z + residual) of `rows` rows of n channels into out; register-resident for n = 32, 64, 128, 256 (SAM's
+// decoder: 256).
 void residual_layer_norm_rows(float* z, const float* residual, const float* weight, const float* bias, float eps, float* out,
                               int64_t rows, int64_t n) {
-  if (n == 256) {
-    __m512 w[16], b[16];
-    for (int i = 0; i < 16; ++i) {
-      w[i] = _mm512_loadu_ps(weight + 16 * i);
-      b[i] = _mm512_loadu_ps(bias + 16 * i);
-    }
-    for (int64_t r = 0; r < rows; ++r) residual_layer_norm_fixed<16>(z + r * n, residual + r * n, w, b, eps, out + r * n);
-    return;
+  switch (n) {
+    case 256: return residual_layer_norm_rows_fixed<16>(z, residual, weight, bias, eps, out, rows);
+    case 128: return residual_layer_norm_rows_fixed<8>(z, residual, weight, bias, eps, out, rows);
+    case 64: return residual_layer_norm_rows_fixed<4>(z, residual, weight, bias, eps, out, rows);
+    case 32: return residual_layer_norm_rows_fixed<2>(z, residual, weight, bias, eps, out, rows);
+    default:
+      for (int64_t r = 0; r < rows; ++r) residual_layer_norm(z + r * n, residual + r * n, weight, bias, eps, out + r * n, n);
   }
-  for (int64_t r = 0; r < rows; ++r) residual_layer_norm(z + r * n, residual + r * n, weight, bias, eps, out + r * n, n);
 }
 
 void check_float(const at::Tensor& t, const char* name, int64_t dim) {
@@ -334,10 +350,10 @@ std::optional<at::Tensor> image_to_tokens(const at::Tensor& residual, const std:
     for (int64_t item = begin; item < end; ++item) {
       const int64_t p = item / splits, split = item % splits, side = p / per_side;
       const float* b = logit_bias.data_ptr<float>() + p * n;
-      __m512 bias[kMaxPairs];
-      const bool eight = heads == 8 && tokens <= 2 * kMaxPairs;
-      if (eight)
-        for (int64_t i = 0; i < (tokens + 1) / 2; ++i) bias[i] = _mm512_maskz_loadu_ps(lanes_below(n - 16 * i), b + 16 * i);
+      __m512 bias[kMaxVectors];
+      const bool fast = 16 % heads == 0 && n <= 16 * kMaxVectors;
+      if (fast)
+        for (int64_t i = 0; i < (n + 15) / 16; ++i) bias[i] = _mm512_maskz_loadu_ps(lanes_below(n - 16 * i), b + 16 * i);
       if (attender) attender->set_queries(next_queries->data_ptr<float>() + p * m * channels, channels);
       for (int64_t block = split * per_split; block < std::min(blocks, (split + 1) * per_split); ++block) {
         const int64_t row0 = block * kRows, rows = std::min(kRows, length - row0);
@@ -350,8 +366,8 @@ std::optional<at::Tensor> image_to_tokens(const at::Tensor& residual, const std:
           a = a_rows.data();
         }
         gemm(rows, n, depth, a, depth, logit_weight.data_ptr<float>() + p * depth * n, n, logits.data(), n, false);
-        if (eight) {
-          for (int64_t r = 0; r < rows; ++r) softmax_over_tokens_8(logits.data() + r * n, bias, tokens);
+        if (fast) {
+          for (int64_t r = 0; r < rows; ++r) softmax_over_tokens_fast(logits.data() + r * n, bias, n, heads);
         } else {
           for (int64_t r = 0; r < rows; ++r) softmax_over_tokens(logits.data() + r * n, b, tokens, heads);
         }
