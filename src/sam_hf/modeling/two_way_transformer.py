@@ -294,7 +294,6 @@ class SamHfAttention(nn.Module):
         heads_view = weights.view(batch, prompts, self.num_heads, length, -1).transpose(-1, -2) if output_attentions else None
         return out, heads_view
 
-
     def _folded_queries(self, q: torch.Tensor) -> torch.Tensor:
         """Scaled queries q (B, P, T, C') -> the rows q_h W_k,h (B*P, h*T, C), contiguous, that the compiled kernel
         meets with x + pe: softmax_x((q_h W_k,h) . (x + pe)) weighs the image tokens x exactly as the projected keys
