@@ -4,7 +4,7 @@ import torch
 from references import meta_from_ours, randomize, transformers_from_ours
 from sam_hf import SamHfModel, config_for_variant
 from sam_hf.kernels import kernel, unavailable_reason
-from sam_hf.modeling import two_way_transformer
+from sam_hf.modeling import decoder_attention
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def decoder_path(request, monkeypatch):
     """Runs a test twice: with the decoder's compiled attention kernel (`sam_hf.kernels`, fp32 on AVX-512 CPUs) and
     with PyTorch's path alone."""
     if request.param == "pytorch":
-        monkeypatch.setattr(two_way_transformer, "kernel", lambda name: None)
+        monkeypatch.setattr(decoder_attention, "kernel", lambda name: None)
     elif kernel("decoder_attention") is None:
         pytest.skip(f"the decoder_attention kernel cannot be used here: {unavailable_reason('decoder_attention')}")
     return request.param

@@ -10,7 +10,7 @@ from torch.testing import assert_close
 from references import randomize, transformers_from_ours
 from sam_hf import SamHfModel, config_for_variant, kernels
 from sam_hf.kernels import loader
-from sam_hf.modeling import mask_decoder, two_way_transformer
+from sam_hf.modeling import decoder_attention, mask_decoder
 
 NAME = "decoder_attention"
 
@@ -163,7 +163,7 @@ def _calls(monkeypatch, module):
 
             return call
 
-    monkeypatch.setattr(two_way_transformer, "kernel", lambda name: None if loader.kernel(name) is None else Spy())
+    monkeypatch.setattr(decoder_attention, "kernel", lambda name: None if loader.kernel(name) is None else Spy())
     return counts
 
 
@@ -182,7 +182,7 @@ def test_sam_sized_decoder_equals_pytorch_path_and_transformers(module, sam_deco
     # mask tokens' final attention after the threshold, of the image side each prompt has by then
     assert counts["tokens_to_image"] == (3 if prompts == 1 else groups) and counts.get("head_attention", 0) == (0 if prompts == 1 else 2 * groups)
     with monkeypatch.context() as patch:
-        patch.setattr(two_way_transformer, "kernel", lambda name: None)
+        patch.setattr(decoder_attention, "kernel", lambda name: None)
         plain = _decode(sam_decoder, prompts)
     reference = _decode(transformers_from_ours(sam_decoder), prompts)
     # random ViT-B weights give mask logits of a few hundred: fp32 rounding differs by ~1e-3 between any two of

@@ -8,7 +8,7 @@ from torch.testing import assert_close
 import sam_hf.modeling.mask_decoder as mask_decoder
 from references import randomize, transformers_from_ours
 from sam_hf import SamHfModel, config_for_variant
-from sam_hf.modeling.two_way_transformer import FOLD_UP_TO_PROMPTS, SamHfAttention
+from sam_hf.modeling.decoder_attention import FOLD_UP_TO_PROMPTS, SamHfAttention
 
 pytestmark = pytest.mark.usefixtures("decoder_path")  # with and without the compiled decoder kernel
 
