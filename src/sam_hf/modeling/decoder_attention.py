@@ -191,17 +191,18 @@ class SamHfAttention(nn.Module):
         """
         batch, prompts, length, _ = tokens.shape
         q = self.project(self.q_proj, tokens + token_pe) * self.scale  # (B, P, T, C')
-        if image_index is not None:
-            module = decoder_kernel(cache, output_attentions, image, q, image_pe, self.k_proj.weight, self.v_proj.weight, self.v_proj.bias)
-            if module is not None:
-                mixed = module.tokens_to_image(self._folded_queries(q), image[0].contiguous(), image_pe.contiguous(), image_index)
-                return self.attended_tokens(mixed, tokens.shape), None
+        module = decoder_kernel(cache, output_attentions, image, q, image_pe, self.k_proj.weight, self.v_proj.weight, self.v_proj.bias)
+        if image_index is not None and module is None:
             image = image[:, image_index]  # (1, P, HW, C)
         route = self.route(image, prompts, cache, fold)
+        if module is not None and (image_index is not None or route != "shared"):
+            # the compiled kernel: one streaming pass per prompt over its image side (image_index[p] when given)
+            flat_image = image.reshape(-1, *image.shape[2:]).contiguous()  # (B*P', HW, C)
+            mixed = module.tokens_to_image(self._folded_queries(q), flat_image, image_pe.contiguous(), image_index)  # (B*P, h*T, C)
+            return self.attended_tokens(mixed, tokens.shape), None
         if route == "shared":  # shared image side: its projections are computed once per decoder call
             k = self.shared(cache, "k", self.k_proj, image, image_pe)[:, 0]  # (B, HW, C')
             v = self.shared(cache, "v", self.v_proj, image)[:, 0]
-            module = decoder_kernel(cache, output_attentions, image, q, k, v)
             if module is not None:  # flash-style, per head: no (P*T, HW) logits or weights in memory
                 out, weights = module.head_attention(self._head_rows(q).contiguous(), k.contiguous(), v.contiguous()), None  # (B, h, P*T, d)
             else:
@@ -209,10 +210,6 @@ class SamHfAttention(nn.Module):
                 out = weights @ self._image_heads(v)  # (B, h, P*T, d)
             out = out.view(batch, self.num_heads, prompts, length, -1).permute(0, 2, 3, 1, 4).reshape(batch, prompts, length, self.internal_dim)
             heads_view = weights.view(batch, self.num_heads, prompts, length, -1).transpose(1, 2) if output_attentions else None
-        elif (module := decoder_kernel(cache, output_attentions, image, q, image_pe, self.k_proj.weight, self.v_proj.weight, self.v_proj.bias)) is not None:
-            flat_image = image.reshape(-1, *image.shape[2:]).contiguous()  # (B*P', HW, C)
-            mixed = module.tokens_to_image(self._folded_queries(q), flat_image, image_pe.contiguous())  # (B*P, h*T, C)
-            return self.attended_tokens(mixed, tokens.shape), None
         else:
             sides = batch * image.shape[1]
             flat_image = image.reshape(sides, *image.shape[2:])  # (B*P', HW, C)
