@@ -5,13 +5,15 @@ Meta's segment_anything, same weights, same image embeddings and points, fp32 an
 
 One process, implementations timed round-robin (read the ratios). Each call decodes `--batch` one-point
 prompts on one image's embeddings with three masks per prompt (low-resolution logits, no upsampling to
-the image), which is the inner loop of segment-everything. See benchmarks/README.md.
+the image), which is the inner loop of segment-everything. `--mode both|rss` also runs each
+(implementation, dtype) in a fresh process for its peak resident set. See benchmarks/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import sys
 import tempfile
@@ -19,13 +21,24 @@ import tempfile
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import DTYPES, IMPLS, interleaved, load_model, print_table, speedup, summary, write_weights  # noqa: E402
-
-GFLOP_PER_PROMPT = 3.5  # two-way transformer + upscaling on 64 x 64 image tokens, 2 x multiply-adds
+from _common import (  # noqa: E402
+    DTYPES, IMPLS, interleaved, load_model, matmul_peak, peak_rss_mb, print_table, run_worker, speedup, summary, timed,
+    write_weights,
+)
+from _flops import decoder_gflop  # noqa: E402
 
 
 # sam_hf with its compiled kernels off (`sam_hf.kernels.disabled()`): what they gain, in the same run
 WITHOUT_KERNELS = "sam_hf_pytorch"
+
+
+def prompt_inputs(config, batch: int):
+    """Seeded image embeddings (1, C, g, g), `batch` one-point prompts (1, batch, 1, 2) and their labels."""
+    generator = torch.Generator().manual_seed(3)
+    grid, channels = config.prompt_encoder_config.image_embedding_size, config.prompt_encoder_config.hidden_size
+    embeddings = torch.randn(1, channels, grid, grid, generator=generator)
+    points = torch.rand(1, batch, 1, 2, generator=generator) * config.vision_config.image_size  # (B, P, N, 2)
+    return embeddings, points, torch.ones(1, batch, 1, dtype=torch.long)
 
 
 def decode(impl: str, model, embeddings: torch.Tensor, points: torch.Tensor, labels: torch.Tensor):
@@ -57,21 +70,25 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--mode", default="both", choices=["both", "timing", "rss"], help="rss: per-process runs only")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--impl", help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", help=argparse.SUPPRESS)
+    parser.add_argument("--weights", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    from sam_hf import config_for_variant
+
+    config = config_for_variant(args.variant)
+    embeddings, points, labels = prompt_inputs(config, args.batch)
+    if args.worker:
+        return worker(args, embeddings, points, labels)
     torch.set_num_threads(args.threads)
 
     folder = tempfile.mkdtemp(prefix="sam_hf_bench_")
     paths = write_weights(args.variant, args.dtypes, folder)
-    from sam_hf import config_for_variant
-
-    config = config_for_variant(args.variant)
-    generator = torch.Generator().manual_seed(3)
-    grid, channels = config.prompt_encoder_config.image_embedding_size, config.prompt_encoder_config.hidden_size
-    embeddings = torch.randn(1, channels, grid, grid, generator=generator)
-    points = torch.rand(1, args.batch, 1, 2, generator=generator) * config.vision_config.image_size  # (B, P, N, 2)
-    labels = torch.ones(1, args.batch, 1, dtype=torch.long)
-    timings, masks = {}, {}
-    for dtype in args.dtypes:
+    peaks = {dtype: matmul_peak(DTYPES[dtype]) for dtype in args.dtypes}
+    timings, masks, rss = {}, {}, {}
+    for dtype in args.dtypes if args.mode in ("both", "timing") else ():
         models, fns = {}, {}
         inputs = embeddings.to(DTYPES[dtype])
         for impl in args.impls:
@@ -87,26 +104,54 @@ def main() -> None:
                 timings[impl, dtype] = summary(times)
         del models, fns
         gc.collect()
+    for dtype in args.dtypes if args.mode in ("both", "rss") else ():
+        for impl in args.impls:
+            rss[impl, dtype] = run_worker(os.path.abspath(__file__), [
+                "--impl", impl, "--dtype", dtype, "--variant", args.variant, "--weights", paths[dtype], "--batch", str(args.batch),
+                "--runs", "1", "--warmup", str(args.warmup)], args.threads)
+            if args.mode == "rss" and "seconds" in rss[impl, dtype]:
+                timings[impl, dtype] = summary(rss[impl, dtype]["seconds"])
     for path in paths.values():
         os.remove(path)
     os.rmdir(folder)
+    report(args, config, timings, masks, rss, peaks)
 
+
+def worker(args, embeddings: torch.Tensor, points: torch.Tensor, labels: torch.Tensor) -> None:
+    """One (implementation, dtype) in a fresh process: load, warm up, run; print its times and peak RSS as JSON."""
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    model = load_model("sam_hf" if args.impl == WITHOUT_KERNELS else args.impl, args.variant, args.weights)
+    inputs = embeddings.to(DTYPES[args.dtype])
+    with torch.inference_mode():
+        times = timed(lambda: decode(args.impl, model, inputs, points, labels), warmup=args.warmup, runs=args.runs)
+    print(json.dumps({"rss_mb": peak_rss_mb(), "seconds": times}))
+
+
+def report(args, config, timings, masks, rss, peaks) -> None:
+    gflop = decoder_gflop(config)
     print(f"\nPrompt encoder + mask decoder, {args.batch} one-point prompts per call, 3 masks each, {args.threads} threads, "
-          f"torch {torch.__version__}, median of {args.runs} calls after {args.warmup} warm-up\n")
+          f"torch {torch.__version__}, median of {args.runs} calls after {args.warmup} warm-up; {gflop:.2f} GFLOP per prompt "
+          "as the original computes it; measured matmul peak: " + ", ".join(f"{d} {p:,.0f} GFLOP/s" for d, p in peaks.items()) + "\n")
     reference = masks.get(("sam_hf", "fp32"))
     rows = []
     for dtype in args.dtypes:
         for impl in args.impls:
             entry = timings.get((impl, dtype))
+            memory = rss.get((impl, dtype), {})
+            memory_text = f"{memory['rss_mb']:,.0f}" if "rss_mb" in memory else memory.get("error", "-")
             if not isinstance(entry, dict):
-                rows.append([dtype, impl, entry or "-", "", "", "", "", ""])
+                rows.append([dtype, impl, entry or "-", "", "", "", "", "", memory_text, ""])
                 continue
             per_prompt = entry["median"] / args.batch
-            diff = f"{(masks[impl, dtype] - reference).abs().max():.1e}" if reference is not None else "-"
+            diff = f"{(masks[impl, dtype] - reference).abs().max():.1e}" if reference is not None and (impl, dtype) in masks else "-"
             rows.append([dtype, impl, f"{1e3 * per_prompt:.2f}", f"{1e3 * entry['min'] / args.batch:.2f}", speedup(timings, "transformers", dtype, entry),
-                         speedup(timings, "meta", dtype, entry), f"{GFLOP_PER_PROMPT / per_prompt:.0f}", diff])
+                         speedup(timings, "meta", dtype, entry), f"{gflop / per_prompt:.0f}", f"{100 * gflop / per_prompt / peaks[dtype]:.0f}%",
+                         memory_text, diff])
     print_table(["dtype", "implementation", "ms/prompt (median)", "ms/prompt (min)", "x vs transformers", "x vs Meta", "GFLOP/s",
-                 "mask logits max abs diff vs sam_hf fp32"], rows)
+                 "% matmul peak", "peak RSS MB", "mask logits max abs diff vs sam_hf fp32"], rows)
+    if any(isinstance(timings.get(("sam_hf", dtype)), dict) for dtype in args.dtypes):
+        print("\nGFLOP/s and % matmul peak count the original's work (benchmarks/_flops.py); sam_hf shares and "
+              "folds about half of it away, so its rows can read above 100%.")
 
 
 if __name__ == "__main__":

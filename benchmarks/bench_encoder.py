@@ -26,7 +26,9 @@ from _common import (  # noqa: E402
     write_weights,
 )
 
-ENCODER_GFLOP = {"vit_b": 972, "vit_l": 2986, "vit_h": 5961}  # 2 x multiply-adds, 1024 x 1024 input
+from _flops import encoder_gflop  # noqa: E402
+
+VARIANTS = ("vit_b", "vit_l", "vit_h")
 
 
 def encode(impl: str, model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
@@ -62,7 +64,7 @@ def worker(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", default="vit_b", choices=sorted(ENCODER_GFLOP))
+    parser.add_argument("--variant", default="vit_b", choices=VARIANTS)
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
     parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
     parser.add_argument("--runs", type=int, default=3)
@@ -118,6 +120,9 @@ def main() -> None:
 
 
 def report(args, timings, rss, peaks, outputs, masks) -> None:
+    from sam_hf import config_for_variant
+
+    gflop = encoder_gflop(config_for_variant(args.variant))
     print(f"\nImage encoder {args.variant}, 1 image, {args.threads} threads, torch {torch.__version__}, "
           f"median of {args.runs} runs after {args.warmup} warm-up; measured matmul peak: "
           + ", ".join(f"{d} {p:,.0f} GFLOP/s" for d, p in peaks.items()) + "\n")
@@ -131,7 +136,7 @@ def report(args, timings, rss, peaks, outputs, masks) -> None:
             if not isinstance(entry, dict):
                 rows.append([dtype, impl, entry or "-", "", "", "", "", memory_text])
                 continue
-            fraction = ENCODER_GFLOP[args.variant] / entry["median"] / peaks[dtype]
+            fraction = gflop / entry["median"] / peaks[dtype]
             rows.append([dtype, impl, f"{entry['median']:.3f}", f"{entry['min']:.3f}", speedup(timings, "transformers", dtype, entry), speedup(timings, "meta", dtype, entry),
                          f"{100 * fraction:.0f}%", memory_text])
     print_table(headers, rows)

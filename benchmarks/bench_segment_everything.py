@@ -16,7 +16,8 @@ the row's masks ("found": IoU >= 0.95), and the other way round (the row's masks
 reference's), so that both missing and extra masks show. bf16 is the model in bf16 (Meta's under
 autocast, as in bench_decoder.py); `bf16+fp32` is sam_hf's `SamHfModel.mixed_precision()` on the fp32
 weights (bf16 vision encoder, fp32 prompt encoder and mask decoder; sam_hf only). An implementation that
-cannot run a mode is reported as `failed: ...` with the place it failed. See benchmarks/README.md.
+cannot run a mode is reported as `failed: ...` with the place it failed. `--mode both|rss` also runs each
+(implementation, dtype) once in a fresh process for its peak resident set. See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import contextlib
 import gc
 import importlib
 import importlib.util
+import json
 import os
 import sys
 import tempfile
@@ -37,8 +39,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    DTYPES, IMPLS, interleaved, load_model, print_table, summary, write_model_weights, write_weights,
+    DTYPES, IMPLS, interleaved, load_model, matmul_peak, peak_rss_mb, print_table, run_worker, summary, timed,
+    write_model_weights, write_weights,
 )
+from _flops import decoder_gflop, encoder_gflop  # noqa: E402
 
 MATCH_IOU = 0.95
 
@@ -193,6 +197,25 @@ def best_ious(a: torch.Tensor, b: torch.Tensor, budget: int = 1 << 24) -> tuple[
     return iou.max(1).values, iou.max(0).values
 
 
+def build(impl: str, dtype: str, args, config, paths: dict, processor, settings, image: np.ndarray):
+    """`make_runner` for one (implementation, dtype) on the saved weights."""
+    if dtype == MIXED and impl != "sam_hf":
+        raise ValueError(f"{MIXED!r} is a sam_hf mode, got impl {impl!r}")
+    model = load_model(impl, args.variant, paths["fp32" if dtype == MIXED else dtype], config=config)
+    if dtype == MIXED:
+        model.mixed_precision(torch.bfloat16)
+    return make_runner(impl, model, dtype, image, args, processor, settings)
+
+
+def worker(args, config, processor, settings, image: np.ndarray) -> None:
+    """One (implementation, dtype) in a fresh process: load, warm up, run; print its times and peak RSS as JSON."""
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    run = build(args.impl, args.dtype, args, config, {args.dtype if args.dtype != MIXED else "fp32": args.weights},
+                processor, settings, image)
+    times = timed(run, warmup=args.warmup, runs=args.runs)
+    print(json.dumps({"rss_mb": peak_rss_mb(), "seconds": times}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", default="vit_b", help="random seeded weights of this preset (ignored with --model)")
@@ -208,38 +231,48 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--mode", default="both", choices=["both", "timing", "rss"],
+                        help="rss: per-process runs only (one run each, after --warmup)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--impl", help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", help=argparse.SUPPRESS)
+    parser.add_argument("--weights", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
 
     width, height = args.image_size
     image = synthetic_image(width, height)
     weight_dtypes = sorted({"fp32" if dtype == MIXED else dtype for dtype in args.dtypes})
-    folder = tempfile.mkdtemp(prefix="sam_hf_bench_")
     processor = None
     if args.model:
-        from sam_hf import SamHfProcessor
+        from sam_hf import SamHfConfig, SamHfProcessor
 
-        config, paths = write_model_weights(args.model, weight_dtypes, folder)
+        config = SamHfConfig.from_pretrained(args.model)
         with contextlib.suppress(Exception):  # a folder without a processor: the generator builds the default
             processor = SamHfProcessor.from_pretrained(args.model)
     else:
         from sam_hf import config_for_variant
 
-        config, paths = config_for_variant(args.variant), write_weights(args.variant, weight_dtypes, folder)
+        config = config_for_variant(args.variant)
     settings = image_settings(config, processor)
+    if args.worker:
+        return worker(args, config, processor, settings, image)
+    torch.set_num_threads(args.threads)
+    folder = tempfile.mkdtemp(prefix="sam_hf_bench_")
+    if args.model:
+        config, paths = write_model_weights(args.model, weight_dtypes, folder)
+    else:
+        paths = write_weights(args.variant, weight_dtypes, folder)
+    peaks = {dtype: matmul_peak(DTYPES[weight_dtype(dtype)]) for dtype in args.dtypes}
 
-    timings, masks = {}, {}
-    for dtype in args.dtypes:
+    timings, masks, rss = {}, {}, {}
+    for dtype in args.dtypes if args.mode in ("both", "timing") else ():
         fns, outputs, failures = {}, {}, {}
         for impl in args.impls:
             if dtype == MIXED and impl != "sam_hf":
                 timings[impl, dtype] = "- (a sam_hf mode)"
                 continue
             try:
-                model = load_model(impl, args.variant, paths["fp32" if dtype == MIXED else dtype], config=config)
-                if dtype == MIXED:
-                    model.mixed_precision(torch.bfloat16)
-                run = make_runner(impl, model, dtype, image, args, processor, settings)
+                run = build(impl, dtype, args, config, paths, processor, settings, image)
             except Exception as error:  # e.g. Meta's package missing or a config it cannot build
                 timings[impl, dtype] = failure(error)
                 continue
@@ -259,13 +292,32 @@ def main() -> None:
                 masks[impl, dtype] = as_matrix(outputs[impl], (height, width))
         del fns, outputs
         gc.collect()
+    for dtype in args.dtypes if args.mode in ("both", "rss") else ():
+        for impl in args.impls if dtype != MIXED else ["sam_hf"]:
+            rss[impl, dtype] = run_worker(os.path.abspath(__file__), [*worker_args(args), "--impl", impl, "--dtype", dtype,
+                                                                      "--weights", paths[weight_dtype(dtype)]], args.threads)
+            if args.mode == "rss" and "seconds" in rss[impl, dtype]:
+                timings[impl, dtype] = summary(rss[impl, dtype]["seconds"])
     for path in paths.values():
         os.remove(path)
     os.rmdir(folder)
-    report(args, timings, masks)
+    report(args, timings, masks, rss, peaks, config)
 
 
-def report(args, timings, masks) -> None:
+def weight_dtype(dtype: str) -> str:
+    """The dtype of the weights a mode loads (the mixed mode starts from fp32)."""
+    return "fp32" if dtype == MIXED else dtype
+
+
+def worker_args(args) -> list[str]:
+    """This run's settings, for a worker process."""
+    settings = ["--variant", args.variant, "--image-size", *map(str, args.image_size), "--points-per-side", str(args.points_per_side),
+                "--points-per-batch", str(args.points_per_batch), "--pred-iou-thresh", str(args.pred_iou_thresh),
+                "--stability-score-thresh", str(args.stability_score_thresh), "--runs", "1", "--warmup", str(args.warmup)]
+    return settings + (["--model", args.model] if args.model else [])
+
+
+def report(args, timings, masks, rss, peaks, config) -> None:
     import transformers
 
     source = f"model {args.model}" if args.model else f"{args.variant} (random seeded weights)"
@@ -275,20 +327,30 @@ def report(args, timings, masks) -> None:
     print(f"\nSegment everything, {source}, {width} x {height} synthetic image, {args.points_per_side} x {args.points_per_side} "
           f"points in batches of {args.points_per_batch}, pred_iou_thresh {args.pred_iou_thresh}, stability_score_thresh "
           f"{args.stability_score_thresh}, {args.threads} threads, torch {torch.__version__}, transformers "
-          f"{transformers.__version__}, median of {args.runs} runs after {args.warmup} warm-up{nms_note}\n")
+          f"{transformers.__version__}, median of {args.runs} runs after {args.warmup} warm-up{nms_note}")
+    gflop = encoder_gflop(config) + args.points_per_side**2 * decoder_gflop(config)
+    print(f"Model work as the original computes it: {gflop:,.0f} GFLOP (encoder, and every point through the decoder); "
+          "measured matmul peak: " + ", ".join(f"{d} {p:,.0f} GFLOP/s" for d, p in peaks.items()) + "\n")
     reference = masks.get(("sam_hf", "fp32"))
-    headers = ["dtype", "implementation", "median s", "min s", "x vs transformers", "x vs Meta", "masks",
+    headers = ["dtype", "implementation", "median s", "min s", "x vs transformers", "x vs Meta", "% matmul peak", "peak RSS MB", "masks",
                f"ref masks found (IoU>={MATCH_IOU})", "mean best IoU", f"own masks in ref (IoU>={MATCH_IOU})", "mean best IoU"]
     rows, empty = [], False
     for dtype in args.dtypes:
         for impl in args.impls:
             entry = timings.get((impl, dtype))
+            memory = rss.get((impl, dtype), {})
+            memory_text = f"{memory['rss_mb']:,.0f}" if "rss_mb" in memory else memory.get("error", "-")
             if not isinstance(entry, dict):
-                rows.append([dtype, impl, entry or "-"] + [""] * (len(headers) - 3))
+                rows.append([dtype, impl, entry or "-", "", "", "", "", memory_text] + [""] * (len(headers) - 8))
                 continue
             ratio = lambda other: (  # noqa: E731
                 f"{timings[other, dtype]['median'] / entry['median']:.2f}" if isinstance(timings.get((other, dtype)), dict) else "-"
             )
+            share = f"{100 * gflop / entry['median'] / peaks[dtype]:.0f}%"
+            if (impl, dtype) not in masks:  # --mode rss: times from the workers, no masks to compare
+                rows.append([dtype, impl, f"{entry['median']:.3f}", f"{entry['min']:.3f}", ratio("transformers"), ratio("meta"),
+                             share, memory_text] + ["-"] * (len(headers) - 8))
+                continue
             own = masks[impl, dtype]
             empty |= own.shape[0] == 0
             agreement = ["-"] * 4
@@ -298,7 +360,7 @@ def report(args, timings, masks) -> None:
                              f"{int((own_best >= MATCH_IOU).sum())}/{len(own_best)}", f"{own_best.mean():.3f}"]
             count = str(own.shape[0]) if own.shape[0] else "0 (none kept)"
             rows.append([dtype, impl, f"{entry['median']:.3f}", f"{entry['min']:.3f}", ratio("transformers"), ratio("meta"),
-                         count, *agreement])
+                         share, memory_text, count, *agreement])
     print_table(headers, rows)
     if empty:
         print("\nSome implementation kept no mask: random weights predict low IoUs and unstable masks; "

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import DTYPES, IMPLS, load_model, matmul_peak, print_table, speedup, timed, write_weights  # noqa: E402
-from bench_encoder import ENCODER_GFLOP, encode  # noqa: E402
+from _flops import encoder_gflop  # noqa: E402
+from bench_encoder import VARIANTS, encode  # noqa: E402
 
 
 def decode(impl: str, model, embeddings: torch.Tensor, points: torch.Tensor, labels: torch.Tensor):
@@ -60,7 +61,7 @@ def segment(impl: str, model, pixels: torch.Tensor, points: torch.Tensor, labels
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--variant", default="vit_h", choices=sorted(ENCODER_GFLOP))
+    parser.add_argument("--variant", default="vit_h", choices=VARIANTS)
     parser.add_argument("--dtypes", nargs="+", default=["bf16", "fp32"], choices=sorted(DTYPES))
     parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
     parser.add_argument("--batch", type=int, default=8, help="images per encoder call")
@@ -122,7 +123,7 @@ def main() -> None:
             if not isinstance(entry, dict):
                 rows.append([dtype, impl, entry or "-", "", "", "", "", ""])
                 continue
-            share = ENCODER_GFLOP[args.variant] * args.batch / entry["encoder"] / peaks[dtype]
+            share = encoder_gflop(config_for_variant(args.variant)) * args.batch / entry["encoder"] / peaks[dtype]
             memory = f"{entry['memory']:.1f}" if entry["memory"] is not None else "-"
             rows.append([dtype, impl, f"{args.batch / entry['full']:.1f}", f"{args.batch / entry['encoder']:.1f}",
                          speedup(results, "transformers", dtype, entry, "full"), speedup(results, "meta", dtype, entry, "full"), memory, f"{100 * share:.0f}%"])
