@@ -4,7 +4,7 @@ import torch
 from references import meta_from_ours, randomize, transformers_from_ours
 from sam_hf import SamHfModel, config_for_variant
 from sam_hf.kernels import kernel, unavailable_reason
-from sam_hf.modeling import decoder_attention
+from sam_hf.modeling import decoder_attention, mask_decoder
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +25,11 @@ def transformers_tiny(tiny_model):
 
 @pytest.fixture(params=["kernel", "pytorch"])
 def decoder_path(request, monkeypatch):
-    """Runs a test twice: with the decoder's compiled attention kernel (`sam_hf.kernels`, fp32 on AVX-512 CPUs) and
-    with PyTorch's path alone."""
+    """Runs a test twice: with the decoder's compiled kernels (`sam_hf.kernels`: attention and mask upscaling, fp32 on
+    AVX-512 CPUs) and with PyTorch's path alone."""
     if request.param == "pytorch":
         monkeypatch.setattr(decoder_attention, "kernel", lambda name: None)
+        monkeypatch.setattr(mask_decoder, "kernel", lambda name: None)
     elif kernel("decoder_attention") is None:
         pytest.skip(f"the decoder_attention kernel cannot be used here: {unavailable_reason('decoder_attention')}")
     return request.param

@@ -38,6 +38,11 @@ REQUIREMENTS = {
         "cflags": ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-fopenmp"),
         "runtime_check": "brgemm_usable",
     },
+    "mask_upscaling": {
+        "cpu_flags": ("avx512f", "avx512bw", "avx512vl", "avx512dq"),
+        "cflags": ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-fopenmp"),
+        "runtime_check": "brgemm_usable",
+    },
 }
 
 _LOCK = threading.Lock()

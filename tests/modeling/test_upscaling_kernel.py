@@ -1,0 +1,142 @@
+"""sam_hf's compiled fp32 mask-upscaling kernel (`sam_hf.kernels`, "mask_upscaling"): against the upscaling written
+as SAM writes it (transposed convolutions, LayerNorm2d, GELU, the hypernetwork product), against the decoder's
+PyTorch path, and where it is not used."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.testing import assert_close
+
+from references import randomize
+from sam_hf import SamHfModel, config_for_variant, kernels
+from sam_hf.configuration import SamHfMaskDecoderConfig
+from sam_hf.kernels import loader
+from sam_hf.modeling import mask_decoder
+from sam_hf.modeling.mask_decoder import SamHfMaskDecoder
+
+NAME = "mask_upscaling"
+
+
+@pytest.fixture(scope="module")
+def module():
+    reason = loader._why_not(NAME)
+    if reason is not None:
+        pytest.skip(f"the kernel cannot be used here: {reason}")
+    built = kernels.kernel(NAME)
+    assert built is not None, f"the kernel should build on this machine: {kernels.unavailable_reason(NAME)}"
+    return built
+
+
+@pytest.fixture(params=[1, 2])
+def threads(request):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def _decoder(channels: int) -> SamHfMaskDecoder:
+    torch.manual_seed(channels)
+    decoder = SamHfMaskDecoder(SamHfMaskDecoderConfig(hidden_size=channels, mlp_dim=2 * channels, num_attention_heads=4)).eval()
+    with torch.no_grad():
+        for parameter in decoder.parameters():
+            parameter.normal_(std=0.5)  # LayerNorm weights and biases too: nothing left at its default
+    return decoder
+
+
+def _reference(decoder: SamHfMaskDecoder, image: torch.Tensor, hyper: torch.Tensor, grid: int) -> torch.Tensor:
+    """SAM's upscaling on image tokens (n, g*g, C) and hypernetwork weights (n, M, C/8) -> masks (n, M, 4g, 4g)."""
+    maps = image.transpose(1, 2).reshape(image.shape[0], -1, grid, grid)
+    norm = decoder.upscale_layer_norm
+    up = F.conv_transpose2d(maps, decoder.upscale_conv1.weight, decoder.upscale_conv1.bias, stride=2)
+    up = F.gelu(F.layer_norm(up.permute(0, 2, 3, 1), norm.normalized_shape, norm.weight, norm.bias, norm.eps).permute(0, 3, 1, 2))
+    up = F.gelu(F.conv_transpose2d(up, decoder.upscale_conv2.weight, decoder.upscale_conv2.bias, stride=2))
+    return torch.einsum("nmc,nchw->nmhw", hyper, up)
+
+
+@pytest.mark.parametrize(
+    "channels, grid, masks",
+    [
+        (256, 16, 3),  # SAM's decoder width, three masks
+        (64, 22, 4),  # the shipped model's width; a grid that is not a multiple of 16 (edge columns and tiles)
+        (32, 5, 1),  # the tiny test model's width: 8 channels after the first convolution, fewer than a vector
+        (48, 17, 2),  # a width that is not a multiple of 16: transposed tiles and edges together
+    ],
+)
+def test_matches_sams_upscaling(module, threads, channels, grid, masks):
+    decoder = _decoder(channels)
+    image = torch.randn(3, grid * grid, channels)
+    hyper = torch.randn(3, masks, channels // 8)
+    out = torch.full((3, masks, 4 * grid, 4 * grid), float("nan"))
+    with torch.no_grad():
+        module.upscale_masks(image, None, hyper, *decoder._kernel_weights(), out)
+        expected = _reference(decoder, image, hyper, grid)
+    assert_close(out, expected, rtol=1e-4, atol=2e-4 * expected.abs().max().item())
+
+
+def test_index_reads_image_tokens_in_place(module, threads):
+    """Row k of hyper meets image tokens index[k]: any order, repeats allowed."""
+    decoder, grid = _decoder(64), 8
+    image = torch.randn(4, grid * grid, 64)
+    hyper = torch.randn(3, 3, 8)
+    index = torch.tensor([2, 0, 2])
+    out = torch.empty(3, 3, 4 * grid, 4 * grid)
+    with torch.no_grad():
+        module.upscale_masks(image, index, hyper, *decoder._kernel_weights(), out)
+        expected = _reference(decoder, image[index], hyper, grid)
+    assert_close(out, expected, rtol=1e-4, atol=2e-4 * expected.abs().max().item())
+
+
+def test_decoder_upscale_masks_uses_it_and_equals_pytorch(module):
+    """`SamHfMaskDecoder.upscale_masks` takes the kernel and gives the PyTorch path's masks, with `out` and `index`."""
+    decoder, grid = _decoder(256), 16
+    image = torch.randn(5, grid * grid, 256)
+    hyper = torch.randn(4, 3, 32)
+    index = torch.tensor([4, 1, 0, 3])
+    with torch.no_grad():
+        with kernels.disabled():
+            expected = decoder.upscale_masks(image, hyper, grid, index=index)
+        out = torch.empty(4, 3, 4 * grid, 4 * grid)
+        written = decoder.upscale_masks(image, hyper, grid, index=index, out=out)
+    assert written is out
+    assert_close(out, expected, rtol=1e-4, atol=2e-4 * expected.abs().max().item())
+
+
+def test_not_used_where_it_does_not_apply(module, monkeypatch):
+    """bf16, autograd recording, non-contiguous inputs: the PyTorch path, same results as the reference."""
+    calls = []
+    monkeypatch.setattr(mask_decoder, "kernel", lambda name: calls.append(name) or module)
+    decoder, grid = _decoder(64), 6
+    image, hyper = torch.randn(2, grid * grid, 64), torch.randn(2, 3, 8)
+    with torch.no_grad():
+        decoder.upscale_masks(image, hyper, grid)
+    assert calls == [NAME]
+    calls.clear()
+    with torch.no_grad():
+        decoder.to(torch.bfloat16).upscale_masks(image.bfloat16(), hyper.bfloat16(), grid)
+        decoder.float()
+        strided = torch.randn(2, grid * grid, 128)[..., ::2]
+        assert_close(decoder.upscale_masks(strided, hyper, grid), _reference(decoder, strided, hyper, grid), rtol=1e-4, atol=1e-3)
+    grads = decoder.upscale_masks(image, hyper.requires_grad_(), grid)
+    assert grads.requires_grad and calls == []
+
+
+def test_sam_sized_decoder_end_to_end(module):
+    """The whole model on the kernel: same masks as with every kernel off (ViT-B's decoder sizes, small image)."""
+    model = randomize(SamHfModel(config_for_variant("tiny", image_size=256)), seed=3).eval()
+    embeddings = torch.randn(1, model.config.prompt_encoder_config.hidden_size, 16, 16)
+    points = torch.rand(1, 6, 1, 2) * 256
+    with torch.no_grad():
+        got = model(image_embeddings=embeddings, input_points=points, multimask_output=True).pred_masks
+        with kernels.disabled():
+            expected = model(image_embeddings=embeddings, input_points=points, multimask_output=True).pred_masks
+    assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+def test_bad_shapes_are_refused(module):
+    decoder = _decoder(64)
+    with pytest.raises(RuntimeError, match="out must be"):
+        module.upscale_masks(torch.randn(1, 16, 64), None, torch.randn(1, 3, 8), *decoder._kernel_weights(), torch.empty(1, 3, 8, 8))
+    with pytest.raises(RuntimeError, match="index out of range"):
+        module.upscale_masks(torch.randn(1, 16, 64), torch.tensor([1]), torch.randn(1, 3, 8), *decoder._kernel_weights(),
+                             torch.empty(1, 3, 16, 16))
