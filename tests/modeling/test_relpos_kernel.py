@@ -1,5 +1,6 @@
-"""sam_hf's compiled bf16 attention kernel (sam_hf.kernels): Meta's formula within bf16 rounding, the same
-encoder output as the PyTorch path it replaces, and a clean fallback when it cannot be used."""
+"""sam_hf's compiled attention kernel with relative positions (sam_hf.kernels) in bf16: Meta's formula within bf16
+rounding, the same encoder output as the PyTorch path it replaces, and a clean fallback when it cannot be used.
+Its fp32 form: test_relpos_kernel_fp32.py."""
 
 import os
 import shutil
@@ -103,14 +104,16 @@ def test_kernel_reads_and_writes_strided_views(relpos_attention):
 def test_kernel_refuses_wrong_inputs(relpos_attention):
     q = torch.randn(1, 1, 16, 8).bfloat16()
     rel = torch.zeros(1, 4, 4, 4)
-    with pytest.raises(RuntimeError, match="must be bfloat16"):
+    with pytest.raises(RuntimeError, match="must be all bfloat16 or all float32"):
         relpos_attention(q.float(), q, q, rel, rel, 1.0)
     with pytest.raises(RuntimeError, match="L must equal H \\* W"):
         relpos_attention(q, q, q, torch.zeros(1, 4, 3, 4), torch.zeros(1, 4, 3, 3), 1.0)
     with pytest.raises(RuntimeError, match="head width must be even"):
         relpos_attention(q[..., :7], q[..., :7], q[..., :7], rel, rel, 1.0)
-    with pytest.raises(RuntimeError, match="out must be bfloat16 of the query's shape"):
+    with pytest.raises(RuntimeError, match="out must have the query's dtype and shape"):
         relpos_attention(q, q, q, rel, rel, 1.0, torch.empty(1, 1, 16, 4, dtype=torch.bfloat16))
+    with pytest.raises(RuntimeError, match="out must have the query's dtype and shape"):
+        relpos_attention(q, q, q, rel, rel, 1.0, torch.empty(1, 1, 16, 8))
 
 
 def _encoder_embeddings(model: SamHfModel, pixels: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,10 @@
-// Attention with SAM's decomposed relative positions for bf16 on x86 CPUs with AVX512-BF16 (AMX or not):
+// Attention with SAM's decomposed relative positions in bf16 or fp32 on x86 CPUs with AVX512-BF16 (AMX or not):
 //   out = softmax(scale * q k^T + rel_h[q, key_row] + rel_w[q, key_col]) v
 // computed flash-style (online softmax over key blocks, nothing of size L x L in memory) with the two
 // relative-position terms added to each block of logits while it is in cache. The matmuls are ATen's
-// brgemm (oneDNN, bf16 x bf16 -> fp32: AMX tiles where the CPU has them, else AVX512-BF16 dot products);
-// the bias, softmax and bf16 rounding are AVX-512 here.
+// brgemm (oneDNN, bf16 x bf16 -> fp32: AMX tiles where the CPU has them, else AVX512-BF16 dot products; fp32
+// x fp32 -> fp32); the bias, softmax and bf16 rounding are AVX-512 here. In fp32 the probabilities stay fp32
+// (no rounding anywhere but the products' own).
 // Compared with SDPA on query/key widened by the one-hot relative-position columns, the matmuls keep the
 // head width (64 instead of 192 for ViT global attention). Built on first use by sam_hf.kernels.loader.
 #include <torch/extension.h>
@@ -22,6 +23,7 @@ using sam_hf_simd::lanes_below;
 #include <cstring>
 #include <limits>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 using at::BFloat16;
@@ -68,6 +70,22 @@ void pack_transposed(const BFloat16* src, int64_t rows, int64_t cols, int64_t ld
   }
 }
 
+// fp32 forms: B as rows (a copy of the block) and B = src^T (a transpose), no interleaving.
+void pack_rows(const float* src, int64_t rows, int64_t cols, int64_t ld, float* dst) {
+  for (int64_t r = 0; r < rows; ++r) std::memcpy(dst + r * cols, src + r * ld, cols * sizeof(float));
+}
+
+void pack_transposed(const float* src, int64_t rows, int64_t cols, int64_t ld, float* dst) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[c * rows + r] = src[r * ld + c];
+}
+
+// Probabilities as the second product reads them: rounded to bf16, or fp32 as they are.
+inline void store_probs(BFloat16* p, __mmask16 lanes, __m512 e) {
+  _mm256_mask_storeu_epi16(p, lanes, (__m256i)_mm512_cvtneps_pbh(e));
+}
+inline void store_probs(float* p, __mmask16 lanes, __m512 e) { _mm512_mask_storeu_ps(p, lanes, e); }
+
 }  // namespace
 
 // Row `y, x` of a (G, H, W, K) relative-position term (bf16 or fp32, last dim contiguous) as K floats.
@@ -90,23 +108,36 @@ inline int64_t group_offset(const torch::Tensor& t, int64_t g) {
   return (g / t.size(1)) * t.stride(0) + (g % t.size(1)) * t.stride(2 - 1);
 }
 
-// query/key/value (B, N, L, D) bf16 (batch, heads, tokens, head width), L = H * W, D even, the last dim
-// contiguous, other strides free (views into a fused qkv output welcome); rel_h (B * N, H, W, H) and
-// rel_w (B * N, H, W, W), bf16 or float32, last dim contiguous: the row and column terms of query (y, x).
-// The result goes to `out` (B, N, L, D) bf16 of any strides with the last dim contiguous, or a new tensor.
+template <typename T>
+torch::Tensor relpos_attention_typed(torch::Tensor query, torch::Tensor key, torch::Tensor value, torch::Tensor rel_h,
+                                     torch::Tensor rel_w, double scale, std::optional<torch::Tensor> out_arg);
+
+// query/key/value (B, N, L, D) bf16 or fp32, all one dtype (batch, heads, tokens, head width), L = H * W, D even,
+// the last dim contiguous, other strides free (views into a fused qkv output welcome); rel_h (B * N, H, W, H)
+// and rel_w (B * N, H, W, W), bf16 or float32, last dim contiguous: the row and column terms of query (y, x).
+// The result goes to `out` (B, N, L, D) in query's dtype, of any strides with the last dim contiguous, or a new
+// tensor.
 torch::Tensor relpos_attention(torch::Tensor query, torch::Tensor key, torch::Tensor value, torch::Tensor rel_h,
                                torch::Tensor rel_w, double scale, std::optional<torch::Tensor> out_arg) {
-  TORCH_CHECK(query.scalar_type() == at::kBFloat16 && key.scalar_type() == at::kBFloat16 &&
-                  value.scalar_type() == at::kBFloat16,
-              "relpos_attention: query, key and value must be bfloat16");
+  const auto dtype = query.scalar_type();
+  TORCH_CHECK((dtype == at::kBFloat16 || dtype == at::kFloat) && key.scalar_type() == dtype && value.scalar_type() == dtype,
+              "relpos_attention: query, key and value must be all bfloat16 or all float32");
+  if (dtype == at::kFloat) return relpos_attention_typed<float>(query, key, value, rel_h, rel_w, scale, out_arg);
+  return relpos_attention_typed<BFloat16>(query, key, value, rel_h, rel_w, scale, out_arg);
+}
+
+template <typename T>
+torch::Tensor relpos_attention_typed(torch::Tensor query, torch::Tensor key, torch::Tensor value, torch::Tensor rel_h,
+                                     torch::Tensor rel_w, double scale, std::optional<torch::Tensor> out_arg) {
+  constexpr bool kVnni = std::is_same_v<T, BFloat16>;
   TORCH_CHECK(query.dim() == 4 && key.sizes() == query.sizes() && value.sizes() == query.sizes(),
               "relpos_attention: query, key and value must be (B, N, L, D) of one shape");
   TORCH_CHECK(query.stride(3) == 1 && key.stride(3) == 1 && value.stride(3) == 1,
               "relpos_attention: the last dimension of query, key and value must be contiguous");
   const int64_t G = query.size(0) * query.size(1), L = query.size(2), D = query.size(3);
   torch::Tensor out = out_arg.has_value() ? *out_arg : at::empty(query.sizes(), query.options());
-  TORCH_CHECK(out.sizes() == query.sizes() && out.scalar_type() == at::kBFloat16 && out.stride(3) == 1,
-              "relpos_attention: out must be bfloat16 of the query's shape with the last dimension contiguous");
+  TORCH_CHECK(out.sizes() == query.sizes() && out.scalar_type() == query.scalar_type() && out.stride(3) == 1,
+              "relpos_attention: out must have the query's dtype and shape, with the last dimension contiguous");
   TORCH_CHECK(rel_h.dim() == 4 && rel_w.dim() == 4, "relpos_attention: rel_h and rel_w must be (G, H, W, H) and (G, H, W, W)");
   const int64_t height = rel_h.size(1), width = rel_h.size(2);
   TORCH_CHECK(rel_h.size(0) == G && rel_h.size(3) == height && rel_w.size(0) == G && rel_w.size(1) == height &&
@@ -123,7 +154,7 @@ torch::Tensor relpos_attention(torch::Tensor query, torch::Tensor key, torch::Te
   const int64_t rows_per_block = std::max<int64_t>(1, std::min<int64_t>(height, kMaxBlockKeys / width));
   const int64_t block_n = rows_per_block * width;  // blocks start at whole key rows
   const int64_t n_blocks = (L + block_n - 1) / block_n;
-  const int64_t block_n_pad = block_n + (block_n % 2);
+  const int64_t block_n_pad = block_n + (kVnni ? block_n % 2 : 0);
   const int64_t m_blocks = (L + kMaxBlockQueries - 1) / kMaxBlockQueries;
   const int64_t block_m = (L + m_blocks - 1) / m_blocks;  // balanced query blocks
   // key index within a block -> its row within the block and its column (gathers for unaligned widths)
@@ -137,14 +168,14 @@ torch::Tensor relpos_attention(torch::Tensor query, torch::Tensor key, torch::Te
   const bool aligned_width = width % 16 == 0;
   const bool small_grid = !aligned_width && height <= 16 && width <= 16;
 
-  auto keys_packed = at::empty({G, n_blocks, D * block_n}, query.options());  // K^T blocks, VNNI
-  auto values_packed = at::empty({G, n_blocks, block_n_pad * D}, query.options());  // V blocks, VNNI
-  const BFloat16* q_ptr = query.const_data_ptr<BFloat16>();
-  const BFloat16* k_ptr = key.const_data_ptr<BFloat16>();
-  const BFloat16* v_ptr = value.const_data_ptr<BFloat16>();
-  BFloat16* kp_ptr = keys_packed.data_ptr<BFloat16>();
-  BFloat16* vp_ptr = values_packed.data_ptr<BFloat16>();
-  BFloat16* o_ptr = out.data_ptr<BFloat16>();
+  auto keys_packed = at::empty({G, n_blocks, D * block_n}, query.options());  // K^T blocks (VNNI in bf16)
+  auto values_packed = at::empty({G, n_blocks, block_n_pad * D}, query.options());  // V blocks (VNNI in bf16)
+  const T* q_ptr = query.const_data_ptr<T>();
+  const T* k_ptr = key.const_data_ptr<T>();
+  const T* v_ptr = value.const_data_ptr<T>();
+  T* kp_ptr = keys_packed.data_ptr<T>();
+  T* vp_ptr = values_packed.data_ptr<T>();
+  T* o_ptr = out.data_ptr<T>();
   const int64_t q_l = query.stride(2), k_l = key.stride(2), v_l = value.stride(2), o_l = out.stride(2);
 
   at::parallel_for(0, G * n_blocks, 1, [&](int64_t begin, int64_t end) {
@@ -160,10 +191,10 @@ torch::Tensor relpos_attention(torch::Tensor query, torch::Tensor key, torch::Te
   at::parallel_for(0, G * m_blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> logits(block_m * block_n), acc(block_m * D), row_max(block_m), row_sum(block_m);
     std::vector<float> terms_h(block_m * height + 16, 0.0f), terms_w(block_m * width + 16, 0.0f);  // fp32 copies
-    std::vector<BFloat16> probs(block_m * block_n_pad, BFloat16(0.0f));
+    std::vector<T> probs(block_m * block_n_pad, T(0.0f));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t g = task / m_blocks, m0 = (task % m_blocks) * block_m, m = std::min(block_m, L - m0);
-      const BFloat16* q = q_ptr + group_offset(query, g) + m0 * q_l;
+      const T* q = q_ptr + group_offset(query, g) + m0 * q_l;
       std::fill(row_max.begin(), row_max.end(), neg_inf);
       std::fill(row_sum.begin(), row_sum.end(), 0.0f);
       std::fill(acc.begin(), acc.end(), 0.0f);
@@ -173,15 +204,15 @@ torch::Tensor relpos_attention(torch::Tensor query, torch::Tensor key, torch::Te
         load_terms(rel_w, g, token / width, token % width, terms_w.data() + r * width);
       }
       for (int64_t j = 0; j < n_blocks; ++j) {
-        const int64_t n0 = j * block_n, n = std::min(block_n, L - n0), n_pad = n + (n % 2);
+        const int64_t n0 = j * block_n, n = std::min(block_n, L - n0), n_pad = n + (kVnni ? n % 2 : 0);
         // logits (m, n) = q k^T, fp32
         at::native::cpublas::brgemm(m, n, D, q_l, n, block_n, false, q, kp_ptr + (g * n_blocks + j) * D * block_n,
-                                    logits.data(), true);
+                                    logits.data(), kVnni);
         for (int64_t r = 0; r < m; ++r) {
           float* s = logits.data() + r * block_n;
           const float* rh = terms_h.data() + r * height + n0 / width;  // this block's key rows
           const float* rw = terms_w.data() + r * width;
-          BFloat16* p = probs.data() + r * block_n_pad;
+          T* p = probs.data() + r * block_n_pad;
           if (aligned_width && j > 0) {  // one pass against the running max (see kLazyRescaleMargin)
             const __m512 vref = _mm512_set1_ps(row_max[r]);
             __m512 vmax = _mm512_set1_ps(neg_inf), vsum = _mm512_setzero_ps();
@@ -193,12 +224,12 @@ torch::Tensor relpos_attention(torch::Tensor query, torch::Tensor key, torch::Te
                 vmax = _mm512_max_ps(vmax, x);
                 const __m512 e = exp16(_mm512_sub_ps(x, vref));
                 vsum = _mm512_add_ps(vsum, e);
-                _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + kr * width + c), (__m256i)_mm512_cvtneps_pbh(e));
+                store_probs(p + kr * width + c, static_cast<__mmask16>(0xFFFF), e);
               }
             }
             if (_mm512_reduce_max_ps(vmax) <= row_max[r] + kLazyRescaleMargin) {
               row_sum[r] += _mm512_reduce_add_ps(vsum);
-              if (n_pad > n) p[n] = BFloat16(0.0f);
+              if (n_pad > n) p[n] = T(0.0f);
               continue;
             }
           }
@@ -240,16 +271,16 @@ torch::Tensor relpos_attention(torch::Tensor query, torch::Tensor key, torch::Te
           const float new_max = std::max(row_max[r], _mm512_reduce_max_ps(vmax));
           const float correction = std::exp(row_max[r] - new_max);  // 0 on the first block
           row_max[r] = new_max;
-          // p = exp(logits - max), rounded to bf16 for the second matmul, summed in fp32
+          // p = exp(logits - max), in bf16 rounded for the second matmul, summed in fp32
           const __m512 vnew_max = _mm512_set1_ps(new_max);
           __m512 vsum = _mm512_setzero_ps();
           for (int64_t c = 0; c < n; c += 16) {
             const __mmask16 lanes = lanes_below(n - c);
             const __m512 e = _mm512_maskz_mov_ps(lanes, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, s + c), vnew_max)));
             vsum = _mm512_add_ps(vsum, e);
-            _mm256_mask_storeu_epi16(p + c, lanes, (__m256i)_mm512_cvtneps_pbh(e));
+            store_probs(p + c, lanes, e);
           }
-          if (n_pad > n) p[n] = BFloat16(0.0f);
+          if (n_pad > n) p[n] = T(0.0f);
           row_sum[r] = row_sum[r] * correction + _mm512_reduce_add_ps(vsum);
           if (correction != 1.0f) {
             float* a = acc.data() + r * D;
@@ -258,16 +289,16 @@ torch::Tensor relpos_attention(torch::Tensor query, torch::Tensor key, torch::Te
         }
         // acc (m, D) += p v
         at::native::cpublas::brgemm(m, D, n_pad, block_n_pad, D, D, true, probs.data(),
-                                    vp_ptr + (g * n_blocks + j) * block_n_pad * D, acc.data(), true);
+                                    vp_ptr + (g * n_blocks + j) * block_n_pad * D, acc.data(), kVnni);
       }
       for (int64_t r = 0; r < m; ++r) {
         const float inverse = 1.0f / row_sum[r];
         const float* a = acc.data() + r * D;
-        BFloat16* o = o_ptr + group_offset(out, g) + (m0 + r) * o_l;
-        for (int64_t d = 0; d < D; ++d) o[d] = BFloat16(a[d] * inverse);
+        T* o = o_ptr + group_offset(out, g) + (m0 + r) * o_l;
+        for (int64_t d = 0; d < D; ++d) o[d] = T(a[d] * inverse);
       }
     }
-    at::native::cpublas::brgemm_release(true);
+    at::native::cpublas::brgemm_release(kVnni);
   });
   return out;
 }
@@ -296,7 +327,7 @@ bool brgemm_usable() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("brgemm_usable", &brgemm_usable, "whether oneDNN's bf16 brgemm serves this CPU");
-  module.def("relpos_attention", &relpos_attention, "bf16 flash attention with decomposed relative positions",
+  module.def("relpos_attention", &relpos_attention, "bf16 or fp32 flash attention with decomposed relative positions",
              pybind11::arg("query"), pybind11::arg("key"), pybind11::arg("value"), pybind11::arg("rel_h"),
              pybind11::arg("rel_w"), pybind11::arg("scale"), pybind11::arg("out") = pybind11::none());
 }

@@ -157,11 +157,11 @@ class SamHfVisionAttention(nn.Module):
         qkv = workspace("vit_qkv", (batch, height, width, 3 * channels), **kwargs)
         linear_into(hidden_states.contiguous(), self.qkv, qkv)  # (B, H, W, 3C)
         n_h, n_w = -(-height // window[0]), -(-width // window[1])
-        # relative positions: bf16 on AVX512-BF16 CPUs, added inside sam_hf's flash kernel; other bf16/fp16, folded
-        # into SDPA's query/key (softmax-bound); fp32, as explicit logits or a dense bias built chunk by chunk
-        # (matmul-bound, where the wider heads would cost more)
-        as_mask = self.use_rel_pos and hidden_states.dtype in (torch.float32, torch.float64)
-        in_kernel = self.use_rel_pos and not as_mask and relpos_kernel_usable(head_dim=head_dim, **kwargs)
+        # relative positions: bf16 and fp32 on AVX512-BF16 CPUs, added inside sam_hf's flash kernel; other bf16/fp16,
+        # folded into SDPA's query/key (softmax-bound); other fp32, as explicit logits or a dense bias built chunk by
+        # chunk (matmul-bound, where the wider heads would cost more)
+        in_kernel = self.use_rel_pos and relpos_kernel_usable(head_dim=head_dim, **kwargs)
+        as_mask = self.use_rel_pos and not in_kernel and hidden_states.dtype in (torch.float32, torch.float64)
         if in_kernel and window == (height, width):
             return self._kernel_attention_in_place(qkv, window)
         fold = self.use_rel_pos and not as_mask and not in_kernel
