@@ -3,7 +3,8 @@ import torch
 
 from references import meta_from_ours, randomize, transformers_from_ours
 from sam_hf import SamHfModel, config_for_variant
-from sam_hf.kernels import kernel, unavailable_reason
+from sam_hf import kernels
+from sam_hf.kernels import kernel, loader, unavailable_reason
 from sam_hf.modeling import decoder_attention, mask_decoder
 
 
@@ -33,3 +34,25 @@ def decoder_path(request, monkeypatch):
     elif kernel("decoder_attention") is None:
         pytest.skip(f"the decoder_attention kernel cannot be used here: {unavailable_reason('decoder_attention')}")
     return request.param
+
+
+@pytest.fixture(scope="module")
+def module(request):
+    """The compiled kernel named by the test file's KERNEL, built; the file's tests skip where this machine cannot
+    use it (no AVX-512, SAM_HF_KERNELS=0), and fail where it should build and does not."""
+    name = request.module.KERNEL
+    reason = loader._why_not(name)
+    if reason is not None:
+        pytest.skip(f"the {name} kernel cannot be used here: {reason}")
+    built = kernels.kernel(name)
+    assert built is not None, f"the {name} kernel should build on this machine: {kernels.unavailable_reason(name)}"
+    return built
+
+
+@pytest.fixture(params=[1, 2])
+def threads(request):
+    """One thread, and two (the kernels split their work: prompts, rows or blocks over threads)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)

@@ -12,26 +12,7 @@ from sam_hf import SamHfModel, config_for_variant, kernels
 from sam_hf.kernels import loader
 from sam_hf.modeling import decoder_attention, mask_decoder
 
-NAME = "decoder_attention"
-
-
-@pytest.fixture(scope="module")
-def module():
-    reason = loader._why_not(NAME)
-    if reason is not None:
-        pytest.skip(f"the kernel cannot be used here: {reason}")
-    built = kernels.kernel(NAME)
-    assert built is not None, f"the kernel should build on this machine: {kernels.unavailable_reason(NAME)}"
-    return built
-
-
-@pytest.fixture(params=[1, 2])
-def threads(request):
-    """One thread, and two (then prompts' image tokens are split into ranges whose softmax states are merged)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
+KERNEL = "decoder_attention"  # the `module` fixture (conftest.py) builds it
 
 
 def _image_to_tokens_reference(residual, source, pe, weight, bias, heads, values, norm_weight, norm_bias, prompts):

@@ -7,29 +7,15 @@ from torch.testing import assert_close
 
 from references import randomize, transformers_from_ours
 from sam_hf import SamHfModel, config_for_variant, kernels
-from sam_hf.kernels import loader
 from sam_hf.modeling import attention
 from sam_hf.modeling.attention import eager_attention_with_rel_pos
 
-NAME = "relpos_attention"
+KERNEL = "relpos_attention"  # the `module` fixture (conftest.py) builds it
 
 
 @pytest.fixture(scope="module")
-def relpos_attention():
-    reason = loader._why_not(NAME)
-    if reason is not None:
-        pytest.skip(f"the kernel cannot be used here: {reason}")
-    module = kernels.kernel(NAME)
-    assert module is not None, f"the kernel should build on this machine: {kernels.unavailable_reason(NAME)}"
+def relpos_attention(module):
     return module.relpos_attention
-
-
-@pytest.fixture(params=[1, 2])
-def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
 
 
 def _expected(q, k, v, rel_h, rel_w, scale, size):

@@ -10,29 +10,10 @@ from torch.testing import assert_close
 from references import randomize
 from sam_hf import SamHfModel, config_for_variant, kernels
 from sam_hf.configuration import SamHfMaskDecoderConfig
-from sam_hf.kernels import loader
 from sam_hf.modeling import mask_decoder
 from sam_hf.modeling.mask_decoder import SamHfMaskDecoder
 
-NAME = "mask_upscaling"
-
-
-@pytest.fixture(scope="module")
-def module():
-    reason = loader._why_not(NAME)
-    if reason is not None:
-        pytest.skip(f"the kernel cannot be used here: {reason}")
-    built = kernels.kernel(NAME)
-    assert built is not None, f"the kernel should build on this machine: {kernels.unavailable_reason(NAME)}"
-    return built
-
-
-@pytest.fixture(params=[1, 2])
-def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
+KERNEL = "mask_upscaling"  # the `module` fixture (conftest.py) builds it
 
 
 def _decoder(channels: int) -> SamHfMaskDecoder:
@@ -110,7 +91,7 @@ def test_not_used_where_it_does_not_apply(module, monkeypatch):
     image, hyper = torch.randn(2, grid * grid, 64), torch.randn(2, 3, 8)
     with torch.no_grad():
         decoder.upscale_masks(image, hyper, grid)
-    assert calls == [NAME]
+    assert calls == [KERNEL]
     calls.clear()
     with torch.no_grad():
         decoder.to(torch.bfloat16).upscale_masks(image.bfloat16(), hyper.bfloat16(), grid)
