@@ -9,6 +9,7 @@ the weights in the measured dtype and nothing else.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import importlib.util
 import json
@@ -205,6 +206,33 @@ def run_worker(script: str, args: list[str], threads: int) -> dict:
     if done.returncode != 0 or not lines:
         return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1][:120]}
     return json.loads(lines[-1])
+
+
+def add_worker_arguments(parser) -> None:
+    """`--mode` (both: timing and one fresh process per implementation and dtype for its peak RSS; timing; rss) and
+    the hidden arguments that tell a worker process what to run."""
+    parser.add_argument("--mode", default="both", choices=["both", "timing", "rss"], help="rss: per-process runs only")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--impl", help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", help=argparse.SUPPRESS)
+    parser.add_argument("--weights", help=argparse.SUPPRESS)
+
+
+def per_process_runs(script: str, jobs: dict, threads: int, mode: str, timings: dict) -> dict:
+    """`run_worker(script, args)` for each (impl, dtype) -> args in `jobs` -> their JSON results; with `mode` "rss"
+    the workers' times also become `timings[impl, dtype]` (summaries)."""
+    results = {}
+    for key, args in jobs.items():
+        results[key] = run_worker(script, args, threads)
+        if mode == "rss" and "seconds" in results[key]:
+            timings[key] = summary(results[key]["seconds"])
+    return results
+
+
+def memory_cell(rss: dict, impl: str, dtype: str) -> str:
+    """The `peak RSS MB` table cell of a worker's result: its peak, its error, or "-" when not run."""
+    memory = rss.get((impl, dtype), {})
+    return f"{memory['rss_mb']:,.0f}" if "rss_mb" in memory else memory.get("error", "-")
 
 
 def speedup(results: dict, other: str, dtype: str, entry: dict, field: str = "median") -> str:

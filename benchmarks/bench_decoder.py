@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    DTYPES, IMPLS, interleaved, load_model, matmul_peak, peak_rss_mb, print_table, run_worker, speedup, summary, timed,
-    write_weights,
+    DTYPES, IMPLS, add_worker_arguments, interleaved, load_model, matmul_peak, memory_cell, peak_rss_mb, per_process_runs,
+    print_table, speedup, summary, timed, write_weights,
 )
 from _flops import decoder_gflop  # noqa: E402
 
@@ -70,11 +70,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--mode", default="both", choices=["both", "timing", "rss"], help="rss: per-process runs only")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--impl", help=argparse.SUPPRESS)
-    parser.add_argument("--dtype", help=argparse.SUPPRESS)
-    parser.add_argument("--weights", help=argparse.SUPPRESS)
+    add_worker_arguments(parser)
     args = parser.parse_args()
     from sam_hf import config_for_variant
 
@@ -104,13 +100,11 @@ def main() -> None:
                 timings[impl, dtype] = summary(times)
         del models, fns
         gc.collect()
-    for dtype in args.dtypes if args.mode in ("both", "rss") else ():
-        for impl in args.impls:
-            rss[impl, dtype] = run_worker(os.path.abspath(__file__), [
-                "--impl", impl, "--dtype", dtype, "--variant", args.variant, "--weights", paths[dtype], "--batch", str(args.batch),
-                "--runs", "1", "--warmup", str(args.warmup)], args.threads)
-            if args.mode == "rss" and "seconds" in rss[impl, dtype]:
-                timings[impl, dtype] = summary(rss[impl, dtype]["seconds"])
+    if args.mode in ("both", "rss"):
+        jobs = {(impl, dtype): ["--impl", impl, "--dtype", dtype, "--variant", args.variant, "--weights", paths[dtype],
+                                "--batch", str(args.batch), "--runs", "1", "--warmup", str(args.warmup)]
+                for dtype in args.dtypes for impl in args.impls}
+        rss = per_process_runs(os.path.abspath(__file__), jobs, args.threads, args.mode, timings)
     for path in paths.values():
         os.remove(path)
     os.rmdir(folder)
@@ -137,8 +131,7 @@ def report(args, config, timings, masks, rss, peaks) -> None:
     for dtype in args.dtypes:
         for impl in args.impls:
             entry = timings.get((impl, dtype))
-            memory = rss.get((impl, dtype), {})
-            memory_text = f"{memory['rss_mb']:,.0f}" if "rss_mb" in memory else memory.get("error", "-")
+            memory_text = memory_cell(rss, impl, dtype)
             if not isinstance(entry, dict):
                 rows.append([dtype, impl, entry or "-", "", "", "", "", "", memory_text, ""])
                 continue

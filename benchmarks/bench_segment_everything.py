@@ -39,8 +39,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    DTYPES, IMPLS, interleaved, load_model, matmul_peak, peak_rss_mb, print_table, run_worker, summary, timed,
-    write_model_weights, write_weights,
+    DTYPES, IMPLS, add_worker_arguments, interleaved, load_model, matmul_peak, memory_cell, peak_rss_mb, per_process_runs,
+    print_table, summary, timed, write_model_weights, write_weights,
 )
 from _flops import decoder_gflop, encoder_gflop  # noqa: E402
 
@@ -231,12 +231,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--mode", default="both", choices=["both", "timing", "rss"],
-                        help="rss: per-process runs only (one run each, after --warmup)")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--impl", help=argparse.SUPPRESS)
-    parser.add_argument("--dtype", help=argparse.SUPPRESS)
-    parser.add_argument("--weights", help=argparse.SUPPRESS)
+    add_worker_arguments(parser)
     args = parser.parse_args()
 
     width, height = args.image_size
@@ -292,12 +287,10 @@ def main() -> None:
                 masks[impl, dtype] = as_matrix(outputs[impl], (height, width))
         del fns, outputs
         gc.collect()
-    for dtype in args.dtypes if args.mode in ("both", "rss") else ():
-        for impl in args.impls if dtype != MIXED else ["sam_hf"]:
-            rss[impl, dtype] = run_worker(os.path.abspath(__file__), [*worker_args(args), "--impl", impl, "--dtype", dtype,
-                                                                      "--weights", paths[weight_dtype(dtype)]], args.threads)
-            if args.mode == "rss" and "seconds" in rss[impl, dtype]:
-                timings[impl, dtype] = summary(rss[impl, dtype]["seconds"])
+    if args.mode in ("both", "rss"):
+        jobs = {(impl, dtype): [*worker_args(args), "--impl", impl, "--dtype", dtype, "--weights", paths[weight_dtype(dtype)]]
+                for dtype in args.dtypes for impl in (args.impls if dtype != MIXED else ["sam_hf"])}
+        rss = per_process_runs(os.path.abspath(__file__), jobs, args.threads, args.mode, timings)
     for path in paths.values():
         os.remove(path)
     os.rmdir(folder)
@@ -338,8 +331,7 @@ def report(args, timings, masks, rss, peaks, config) -> None:
     for dtype in args.dtypes:
         for impl in args.impls:
             entry = timings.get((impl, dtype))
-            memory = rss.get((impl, dtype), {})
-            memory_text = f"{memory['rss_mb']:,.0f}" if "rss_mb" in memory else memory.get("error", "-")
+            memory_text = memory_cell(rss, impl, dtype)
             if not isinstance(entry, dict):
                 rows.append([dtype, impl, entry or "-", "", "", "", "", memory_text] + [""] * (len(headers) - 8))
                 continue
