@@ -82,6 +82,21 @@ def test_crops_map_back_to_the_image(model, blocks_image):
         assert not outside.any()  # a crop's mask stays inside the crop
 
 
+def test_one_image_cache_per_crop(model, blocks_image, monkeypatch):
+    """Each crop's point batches share one `image_cache`: the image-wide work runs once per crop, with the same masks."""
+    from sam_hf.modeling import mask_decoder
+
+    options = dict(OPEN, points_per_batch=8, crop_n_layers=1, crop_nms_thresh=1.0, output_mode="uncompressed_rle")
+    monkeypatch.setattr(mask_decoder, "call_cache", lambda *args: {})  # every call on its own
+    alone = SamHfAutomaticMaskGenerator(model, **options).generate(blocks_image)
+    monkeypatch.undo()
+    calls, channels_last_tokens = [], mask_decoder.channels_last_tokens
+    monkeypatch.setattr(mask_decoder, "channels_last_tokens", lambda *args: calls.append(1) or channels_last_tokens(*args))
+    shared = SamHfAutomaticMaskGenerator(model, **options).generate(blocks_image)
+    assert len(calls) == 5  # the image and its 4 crops; 5 batches of 8 points each
+    assert shared == alone and len(shared) > 1
+
+
 def test_point_grids(model, blocks_image):
     grid = np.array([[0.5, 0.5], [0.1, 0.9]])
     records = SamHfAutomaticMaskGenerator(model, **dict(OPEN, points_per_side=None, point_grids=[grid])).generate(blocks_image)

@@ -65,6 +65,52 @@ def test_image_to_tokens_matches_its_formula(module, threads, sides, prompts, ch
     assert_close(out, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    "sides, prompts, heads, width, tokens, length",
+    [
+        (1, 3, 8, 16, 7, 300),  # SAM's first pass (8 heads of 16 on the 128-wide projection); a partial last tile
+        (1, 2, 8, 16, 11, 64),  # more tokens than one chunk of 8 held in registers (8 + 3)
+        (2, 4, 5, 6, 3, 40),  # any head count and width, two images
+    ],
+)
+def test_per_head_form_matches_the_block_diagonal_product(module, threads, sides, prompts, heads, width, tokens, length):
+    """A tiled logit source and per-head keys (P, T, D): the logit (t, h) meets only head h's D / heads channels,
+    as the dense form does with a block-diagonal (D, T * heads) weight."""
+    generator = torch.Generator().manual_seed(2)
+    channels, depth, n = 32, heads * width, tokens * heads
+    residual, pe = torch.randn(sides, length, channels, generator=generator), torch.randn(length, channels, generator=generator)
+    source = torch.randn(sides, length, depth, generator=generator)
+    keys = torch.randn(prompts, tokens, depth, generator=generator) / width**0.5
+    dense = torch.zeros(prompts, heads, width, tokens, heads)  # ([h, d], [t, h'])
+    for head in range(heads):
+        dense[:, head, :, :, head] = keys.view(prompts, tokens, heads, width)[:, :, head].transpose(1, 2)
+    dense = dense.view(prompts, depth, n)
+    bias = torch.randn(prompts, n, generator=generator)
+    bias[1, heads : 2 * heads] = float("-inf")  # prompt 1's token 1 is padding
+    values = torch.randn(prompts, n, channels, generator=generator)
+    norm_weight, norm_bias = torch.randn(channels, generator=generator), torch.randn(channels, generator=generator)
+    next_queries = torch.randn(prompts, 4, channels, generator=generator) / channels**0.5
+    expected = _image_to_tokens_reference(residual, source, pe, dense, bias, heads, values, norm_weight, norm_bias, prompts)
+    tiles = decoder_attention.token_tiles(source)
+    assert tiles.shape == (sides, -(-length // 16), depth, 16)
+    out = torch.empty(prompts, length, channels)
+    mixed = module.image_to_tokens(residual, tiles, pe, keys, bias, heads, values, norm_weight, norm_bias, 1e-6, out, next_queries)
+    assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    assert_close(mixed, _tokens_to_image_reference(next_queries, expected, pe), rtol=1e-4, atol=1e-5)
+    with pytest.raises(RuntimeError, match=r"tiled logit_source must be \(S, ceil\(L/16\), D, 16\)"):
+        module.image_to_tokens(residual, tiles[:, 1:].contiguous(), pe, keys, bias, heads, values, norm_weight, norm_bias, 1e-6, out, None)
+    with pytest.raises(RuntimeError, match=r"logit_weight must be \(P, D, N\), or \(P, T, D\) with a tiled logit_source"):
+        module.image_to_tokens(residual, tiles, pe, dense, bias, heads, values, norm_weight, norm_bias, 1e-6, out, None)
+
+
+def test_token_tiles_layout():
+    rows = torch.arange(2 * 20 * 3, dtype=torch.float32).view(2, 20, 3)
+    tiles = decoder_attention.token_tiles(rows)  # (2, 2, 3, 16)
+    assert tiles.shape == (2, 2, 3, 16) and tiles.is_contiguous()
+    assert torch.equal(tiles[1, 0, 2], rows[1, :16, 2]) and torch.equal(tiles[0, 1, 1, :4], rows[0, 16:, 1])
+    assert torch.equal(tiles[:, 1, :, 4:], torch.zeros(2, 3, 12))  # zero past L
+
+
 def test_padded_tokens_get_no_weight(module):
     """A token masked by -inf gets weight exactly zero: its values, even huge ones, change nothing."""
     generator = torch.Generator().manual_seed(1)

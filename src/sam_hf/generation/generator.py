@@ -163,7 +163,9 @@ class SamHfAutomaticMaskGenerator:
         model_points = points * torch.tensor([resized_w / crop_w, resized_h / crop_h], dtype=torch.float64, device=device)
 
         batches, runs = [], []
-        frame = dict(crop_box=crop_box, crop_size=(crop_h, crop_w), resized_size=(resized_h, resized_w), image_size=rgb.shape[:2])
+        # the decoder's prompt-independent work on this crop's embeddings, done in the first batch only
+        frame = dict(crop_box=crop_box, crop_size=(crop_h, crop_w), resized_size=(resized_h, resized_w), image_size=rgb.shape[:2],
+                     image_cache={})
         for start in range(0, len(points), opts.points_per_batch):
             stop = start + opts.points_per_batch
             batch, batch_runs = self._process_batch(embeddings, points[start:stop], model_points[start:stop], **frame)
@@ -187,7 +189,7 @@ class SamHfAutomaticMaskGenerator:
         data["rles"] = boundaries_to_rles(boundaries, per_mask, rgb.shape[:2], select=keep)
         return data
 
-    def _process_batch(self, embeddings, points, model_points, *, crop_box, crop_size, resized_size, image_size):
+    def _process_batch(self, embeddings, points, model_points, *, crop_box, crop_size, resized_size, image_size, image_cache):
         opts = self.options
         n_points = points.shape[0]
         outputs = self.model(
@@ -197,6 +199,7 @@ class SamHfAutomaticMaskGenerator:
             multimask_output=opts.multimask_output,
             # exact: masks at or below pred_iou_thresh are dropped next, so they need no upscaling
             mask_iou_threshold=opts.pred_iou_thresh if opts.pred_iou_thresh > 0.0 else None,
+            image_cache=image_cache,
         )
         low_res = outputs.pred_masks[0]  # (P, M, L, L) logits
         n_masks = low_res.shape[1]

@@ -28,6 +28,7 @@
 
 using sam_hf_simd::exp16;
 using sam_hf_simd::lanes_below;
+using sam_hf_simd::transpose;
 using sam_hf_fp32::brgemm_usable;
 using sam_hf_fp32::check_float;
 using sam_hf_fp32::gemm;
@@ -37,6 +38,7 @@ namespace {
 // Image tokens per block: for ViT-B (C = 256, h*T = 56) a block's rows, logits, update and the next attention's
 // scratch take about 250 KB, inside a Zen 4 core's 1 MB L2 (blocks of 128 or 256: the same speed within 2%).
 constexpr int64_t kRows = 64;
+static_assert(kRows % 16 == 0, "the per-head form fills whole tiles of 16 rows");
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
 // dst[i] = x[i] + y[i] for n floats.
@@ -112,6 +114,58 @@ void softmax_over_tokens_fast(float* row, const __m512* bias, int64_t n, int64_t
   for (int64_t i = 0; i < vectors; ++i) _mm512_mask_storeu_ps(row + 16 * i, lanes_below(n - 16 * i), _mm512_mul_ps(v[i], inverse));
 }
 
+// Logits of one tile of 16 image tokens against per-head keys, a chunk of kTokens tokens t0.. at a time: tile (D, 16),
+// D channel vectors of the 16 image tokens; keys (T, D), head h on columns [h*w, (h+1)*w); out (T*heads, 16), row
+// t*heads + h = bias (t, h) + a_h . k_(t,h) for the 16 image tokens. Only head h's w channels meet head h's keys.
+template <int kTokens>
+void head_logits_chunk(const float* tile, const float* keys, const float* bias, int64_t t0, int64_t heads, int64_t depth, float* out) {
+  const int64_t width = depth / heads;
+  for (int64_t h = 0; h < heads; ++h) {
+    __m512 acc[kTokens];
+    for (int t = 0; t < kTokens; ++t) acc[t] = _mm512_set1_ps(bias[(t0 + t) * heads + h]);
+    for (int64_t c = h * width; c < (h + 1) * width; ++c) {
+      const __m512 a = _mm512_loadu_ps(tile + c * 16);
+      for (int t = 0; t < kTokens; ++t) acc[t] = _mm512_fmadd_ps(a, _mm512_set1_ps(keys[(t0 + t) * depth + c]), acc[t]);
+    }
+    for (int t = 0; t < kTokens; ++t) _mm512_storeu_ps(out + ((t0 + t) * heads + h) * 16, acc[t]);
+  }
+}
+
+// The logits of a tile for all T tokens (chunks of up to 8 held in registers), then each head's softmax over its T
+// tokens, lane by lane (-inf logits get weight exactly zero) -> out (T*heads, 16), rows (t, head).
+void head_softmax_tile(const float* tile, const float* keys, const float* bias, int64_t tokens, int64_t heads, int64_t depth, float* out) {
+  for (int64_t t0 = 0; t0 < tokens; t0 += 8) {
+    switch (std::min<int64_t>(8, tokens - t0)) {
+      case 8: head_logits_chunk<8>(tile, keys, bias, t0, heads, depth, out); break;
+      case 7: head_logits_chunk<7>(tile, keys, bias, t0, heads, depth, out); break;
+      case 6: head_logits_chunk<6>(tile, keys, bias, t0, heads, depth, out); break;
+      case 5: head_logits_chunk<5>(tile, keys, bias, t0, heads, depth, out); break;
+      case 4: head_logits_chunk<4>(tile, keys, bias, t0, heads, depth, out); break;
+      case 3: head_logits_chunk<3>(tile, keys, bias, t0, heads, depth, out); break;
+      case 2: head_logits_chunk<2>(tile, keys, bias, t0, heads, depth, out); break;
+      default: head_logits_chunk<1>(tile, keys, bias, t0, heads, depth, out);
+    }
+  }
+  const __m512 minus_inf = _mm512_set1_ps(-kInf);
+  for (int64_t h = 0; h < heads; ++h) {
+    __m512 top = minus_inf;
+    for (int64_t t = 0; t < tokens; ++t) top = _mm512_max_ps(top, _mm512_loadu_ps(out + (t * heads + h) * 16));
+    __m512 total = _mm512_setzero_ps();
+    for (int64_t t = 0; t < tokens; ++t) {
+      float* row = out + (t * heads + h) * 16;
+      const __m512 v = _mm512_loadu_ps(row);
+      const __m512 e = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, minus_inf, _CMP_NEQ_OQ), exp16(_mm512_sub_ps(v, top)));
+      _mm512_storeu_ps(row, e);
+      total = _mm512_add_ps(total, e);
+    }
+    const __m512 inverse = _mm512_div_ps(_mm512_set1_ps(1.0f), total);
+    for (int64_t t = 0; t < tokens; ++t) {
+      float* row = out + (t * heads + h) * 16;
+      _mm512_storeu_ps(row, _mm512_mul_ps(_mm512_loadu_ps(row), inverse));
+    }
+  }
+}
+
 // out = LayerNorm(z + residual) * weight + bias over one row of n channels; z is overwritten.
 void residual_layer_norm(float* z, const float* residual, const float* weight, const float* bias, float eps, float* out, int64_t n) {
   __m512 sum = _mm512_setzero_ps();
@@ -138,22 +192,30 @@ void residual_layer_norm(float* z, const float* residual, const float* weight, c
   }
 }
 
-// The same for n = 16 * kVecs channels, the row held in registers (the weight and bias preloaded by the caller).
+// The sum of kVecs vectors (a power of two) as a tree: log2(kVecs) dependent additions, not kVecs.
+template <int kVecs>
+inline __m512 tree_sum(__m512* v) {
+  if constexpr (kVecs == 1) {
+    return v[0];
+  } else {
+    __m512 half[kVecs / 2];
+    for (int i = 0; i < kVecs / 2; ++i) half[i] = _mm512_add_ps(v[i], v[i + kVecs / 2]);
+    return tree_sum<kVecs / 2>(half);
+  }
+}
+
+// The same for n = 16 * kVecs channels, the row held in registers (the weight and bias preloaded by the caller). The
+// sums run as trees: a row's chain of dependent operations, not the instruction count, bounds a LayerNorm this small.
 template <int kVecs>
 void residual_layer_norm_fixed(const float* z, const float* residual, const __m512* weight, const __m512* bias, float eps, float* out) {
-  __m512 v[kVecs];
-  __m512 sum = _mm512_setzero_ps();
-  for (int i = 0; i < kVecs; ++i) {
-    v[i] = _mm512_add_ps(_mm512_loadu_ps(z + 16 * i), _mm512_loadu_ps(residual + 16 * i));
-    sum = _mm512_add_ps(sum, v[i]);
-  }
-  const __m512 mean = _mm512_set1_ps(reduce(sum) / (16.0f * kVecs));
-  __m512 squares = _mm512_setzero_ps();
+  __m512 v[kVecs], terms[kVecs];
+  for (int i = 0; i < kVecs; ++i) terms[i] = v[i] = _mm512_add_ps(_mm512_loadu_ps(z + 16 * i), _mm512_loadu_ps(residual + 16 * i));
+  const __m512 mean = _mm512_set1_ps(reduce(tree_sum<kVecs>(terms)) / (16.0f * kVecs));
   for (int i = 0; i < kVecs; ++i) {
     v[i] = _mm512_sub_ps(v[i], mean);
-    squares = _mm512_fmadd_ps(v[i], v[i], squares);
+    terms[i] = _mm512_mul_ps(v[i], v[i]);
   }
-  const __m512 scale = _mm512_set1_ps(1.0f / std::sqrt(reduce(squares) / (16.0f * kVecs) + eps));
+  const __m512 scale = _mm512_set1_ps(1.0f / std::sqrt(reduce(tree_sum<kVecs>(terms)) / (16.0f * kVecs) + eps));
   for (int i = 0; i < kVecs; ++i) _mm512_storeu_ps(out + 16 * i, _mm512_fmadd_ps(_mm512_mul_ps(v[i], scale), weight[i], bias[i]));
 }
 
@@ -239,8 +301,7 @@ class Attender {
         }
       }
     }
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t i = 0; i < m_; ++i) probs_[i * rows + r] = logits_[r * m_ + i];  // (M, rows)
+    transpose(logits_.data(), m_, rows, m_, probs_.data(), rows);  // (M, rows)
     gemm(m_, v_, rows, probs_.data(), rows, values, ldv, state.acc.data(), v_, true);
   }
 
@@ -287,6 +348,9 @@ at::Tensor merge(const std::vector<Partial>& partials, int64_t prompts, int64_t 
 // residual (S, L, C); logit_source (S, L, D) or none (then a = residual + pe, D = C); pe (L, C); logit_weight
 // (P, D, N) and logit_bias (P, N) with N = T * heads, columns ordered (t, head); values (P, N, C); out (P, L, C),
 // which may be `residual` itself when S = P. Prompt p reads side p / (P / S).
+// Per-head form: logit_source (S, ceil(L/16), D, 16), tiles of 16 image tokens channel-major (zero past L), and
+// logit_weight (P, T, D), per-head keys: logit (t, h) = a_h . k_(t,h) + bias over head h's D / heads channels only
+// (the block-diagonal product, heads times fewer multiply-adds than the dense (D, N) form).
 // With next_queries (P, M, C): also the next attention of those query rows to the new image tokens, as
 // `tokens_to_image(next_queries, out, pe)`, in the same pass while each block of `out` is in cache -> (P, M, C).
 std::optional<at::Tensor> image_to_tokens(const at::Tensor& residual, const std::optional<at::Tensor>& logit_source,
@@ -303,17 +367,24 @@ std::optional<at::Tensor> image_to_tokens(const at::Tensor& residual, const std:
   check_float(norm_bias, "decoder_attention", "norm_bias", 1);
   check_float(out, "decoder_attention", "out", 3);
   const int64_t sides = residual.size(0), length = residual.size(1), channels = residual.size(2);
-  const int64_t prompts = logit_weight.size(0), n = logit_weight.size(2);
+  const bool tiled = logit_source && logit_source->dim() == 4;  // the per-head form
+  const int64_t tiles = (length + 15) / 16;
+  const int64_t prompts = logit_weight.size(0), n = tiled ? logit_weight.size(1) * heads : logit_weight.size(2);
   const int64_t depth = logit_source ? logit_source->size(2) : channels;
-  if (logit_source) {
+  if (tiled) {
+    check_float(*logit_source, "decoder_attention", "logit_source", 4);
+    TORCH_CHECK(logit_source->size(0) == sides && logit_source->size(1) == tiles && logit_source->size(3) == 16,
+                "decoder_attention: tiled logit_source must be (S, ceil(L/16), D, 16)");
+    TORCH_CHECK(heads > 0 && depth % heads == 0, "decoder_attention: the tiled logit_source's D must be a multiple of heads");
+  } else if (logit_source) {
     check_float(*logit_source, "decoder_attention", "logit_source", 3);
     TORCH_CHECK(logit_source->size(0) == sides && logit_source->size(1) == length, "decoder_attention: logit_source must be (S, L, D)");
   }
   TORCH_CHECK(prompts % sides == 0, "decoder_attention: prompts must be a multiple of the image sides");
   TORCH_CHECK(heads > 0 && n % heads == 0, "decoder_attention: the logit columns must be T * heads");
   TORCH_CHECK(pe.size(0) == length && pe.size(1) == channels, "decoder_attention: pe must be (L, C)");
-  TORCH_CHECK(logit_weight.size(1) == depth && logit_bias.size(0) == prompts && logit_bias.size(1) == n,
-              "decoder_attention: logit_weight must be (P, D, N) and logit_bias (P, N)");
+  TORCH_CHECK((tiled ? logit_weight.size(2) : logit_weight.size(1)) == depth && logit_bias.size(0) == prompts && logit_bias.size(1) == n,
+              "decoder_attention: logit_weight must be (P, D, N), or (P, T, D) with a tiled logit_source, and logit_bias (P, N)");
   TORCH_CHECK(values.size(0) == prompts && values.size(1) == n && values.size(2) == channels, "decoder_attention: values must be (P, N, C)");
   TORCH_CHECK(norm_weight.size(0) == channels && norm_bias.size(0) == channels, "decoder_attention: the norm must have C channels");
   TORCH_CHECK(out.size(0) == prompts && out.size(1) == length && out.size(2) == channels, "decoder_attention: out must be (P, L, C)");
@@ -336,7 +407,7 @@ std::optional<at::Tensor> image_to_tokens(const at::Tensor& residual, const std:
   float* dst = out.data_ptr<float>();
   const float feps = static_cast<float>(eps);
   at::parallel_for(0, prompts * splits, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> a_rows(source ? 0 : kRows * channels), logits(kRows * n), update(kRows * channels);
+    std::vector<float> a_rows(source ? 0 : kRows * channels), logits(kRows * n), update(kRows * channels), tile_logits(tiled ? 16 * n : 0);
     std::optional<Attender> attender;
     if (next_queries) attender.emplace(m, channels, channels);
     for (int64_t item = begin; item < end; ++item) {
@@ -350,18 +421,23 @@ std::optional<at::Tensor> image_to_tokens(const at::Tensor& residual, const std:
       for (int64_t block = split * per_split; block < std::min(blocks, (split + 1) * per_split); ++block) {
         const int64_t row0 = block * kRows, rows = std::min(kRows, length - row0);
         const float* x = res + (side * length + row0) * channels;
-        const float* a = nullptr;
-        if (source) {
-          a = source + (side * length + row0) * depth;
+        // the block's weights (rows, N): softmaxed logits, rows (t, head)
+        if (tiled) {  // tile by tile (kRows is a multiple of 16), each tile's weights transposed into its rows
+          for (int64_t tile = 0; tile * 16 < rows; ++tile) {
+            head_softmax_tile(source + (side * tiles + row0 / 16 + tile) * depth * 16, logit_weight.data_ptr<float>() + p * tokens * depth,
+                              b, tokens, heads, depth, tile_logits.data());
+            transpose(tile_logits.data(), 16, n, 16, logits.data() + tile * 16 * n, n);
+          }
         } else {
-          for (int64_t r = 0; r < rows; ++r) add_rows(x + r * channels, pos + (row0 + r) * channels, a_rows.data() + r * channels, channels);
-          a = a_rows.data();
-        }
-        gemm(rows, n, depth, a, depth, logit_weight.data_ptr<float>() + p * depth * n, n, logits.data(), n, false);
-        if (fast) {
-          for (int64_t r = 0; r < rows; ++r) softmax_over_tokens_fast(logits.data() + r * n, bias, n, heads);
-        } else {
-          for (int64_t r = 0; r < rows; ++r) softmax_over_tokens(logits.data() + r * n, b, tokens, heads);
+          const float* a = source ? source + (side * length + row0) * depth : a_rows.data();
+          if (!source)
+            for (int64_t r = 0; r < rows; ++r) add_rows(x + r * channels, pos + (row0 + r) * channels, a_rows.data() + r * channels, channels);
+          gemm(rows, n, depth, a, depth, logit_weight.data_ptr<float>() + p * depth * n, n, logits.data(), n, false);
+          if (fast) {
+            for (int64_t r = 0; r < rows; ++r) softmax_over_tokens_fast(logits.data() + r * n, bias, n, heads);
+          } else {
+            for (int64_t r = 0; r < rows; ++r) softmax_over_tokens(logits.data() + r * n, b, tokens, heads);
+          }
         }
         gemm(rows, channels, n, logits.data(), n, values.data_ptr<float>() + p * n * channels, channels, update.data(), channels, false);
         float* y = dst + (p * length + row0) * channels;  // may be x itself: each row is read before it is written

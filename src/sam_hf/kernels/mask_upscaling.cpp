@@ -27,6 +27,7 @@ using sam_hf_fp32::check_float;
 using sam_hf_fp32::gemm;
 using sam_hf_simd::exp16;
 using sam_hf_simd::lanes_below;
+using sam_hf_simd::transpose;
 
 namespace {
 
@@ -61,41 +62,6 @@ inline void interleave(__m512 u, __m512 v, __m512& lo, __m512& hi) {
   const __m512i high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
   lo = _mm512_permutex2var_ps(u, low, v);
   hi = _mm512_permutex2var_ps(u, high, v);
-}
-
-// The 16 x 16 block at src (row stride lds) transposed into dst (row stride ldd).
-inline void transpose_tile(const float* src, int64_t lds, float* dst, int64_t ldd) {
-  __m512 r[16], t[16];
-  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * lds);
-  for (int i = 0; i < 16; i += 2) {  // pairs of rows, 32-bit lanes interleaved
-    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {  // quads of rows, 64-bit lanes
-    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
-    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
-    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-  }
-  for (int i = 0; i < 4; ++i) {  // 128-bit lanes across quads
-    t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
-    t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
-    t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
-    t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
-  }
-  for (int i = 0; i < 8; ++i) {
-    _mm512_storeu_ps(dst + i * ldd, _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88));
-    _mm512_storeu_ps(dst + (i + 8) * ldd, _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD));
-  }
-}
-
-// dst (cols x rows, row stride ldd) = src (rows x cols, row stride lds) transposed.
-void transpose(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst, int64_t ldd) {
-  const int64_t full_rows = rows / 16 * 16, full_cols = cols / 16 * 16;
-  for (int64_t r0 = 0; r0 < full_rows; r0 += 16)
-    for (int64_t c0 = 0; c0 < full_cols; c0 += 16) transpose_tile(src + r0 * lds + c0, lds, dst + c0 * ldd + r0, ldd);
-  for (int64_t r = 0; r < rows; ++r)  // the edges
-    for (int64_t c = r < full_rows ? full_cols : 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
 }
 
 struct Weights {

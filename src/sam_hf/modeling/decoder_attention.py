@@ -41,6 +41,15 @@ def decoder_kernel(cache: dict | None, output_attentions: bool, image: torch.Ten
     return kernel("decoder_attention") if records_nothing(image, *tensors) else None
 
 
+def token_tiles(rows: torch.Tensor) -> torch.Tensor:
+    """rows (S, L, D) -> (S, ceil(L/16), D, 16): tiles of 16 rows, channel-major (each channel's 16 values
+    contiguous), zero past L; the compiled kernel's per-head logit source (`decoder_attention.image_to_tokens`)."""
+    sides, length, depth = rows.shape
+    tiles = -(-length // 16)
+    padded = rows if length == 16 * tiles else torch.nn.functional.pad(rows, (0, 0, 0, 16 * tiles - length))
+    return padded.reshape(sides, tiles, 16, depth).transpose(2, 3).contiguous()
+
+
 class SamHfAttention(nn.Module):
     """Multi-head attention with an optional down-projection of the embedding width."""
 
@@ -71,6 +80,18 @@ class SamHfAttention(nn.Module):
         entry = cache.get(key)
         if entry is None or entry[0] is not image:  # per-prompt slices (P' = P, groups of one) differ per group
             entry = cache[key] = (image, self.project(layer, image, pe))
+        return entry[1]
+
+    def shared_tiles(self, cache: dict | None, image: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
+        """The shared query projection of the image side (`shared(cache, "q", ...)`, (B, HW, C')) as the compiled
+        kernel's tiles (B, ceil(HW/16), C', 16) (`token_tiles`), cached with it."""
+        projected = self.shared(cache, "q", self.q_proj, image, pe)
+        key = (id(self), "q_tiles")
+        entry = None if cache is None else cache.get(key)
+        if entry is None or entry[0] is not projected:
+            entry = (projected, token_tiles(projected[:, 0]))
+            if cache is not None:
+                cache[key] = entry
         return entry[1]
 
     def heads(self, states: torch.Tensor) -> torch.Tensor:
@@ -226,8 +247,7 @@ class SamHfAttention(nn.Module):
                 logits = add_matmul_nt_(logits, folded, flat_image)
             weights = torch.softmax(logits, dim=-1, out=self.scratch(None if output_attentions else cache, "decoder_weights", shape, q, image))  # (B*P, h*T, HW)
             mixed = matmul_nn(weights.view(sides, -1, shape[2]), flat_image).view(batch * prompts, self.num_heads, length, -1)  # (B*P, h, T, C)
-            v_weight = self.v_proj.weight.view(self.num_heads, -1, self.v_proj.weight.shape[-1])  # (h, d, C)
-            out = (mixed @ v_weight.transpose(1, 2)).transpose(1, 2).reshape(batch, prompts, length, self.internal_dim)
+            out = self._value_heads(mixed).view(batch, prompts, length, self.internal_dim)
             out = out + self.v_proj.bias
             heads_view = weights.view(batch, prompts, self.num_heads, length, -1) if output_attentions else None
         return self.out_proj(out), heads_view
@@ -284,6 +304,14 @@ class SamHfAttention(nn.Module):
         heads_view = weights.view(batch, prompts, self.num_heads, length, -1).transpose(-1, -2) if output_attentions else None
         return out, heads_view
 
+    def _value_heads(self, mixed: torch.Tensor) -> torch.Tensor:
+        """Weighted sums of image tokens per head, mixed (N, h, T, C) -> (N, T, C'): head h's columns are
+        mixed_(h,t) W_v,h^T, one product per head over all N*T rows (a broadcast matmul would expand W_v to N copies)."""
+        count, heads, length, channels = mixed.shape
+        rows = mixed.transpose(0, 1).reshape(heads, count * length, channels)  # (h, N*T, C)
+        out = torch.bmm(rows, self.v_proj.weight.view(heads, -1, channels).transpose(1, 2))  # (h, N*T, d)
+        return out.view(heads, count, length, -1).permute(1, 2, 0, 3).reshape(count, length, self.internal_dim)
+
     def _folded_queries(self, q: torch.Tensor) -> torch.Tensor:
         """Scaled queries q (B, P, T, C') -> the rows q_h W_k,h (B*P, h*T, C), contiguous, that the compiled kernel
         meets with x + pe: softmax_x((q_h W_k,h) . (x + pe)) weighs the image tokens x exactly as the projected keys
@@ -299,9 +327,7 @@ class SamHfAttention(nn.Module):
         """The kernel's weighted sums of image tokens (B*P, h*T, C) -> this attention's output (B, P, T, C) for tokens of
         `shape` (B, P, T, C): per head the value projection W_v,h (its weights summing to one, b_v added once), then out_proj."""
         batch, prompts, length, _ = shape
-        mixed = mixed.view(batch * prompts, self.num_heads, length, -1)  # (B*P, h, T, C)
-        v_weight = self.v_proj.weight.view(self.num_heads, -1, self.v_proj.weight.shape[-1])  # (h, d, C)
-        out = (mixed @ v_weight.transpose(1, 2)).transpose(1, 2).reshape(batch, prompts, length, self.internal_dim)
+        out = self._value_heads(mixed.view(batch * prompts, self.num_heads, length, -1)).view(batch, prompts, length, self.internal_dim)
         return self.out_proj(out + self.v_proj.bias)
 
     def normed_image_to_tokens(self, module, image, image_pe, tokens, token_pe, token_mask, norm: nn.LayerNorm, route: str, cache, out=None,
@@ -320,12 +346,9 @@ class SamHfAttention(nn.Module):
         sides, tokens_hw, channels = batch * image.shape[1], image.shape[2], image.shape[3]
         k = self.project(self.k_proj, tokens + token_pe) * self.scale  # (B, P, T, C')
         by_head = k.reshape(batch * prompts, length, heads, head_dim)  # (B*P, T, h, d)
-        if route == "shared":
-            source = self.shared(cache, "q", self.q_proj, image, image_pe)[:, 0].contiguous()  # (B, HW, C')
-            weight = k.new_zeros(batch * prompts, heads, head_dim, length, heads)  # (B*P, [h, d], [t, h'])
-            diagonal = torch.arange(heads, device=k.device)
-            weight[:, diagonal, :, :, diagonal] = by_head.permute(2, 0, 3, 1)  # head h's rows meet only its own columns
-            weight = weight.view(batch * prompts, self.internal_dim, length * heads)
+        if route == "shared":  # the kernel's per-head form: head h's columns of the source meet only head h's keys
+            source = self.shared_tiles(cache, image, image_pe)  # (B, ceil(HW/16), C', 16)
+            weight = k.reshape(batch * prompts, length, self.internal_dim)  # (B*P, T, C')
             bias = k.new_zeros(batch * prompts, length, heads)
         else:
             source = None

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..configuration import SamHfMaskDecoderConfig
 from ..kernels import kernel
+from .image_cache import cached, call_cache
 from .layers import SamHfFeedForward, SamHfLayerNorm2d, linear_activation, matmul_nt, records_nothing
 from .two_way_transformer import SamHfTwoWayTransformer
 
@@ -199,11 +200,13 @@ class SamHfMaskDecoder(nn.Module):
         multimask_output: bool,
         output_attentions: bool = False,
         mask_iou_threshold: float | None = None,
+        image_cache: dict | None = None,
     ):
         """image_embeddings (B, C, g, g), image_pe (C, g, g), sparse (B, P, T, C), sparse_valid (B, P, T),
         dense (B, P or 1, C, g, g) -> masks (B, P, M, 4g, 4g), iou (B, P, M), attention weights.
         Prompts with no IoU prediction above `mask_iou_threshold` (when given) are not upscaled: their masks are
-        SKIPPED_MASK_LOGIT everywhere."""
+        SKIPPED_MASK_LOGIT everywhere. `image_cache`: a dict kept by the caller across calls on the same embeddings,
+        where the prompt-independent work on the image is kept (see `image_cache.py`)."""
         batch, prompts, _, channels = sparse_embeddings.shape
         grid = image_embeddings.shape[-1]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight])  # (1 + M', C)
@@ -212,9 +215,17 @@ class SamHfMaskDecoder(nn.Module):
         if not bool(sparse_valid.all()):
             token_mask = torch.cat([sparse_valid.new_ones(batch, prompts, output_tokens.shape[0]), sparse_valid], dim=2)
 
+        # prompt-independent projections (of the positional encoding, and of an image side shared by all
+        # prompts), computed once for all groups, and with `image_cache` once for all calls on these embeddings
+        cache = call_cache(image_cache, image_embeddings, image_pe, self.parameters(), sparse_embeddings, dense_embeddings)
+        cache["prompts"] = prompts
         # channels-last once: every image-token op below reads rows of C (a strided (C, g*g) view costs a gather per use)
-        image = channels_last_tokens(image_embeddings, dense_embeddings)  # (B, P or 1, g*g, C)
-        pe = image_pe.flatten(1).t().to(image.dtype)  # (g*g, C)
+        if dense_embeddings.shape[1] == 1 and dense_embeddings.stride(-1) == 0 and dense_embeddings.stride(-2) == 0:
+            # the same dense embedding everywhere (no mask input): the image side is prompt-independent
+            image = cached(cache, "tokens", lambda: channels_last_tokens(image_embeddings, dense_embeddings), dense_embeddings[:, 0, :, 0, 0])
+        else:
+            image = channels_last_tokens(image_embeddings, dense_embeddings)  # (B, P or 1, g*g, C)
+        pe = cached(cache, "pe", lambda: image_pe.flatten(1).t().to(image.dtype))  # (g*g, C)
         mask_slice = slice(1, None) if multimask_output else slice(0, 1)
 
         # Prompts are decoded in groups whose per-prompt image tokens stay under the allocator budget:
@@ -222,9 +233,6 @@ class SamHfMaskDecoder(nn.Module):
         per_prompt = batch * grid * grid * channels * image.element_size()
         kernel = self.transformer.kernel_for(image, tokens, pe, output_attentions) is not None
         group = prompts if output_attentions else prompt_group(per_prompt, image.device, kernel=kernel)
-        # prompt-independent projections (of the positional encoding, and of an image side shared by all
-        # prompts), computed once for all groups
-        cache = {"prompts": prompts}
         # one image's groups write their masks straight into the output (no concatenation of B x P x M x 4g x 4g logits)
         masks = None
         if batch == 1 and group < prompts:

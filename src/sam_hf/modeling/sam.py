@@ -119,6 +119,7 @@ class SamHfModel(SamHfPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         mask_iou_threshold: float | None = None,
+        image_cache: dict | None = None,
         **kwargs,
     ) -> SamHfImageSegmentationOutput | tuple:
         r"""
@@ -132,6 +133,11 @@ class SamHfModel(SamHfPreTrainedModel):
         mask_iou_threshold (`float`, optional): skip the mask upscaling (and the mask tokens' final attention) of
             every prompt none of whose returned masks has a predicted IoU above this value; their `pred_masks` are -1e4 everywhere (empty). `iou_scores` are
             always computed. Segment-everything uses it with its `pred_iou_thresh` (an exact shortcut there).
+        image_cache (`dict`, optional): with `image_embeddings`, a dict (empty at first) that the caller passes to every
+            call on the same embeddings: the decoder's prompt-independent work on the image (its tokens channels-last,
+            the projections all prompts share) is computed in the first call and kept there. Refilled when the
+            embeddings, positional encoding or decoder weights change; used only where autograd records nothing.
+            Segment everything passes one per crop (see `modeling/image_cache.py`).
         """
         unknown = set(kwargs) - {"original_sizes", "reshaped_input_sizes", "prompt_mask"}
         if unknown:
@@ -144,6 +150,8 @@ class SamHfModel(SamHfPreTrainedModel):
         if mask_iou_threshold is not None and (isinstance(mask_iou_threshold, bool) or not isinstance(mask_iou_threshold, (int, float))):
             raise TypeError(f"mask_iou_threshold must be a float or None, got {type(mask_iou_threshold).__name__}")
 
+        if image_cache is not None and pixel_values is not None:
+            raise ValueError("image_cache keeps work on given image_embeddings: pass image_embeddings, not pixel_values, with it")
         computed_embeddings, hidden, vision_attn = None, None, None
         if pixel_values is not None:
             vision = self.get_image_features(pixel_values, output_hidden_states=output_hidden_states, output_attentions=output_attentions)
@@ -169,6 +177,7 @@ class SamHfModel(SamHfPreTrainedModel):
             image_embeddings=image_embeddings, image_pe=self.get_image_wide_positional_embeddings(),
             sparse_embeddings=sparse, sparse_valid=sparse_valid, dense_embeddings=dense,
             multimask_output=multimask_output, output_attentions=output_attentions, mask_iou_threshold=mask_iou_threshold,
+            image_cache=image_cache,
         )
         output = SamHfImageSegmentationOutput(
             iou_scores=iou, pred_masks=masks, image_embeddings=computed_embeddings,
