@@ -97,6 +97,29 @@ def test_one_image_cache_per_crop(model, blocks_image, monkeypatch):
     assert shared == alone and len(shared) > 1
 
 
+def test_decoder_calls_under_the_mask_budget(model, blocks_image, monkeypatch):
+    """On a CPU a batch of points goes to the decoder in calls whose low-res masks fit MASKS_PER_CALL_BUDGET: the
+    records of one call per batch."""
+    from sam_hf.generation import generator
+
+    options = dict(OPEN, points_per_batch=16, output_mode="uncompressed_rle")
+    sizes = []
+    process_batch = SamHfAutomaticMaskGenerator._process_batch
+    monkeypatch.setattr(SamHfAutomaticMaskGenerator, "_process_batch", lambda self, e, p, *a, **k: sizes.append(len(p)) or process_batch(self, e, p, *a, **k))
+    whole = SamHfAutomaticMaskGenerator(model, **options).generate(blocks_image)
+    assert sizes == [16, 16, 4]  # 36 points; the tiny model's 16 x 3 masks of 32 x 32 fit the default budget
+    sizes.clear()
+    monkeypatch.setattr(generator, "MASKS_PER_CALL_BUDGET", 5 * 3 * 32 * 32 * 4)  # 5 points' masks
+    split = SamHfAutomaticMaskGenerator(model, **options).generate(blocks_image)
+    assert sizes == [5, 5, 5, 1] * 2 + [4]
+    # the same masks in the same order; a predicted IoU may differ in its last bits (the token-side products of
+    # fewer rows may sum in another order)
+    assert len(split) == len(whole) > 1
+    for ours, theirs in zip(split, whole):
+        assert {k: v for k, v in ours.items() if k != "predicted_iou"} == {k: v for k, v in theirs.items() if k != "predicted_iou"}
+        assert ours["predicted_iou"] == pytest.approx(theirs["predicted_iou"], rel=1e-5, abs=1e-6)
+
+
 def test_point_grids(model, blocks_image):
     grid = np.array([[0.5, 0.5], [0.1, 0.9]])
     records = SamHfAutomaticMaskGenerator(model, **dict(OPEN, points_per_side=None, point_grids=[grid])).generate(blocks_image)

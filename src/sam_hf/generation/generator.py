@@ -35,6 +35,12 @@ from .rle import boundaries_to_rles, rle_to_mask, run_boundaries  # noqa: F401 (
 # 4 MiB: far under glibc's mmap threshold, so every chunk reuses warm heap memory (a 128 MiB budget
 # page-faulted 1.4 million pages per 1024 x 683 image) and stays near the core's cache between passes.
 UPSCALE_BUDGET = 1 << 20
+# Bytes of low-res mask logits per decoder call on a CPU: a batch of points goes to the decoder in calls whose masks
+# stay under glibc's largest mmap threshold (32 MiB), so each call's masks reuse freed heap memory; a 64-point ViT
+# batch's 48 MiB were fresh pages every time (about 12 ms of page faults per call on a Zen 4 core). Each point is
+# decoded on its own, so the masks are the same (a predicted IoU may differ in its last bits: token-side products
+# of fewer rows may sum in another order); the calls share the image work through `image_cache`.
+MASKS_PER_CALL_BUDGET = 12 * 2**20
 
 
 def _image_processor(model, processor):
@@ -166,11 +172,14 @@ class SamHfAutomaticMaskGenerator:
         # the decoder's prompt-independent work on this crop's embeddings, done in the first batch only
         frame = dict(crop_box=crop_box, crop_size=(crop_h, crop_w), resized_size=(resized_h, resized_w), image_size=rgb.shape[:2],
                      image_cache={})
+        per_call = self._points_per_call(embeddings)
         for start in range(0, len(points), opts.points_per_batch):
-            stop = start + opts.points_per_batch
-            batch, batch_runs = self._process_batch(embeddings, points[start:stop], model_points[start:stop], **frame)
-            batches.append(batch)
-            runs.append(batch_runs)
+            stop = min(start + opts.points_per_batch, len(points))
+            for first in range(start, stop, per_call):
+                last = min(first + per_call, stop)
+                batch, batch_runs = self._process_batch(embeddings, points[first:last], model_points[first:last], **frame)
+                batches.append(batch)
+                runs.append(batch_runs)
             if bar is not None:
                 bar.update(1)
         data = MaskData()
@@ -188,6 +197,15 @@ class SamHfAutomaticMaskGenerator:
         per_mask = torch.cat([r[1] for r in runs])
         data["rles"] = boundaries_to_rles(boundaries, per_mask, rgb.shape[:2], select=keep)
         return data
+
+    def _points_per_call(self, embeddings: torch.Tensor) -> int:
+        """Points per decoder call: a whole batch, or on a CPU as many as keep its masks under MASKS_PER_CALL_BUDGET."""
+        batch = self.options.points_per_batch
+        if embeddings.device.type != "cpu":
+            return batch
+        masks = 3 if self.options.multimask_output else 1
+        side = 4 * embeddings.shape[-1]  # the decoder's low-res masks: 4x the embedding grid
+        return max(1, min(batch, MASKS_PER_CALL_BUDGET // (masks * side * side * embeddings.element_size())))
 
     def _process_batch(self, embeddings, points, model_points, *, crop_box, crop_size, resized_size, image_size, image_cache):
         opts = self.options
