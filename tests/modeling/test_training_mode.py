@@ -46,3 +46,20 @@ def test_no_grad_and_grad_paths_agree():
     with torch.no_grad():
         reference = model.get_image_embeddings(pixels)
     assert_close(model.get_image_embeddings(pixels), reference)
+
+
+def test_frozen_model_backpropagates_to_its_inputs():
+    """A frozen model with inputs that require grad (saliency, adversarial examples): autograd records there, so
+    no fused inference-only kernel may run, and the input gradients equal those of the unfrozen model."""
+    model = randomize(SamHfModel(config_for_variant("tiny")), seed=5).eval()
+    pixels = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    points = torch.tensor([[[[40.0, 50.0]], [[90.0, 20.0]]]])
+    grads = []
+    for frozen in (False, True):
+        model.requires_grad_(not frozen)
+        leaf = pixels.clone().requires_grad_(True)
+        out = model(leaf, input_points=points, multimask_output=True)
+        (out.pred_masks.square().mean() + out.iou_scores.square().mean()).backward()
+        grads.append(leaf.grad)
+    assert grads[1].abs().sum() > 0
+    assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-8)

@@ -234,7 +234,7 @@ class SamHfMLPBlock(nn.Module):
     def residual_forward(self, hidden_states: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """residual + MLP(hidden_states) as a new tensor; fused kernels where autograd records nothing."""
         fused = _ONEDNN_ACTIVATIONS.get(self.hidden_act)
-        if fused is None or not fused_linear_available(hidden_states) or torch.is_grad_enabled() and self.lin1.weight.requires_grad:
+        if fused is None or not fused_linear_available(hidden_states) or not records_nothing(hidden_states, residual, *self.parameters()):
             return residual + self.forward(hidden_states)
         inner = _FUSED_LINEAR(hidden_states, self.lin1.weight, self.lin1.bias, fused[0], [], fused[1])  # (..., mlp_dim)
         return linear_add(inner, self.lin2, residual)
