@@ -130,6 +130,23 @@ def test_bgr_and_other_image_forms(models, image):
         assert_close(other.get_image_embedding(), rgb.get_image_embedding(), rtol=0, atol=0)
 
 
+def test_image_cache_follows_the_image(models, image):
+    """predict keeps the decoder's image work in `image_cache` between calls; set_image starts it afresh."""
+    predictor = SamHfPredictor(models[0])
+    predictor.set_image(image)
+    prompt = dict(point_coords=np.array([[60.0, 40.0], [20.0, 80.0]]), point_labels=np.array([1, 0]))
+    first = predictor.predict(**prompt)
+    assert predictor.image_cache  # filled by the first call
+    for ours, again in zip(first, predictor.predict(**prompt)):
+        assert np.array_equal(ours, again)
+    predictor.set_image(image[::-1].copy())
+    assert predictor.image_cache == {}
+    fresh = SamHfPredictor(models[0])
+    fresh.set_image(image[::-1].copy())
+    for ours, theirs in zip(predictor.predict(**prompt), fresh.predict(**prompt)):
+        assert np.array_equal(ours, theirs)
+
+
 def test_reset_and_errors_before_set_image(models):
     predictor = SamHfPredictor(models[0])
     for call in (lambda: predictor.predict(box=np.array([0, 0, 5, 5])),

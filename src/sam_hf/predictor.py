@@ -96,6 +96,7 @@ class SamHfPredictor:
         """Forget the current image and its embedding."""
         self.is_image_set = False
         self.features = None
+        self.image_cache: dict = {}  # the decoder's prompt-independent work on `features`, kept between predict calls
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
 
@@ -252,6 +253,7 @@ class SamHfPredictor:
             input_boxes=None if boxes is None else boxes.to(self.device, torch.float32)[None],  # (1, P, 4)
             input_masks=None if mask_input is None else mask_input.to(self.device, self.model.dtype).reshape(1, -1, size, size),  # (1, P, L, L)
             multimask_output=multimask_output,
+            image_cache=self.image_cache,
         )
         low_res = outputs.pred_masks[0]  # (P, M, L, L)
         iou = outputs.iou_scores[0]  # (P, M)
