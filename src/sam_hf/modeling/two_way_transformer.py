@@ -50,7 +50,7 @@ class SamHfTwoWayAttentionBlock(nn.Module):
     def token_update(self, queries, attended):
         """After the token -> image attention (its output `attended`): residual, LayerNorm, MLP, LayerNorm (B, P, T, C)."""
         queries = self.layer_norm2(queries + attended)
-        return self.layer_norm3(self.mlp.residual_forward(queries, queries))  # the activation and the residual fused
+        return self.layer_norm3(queries + self.mlp(queries))
 
     def forward(self, queries, keys, query_pe, key_pe, token_mask, output_attentions=False, cache=None, fold=False):
         """queries (B, P, T, C) tokens, keys (B, P', HW, C) image, query_pe (B, P, T, C), key_pe (HW, C);
