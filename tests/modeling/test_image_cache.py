@@ -72,13 +72,16 @@ def test_refilled_for_other_embeddings(model, decoder_path, monkeypatch):
     assert counts["tokens"] == 1
 
 
-def test_refilled_when_embeddings_or_weights_change_in_place(model, decoder_path):
+def test_refilled_when_embeddings_weights_or_positions_change(model, decoder_path):
     embeddings, cache, points = _embeddings(), {}, _points(2)
     with torch.no_grad():
         model(image_embeddings=embeddings, input_points=points, image_cache=cache)
         embeddings.mul_(2.0)  # a tensor made outside inference mode: its version counter moves
         _same(model(image_embeddings=embeddings, input_points=points, image_cache=cache), model(image_embeddings=embeddings, input_points=points))
         model.mask_decoder.transformer.layers[0].cross_attn_image_to_token.q_proj.weight.mul_(1.5)
+        _same(model(image_embeddings=embeddings, input_points=points, image_cache=cache), model(image_embeddings=embeddings, input_points=points))
+        weight = model.mask_decoder.transformer.layers[0].cross_attn_token_to_image.v_proj.weight  # its projection is kept
+        weight.data = weight.data * 0.5  # swapped, as `module.to(...)` and state-dict tricks do: no version bump
         _same(model(image_embeddings=embeddings, input_points=points, image_cache=cache), model(image_embeddings=embeddings, input_points=points))
         model.shared_image_embedding.positional_embedding.mul_(0.5)  # another positional encoding of the grid
         _same(model(image_embeddings=embeddings, input_points=points, image_cache=cache), model(image_embeddings=embeddings, input_points=points))

@@ -8,8 +8,8 @@ to every call, and only the first computes them (ViT-B, 2 Zen 4 cores: about 14 
 
 The dict holds tensors computed from the embeddings, the positional encoding and the decoder's weights. It is
 emptied and refilled whenever a call brings other embeddings (another tensor, or the same one changed in place:
-its version counter), another positional encoding (compared by value) or decoder weights changed in place
-(their version counters). Embeddings made under `torch.inference_mode()` keep no version counter: changed in
+its version counter), another positional encoding (compared by value) or other decoder weights (changed in place:
+their version counters; or swapped: their storage and dtype). Embeddings made under `torch.inference_mode()` keep no version counter: changed in
 place there, they are not noticed. It is used only where autograd records nothing (a cached projection must
 not carry one call's graph into the next); elsewhere a call keeps its work to itself.
 """
@@ -41,7 +41,8 @@ def call_cache(image_cache: dict | None, image_embeddings: torch.Tensor, image_p
     parameters = tuple(parameters)
     if not records_nothing(image_embeddings, image_pe, *tensors, *parameters):
         return {}
-    versions = (_version(image_embeddings), tuple(_version(p) for p in parameters))
+    # a parameter's storage and dtype too: `module.to(...)` and `param.data = ...` swap tensors without a version bump
+    versions = (_version(image_embeddings), tuple((p.data_ptr(), p.dtype, _version(p)) for p in parameters))
     held = image_cache.get(_KEY)
     if not (
         held is not None
