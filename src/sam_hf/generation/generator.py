@@ -203,7 +203,7 @@ class SamHfAutomaticMaskGenerator:
         batch = self.options.points_per_batch
         if embeddings.device.type != "cpu":
             return batch
-        masks = 3 if self.options.multimask_output else 1
+        masks = self.model.config.mask_decoder_config.num_multimask_outputs if self.options.multimask_output else 1
         side = 4 * embeddings.shape[-1]  # the decoder's low-res masks: 4x the embedding grid
         return max(1, min(batch, MASKS_PER_CALL_BUDGET // (masks * side * side * embeddings.element_size())))
 
