@@ -51,33 +51,35 @@ inline void add_rows(const float* x, const float* y, float* dst, int64_t n) {
 
 inline float reduce(__m512 v) { return _mm512_reduce_add_ps(v); }
 
-// One row of logits laid out (t, head): softmax over t for every head, in place, after adding `bias`
-// (-inf masks a token: its weight is exactly zero). Any number of heads; `softmax_over_tokens_fast` is the fast form.
-void softmax_over_tokens(float* row, const float* bias, int64_t tokens, int64_t heads) {
-  for (int64_t h0 = 0; h0 < heads; h0 += 16) {
-    const __mmask16 lanes = lanes_below(heads - h0);
-    __m512 top = _mm512_set1_ps(-kInf);
-    for (int64_t t = 0; t < tokens; ++t) {
-      float* x = row + t * heads + h0;
-      const __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, x), _mm512_maskz_loadu_ps(lanes, bias + t * heads + h0));
-      _mm512_mask_storeu_ps(x, lanes, v);
-      top = _mm512_max_ps(top, v);
+// Softmax over `tokens` vectors of logits x + t * stride (t = 0 ..), lane by lane on `lanes`, in place, after adding
+// bias + t * stride when given (-inf masks a token: its weight is exactly zero).
+void softmax_lanes(float* x, int64_t stride, int64_t tokens, __mmask16 lanes, const float* bias) {
+  __m512 top = _mm512_set1_ps(-kInf);
+  for (int64_t t = 0; t < tokens; ++t) {
+    __m512 v = _mm512_maskz_loadu_ps(lanes, x + t * stride);
+    if (bias != nullptr) {
+      v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(lanes, bias + t * stride));
+      _mm512_mask_storeu_ps(x + t * stride, lanes, v);
     }
-    __m512 total = _mm512_setzero_ps();
-    for (int64_t t = 0; t < tokens; ++t) {
-      float* x = row + t * heads + h0;
-      const __m512 v = _mm512_maskz_loadu_ps(lanes, x);
-      const __mmask16 live = _mm512_cmp_ps_mask(v, _mm512_set1_ps(-kInf), _CMP_NEQ_OQ);
-      const __m512 e = _mm512_maskz_mov_ps(live, exp16(_mm512_sub_ps(v, top)));
-      _mm512_mask_storeu_ps(x, lanes, e);
-      total = _mm512_add_ps(total, e);
-    }
-    const __m512 inverse = _mm512_div_ps(_mm512_set1_ps(1.0f), total);
-    for (int64_t t = 0; t < tokens; ++t) {
-      float* x = row + t * heads + h0;
-      _mm512_mask_storeu_ps(x, lanes, _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, x), inverse));
-    }
+    top = _mm512_max_ps(top, v);
   }
+  __m512 total = _mm512_setzero_ps();
+  for (int64_t t = 0; t < tokens; ++t) {
+    const __m512 v = _mm512_maskz_loadu_ps(lanes, x + t * stride);
+    const __mmask16 live = _mm512_cmp_ps_mask(v, _mm512_set1_ps(-kInf), _CMP_NEQ_OQ);
+    const __m512 e = _mm512_maskz_mov_ps(live, exp16(_mm512_sub_ps(v, top)));
+    _mm512_mask_storeu_ps(x + t * stride, lanes, e);
+    total = _mm512_add_ps(total, e);
+  }
+  const __m512 inverse = _mm512_div_ps(_mm512_set1_ps(1.0f), total);
+  for (int64_t t = 0; t < tokens; ++t)
+    _mm512_mask_storeu_ps(x + t * stride, lanes, _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, x + t * stride), inverse));
+}
+
+// One row of logits laid out (t, head): softmax over t for every head, in place, after adding `bias`.
+// Any number of heads; `softmax_over_tokens_fast` is the fast form.
+void softmax_over_tokens(float* row, const float* bias, int64_t tokens, int64_t heads) {
+  for (int64_t h0 = 0; h0 < heads; h0 += 16) softmax_lanes(row + h0, heads, tokens, lanes_below(heads - h0), bias + h0);
 }
 
 // Swaps lanes i and i ^ d of a 16-lane vector (d = 1, 2, 4 or 8).
@@ -146,24 +148,7 @@ void head_softmax_tile(const float* tile, const float* keys, const float* bias, 
       default: head_logits_chunk<1>(tile, keys, bias, t0, heads, depth, out);
     }
   }
-  const __m512 minus_inf = _mm512_set1_ps(-kInf);
-  for (int64_t h = 0; h < heads; ++h) {
-    __m512 top = minus_inf;
-    for (int64_t t = 0; t < tokens; ++t) top = _mm512_max_ps(top, _mm512_loadu_ps(out + (t * heads + h) * 16));
-    __m512 total = _mm512_setzero_ps();
-    for (int64_t t = 0; t < tokens; ++t) {
-      float* row = out + (t * heads + h) * 16;
-      const __m512 v = _mm512_loadu_ps(row);
-      const __m512 e = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, minus_inf, _CMP_NEQ_OQ), exp16(_mm512_sub_ps(v, top)));
-      _mm512_storeu_ps(row, e);
-      total = _mm512_add_ps(total, e);
-    }
-    const __m512 inverse = _mm512_div_ps(_mm512_set1_ps(1.0f), total);
-    for (int64_t t = 0; t < tokens; ++t) {
-      float* row = out + (t * heads + h) * 16;
-      _mm512_storeu_ps(row, _mm512_mul_ps(_mm512_loadu_ps(row), inverse));
-    }
-  }
+  for (int64_t h = 0; h < heads; ++h) softmax_lanes(out + h * 16, heads * 16, tokens, 0xFFFF, nullptr);
 }
 
 // out = LayerNorm(z + residual) * weight + bias over one row of n channels; z is overwritten.

@@ -345,7 +345,6 @@ class SamHfAttention(nn.Module):
         heads, head_dim = self.num_heads, self.internal_dim // self.num_heads
         sides, tokens_hw, channels = batch * image.shape[1], image.shape[2], image.shape[3]
         k = self.project(self.k_proj, tokens + token_pe) * self.scale  # (B, P, T, C')
-        by_head = k.reshape(batch * prompts, length, heads, head_dim)  # (B*P, T, h, d)
         if route == "shared":  # the kernel's per-head form: head h's columns of the source meet only head h's keys
             source = self.shared_tiles(cache, image, image_pe)  # (B, ceil(HW/16), C', 16)
             weight = k.reshape(batch * prompts, length, self.internal_dim)  # (B*P, T, C')
@@ -354,6 +353,7 @@ class SamHfAttention(nn.Module):
             source = None
             folded = self._per_head_product(k, self.q_proj.weight)  # (B, P, h*T, C), rows (h, t)
             weight = folded.view(batch * prompts, heads, length, channels).permute(0, 3, 2, 1).reshape(batch * prompts, channels, length * heads)
+            by_head = k.reshape(batch * prompts, length, heads, head_dim)  # (B*P, T, h, d)
             bias = (by_head * self.q_proj.bias.view(heads, head_dim)).sum(-1)  # (B*P, T, h)
         if token_mask is not None:
             bias = bias.masked_fill(~token_mask.reshape(batch * prompts, length, 1), float("-inf"))
