@@ -27,10 +27,10 @@ def transformers_tiny(tiny_model):
 @pytest.fixture(params=["kernel", "pytorch"])
 def decoder_path(request, monkeypatch):
     """Runs a test twice: with the decoder's compiled kernels (`sam_hf.kernels`: attention and mask upscaling, fp32 on
-    AVX-512 CPUs) and with PyTorch's path alone."""
+    AVX-512 CPUs, bf16 where AVX512-BF16) and with PyTorch's path alone."""
     if request.param == "pytorch":
-        monkeypatch.setattr(decoder_attention, "kernel", lambda name: None)
-        monkeypatch.setattr(mask_decoder, "kernel", lambda name: None)
+        monkeypatch.setattr(decoder_attention, "kernel_for", lambda name, dtype: None)
+        monkeypatch.setattr(mask_decoder, "kernel_for", lambda name, dtype: None)
     elif kernel("decoder_attention") is None:
         pytest.skip(f"the decoder_attention kernel cannot be used here: {unavailable_reason('decoder_attention')}")
     return request.param

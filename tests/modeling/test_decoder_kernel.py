@@ -1,6 +1,6 @@
-"""sam_hf's compiled fp32 decoder kernel (`sam_hf.kernels`, "decoder_attention"): each function against its formula
-in plain PyTorch, the decoder with it against the decoder without it and against transformers (SAM's own decoder
-sizes: 8 heads, 256 channels), and where it is not used."""
+"""sam_hf's compiled decoder kernel (`sam_hf.kernels`, "decoder_attention") in fp32: each function against its
+formula in plain PyTorch, the decoder with it against the decoder without it and against transformers (SAM's own
+decoder sizes: 8 heads, 256 channels), and where it is not used. bf16: test_decoder_kernels_bf16.py."""
 
 import pytest
 import torch
@@ -190,7 +190,7 @@ def _calls(monkeypatch, module):
 
             return call
 
-    monkeypatch.setattr(decoder_attention, "kernel", lambda name: None if loader.kernel(name) is None else Spy())
+    monkeypatch.setattr(decoder_attention, "kernel_for", lambda name, dtype: None if loader.kernel_for(name, dtype) is None else Spy())
     return counts
 
 
@@ -209,7 +209,7 @@ def test_sam_sized_decoder_equals_pytorch_path_and_transformers(module, sam_deco
     # mask tokens' final attention after the threshold, of the image side each prompt has by then
     assert counts["tokens_to_image"] == (3 if prompts == 1 else groups) and counts.get("head_attention", 0) == (0 if prompts == 1 else 2 * groups)
     with monkeypatch.context() as patch:
-        patch.setattr(decoder_attention, "kernel", lambda name: None)
+        patch.setattr(decoder_attention, "kernel_for", lambda name, dtype: None)
         plain = _decode(sam_decoder, prompts)
     reference = _decode(transformers_from_ours(sam_decoder), prompts)
     # random ViT-B weights give mask logits of a few hundred: fp32 rounding differs by ~1e-3 between any two of
@@ -223,12 +223,13 @@ def test_sam_sized_decoder_equals_pytorch_path_and_transformers(module, sam_deco
 
 
 def test_not_used_where_it_does_not_apply(module, tiny_model, monkeypatch):
-    """Attention weights asked for, autograd recording, bf16, inside `sam_hf.kernels.disabled()`: PyTorch's path."""
+    """Attention weights asked for, autograd recording, fp16, inside `sam_hf.kernels.disabled()`: PyTorch's path
+    (bf16 takes the kernel where the CPU runs oneDNN's bf16 products: test_decoder_kernels_bf16.py)."""
     counts = _calls(monkeypatch, module)
     embeddings, points = torch.randn(1, 32, 8, 8), torch.rand(1, 3, 1, 2) * 128
     with torch.no_grad():
         tiny_model(image_embeddings=embeddings, input_points=points, output_attentions=True)
-        tiny_model.to(torch.bfloat16)(image_embeddings=embeddings.bfloat16(), input_points=points)
+        tiny_model.to(torch.float16)(image_embeddings=embeddings.half(), input_points=points)
         tiny_model.float()
     tiny_model(image_embeddings=embeddings, input_points=points)  # grad enabled, the weights require it
     with torch.no_grad(), kernels.disabled():

@@ -1,6 +1,6 @@
-"""sam_hf's compiled fp32 mask-upscaling kernel (`sam_hf.kernels`, "mask_upscaling"): against the upscaling written
-as SAM writes it (transposed convolutions, LayerNorm2d, GELU, the hypernetwork product), against the decoder's
-PyTorch path, and where it is not used."""
+"""sam_hf's compiled mask-upscaling kernel (`sam_hf.kernels`, "mask_upscaling") in fp32: against the upscaling
+written as SAM writes it (transposed convolutions, LayerNorm2d, GELU, the hypernetwork product), against the
+decoder's PyTorch path, and where it is not used. bf16: test_decoder_kernels_bf16.py."""
 
 import pytest
 import torch
@@ -84,9 +84,11 @@ def test_decoder_upscale_masks_uses_it_and_equals_pytorch(module):
 
 
 def test_not_used_where_it_does_not_apply(module, monkeypatch):
-    """bf16, autograd recording, non-contiguous inputs: the PyTorch path, same results as the reference."""
+    """fp16, bf16 tokens with fp32 weights, autograd recording, non-contiguous inputs: the PyTorch path, same results
+    as the reference (bf16 throughout takes the kernel where the CPU runs oneDNN's bf16 products:
+    test_decoder_kernels_bf16.py)."""
     calls = []
-    monkeypatch.setattr(mask_decoder, "kernel", lambda name: calls.append(name) or module)
+    monkeypatch.setattr(mask_decoder, "kernel_for", lambda name, dtype: calls.append(name) or module)
     decoder, grid = _decoder(64), 6
     image, hyper = torch.randn(2, grid * grid, 64), torch.randn(2, 3, 8)
     with torch.no_grad():
@@ -94,8 +96,10 @@ def test_not_used_where_it_does_not_apply(module, monkeypatch):
     assert calls == [KERNEL]
     calls.clear()
     with torch.no_grad():
-        decoder.to(torch.bfloat16).upscale_masks(image.bfloat16(), hyper.bfloat16(), grid)
+        decoder.to(torch.float16).upscale_masks(image.half(), hyper.half(), grid)
         decoder.float()
+        with pytest.raises(RuntimeError):  # no kernel, and PyTorch refuses the mixed dtypes itself
+            decoder.upscale_masks(image.bfloat16(), hyper.bfloat16(), grid)
         strided = torch.randn(2, grid * grid, 128)[..., ::2]
         assert_close(decoder.upscale_masks(strided, hyper, grid), _reference(decoder, strided, hyper, grid), rtol=1e-4, atol=1e-3)
     grads = decoder.upscale_masks(image, hyper.requires_grad_(), grid)

@@ -1,5 +1,6 @@
-// The mask decoder's two attentions over the image tokens in fp32, each one streaming pass over the HW image
-// tokens of a prompt, in blocks of rows that stay in the L2 cache (x86 CPUs with AVX-512):
+// The mask decoder's two attentions over the image tokens in fp32 or bf16, each one streaming pass over the HW image
+// tokens of a prompt, in blocks of rows that stay in the L2 cache (x86 CPUs with AVX-512; bf16 where oneDNN's bf16
+// brgemm runs, AVX512-BF16):
 //
 //   image_to_tokens: out = LayerNorm(x + softmax_t(a W + b) V)   per image token x (a row of the logit source
 //     a: the image side's shared query projection, or x + pe), softmax over each head's T tokens, V the
@@ -8,15 +9,19 @@
 //   tokens_to_image: mixed = softmax_x(Q (x + pe)) x   for a prompt's M folded query rows Q against all its
 //     image tokens, flash-style (a running max and sum per row, nothing of size M x HW in memory).
 //
-// The products are ATen's fp32 brgemm (oneDNN's ukernel: about 90-115 GFLOP/s on one Zen 4 core for these
-// shapes against 60-65 for MKL's sgemm there); softmax, LayerNorm and the additions are AVX-512 here.
+// The products are ATen's brgemm (oneDNN's ukernel: in fp32 about 90-115 GFLOP/s on one Zen 4 core for these
+// shapes against 60-65 for MKL's sgemm there); softmax, LayerNorm and the additions are AVX-512 here, in fp32.
+// In bf16 the image tokens (residual, output, positional encoding) are bf16 in memory and the products take bf16
+// operands (the image tokens as they are; the attention weights and the small per-prompt matrices rounded once,
+// in VNNI form where they are the right operand) with fp32 sums; logits, softmax, LayerNorm and the attention
+// outputs stay fp32, and each new image token is rounded to bf16 once, as it is stored.
 // Built on first use by sam_hf.kernels.loader; inference only (no autograd).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
 #include <immintrin.h>
 
-#include "fp32_brgemm.h"
+#include "brgemm.h"
 #include "simd.h"
 
 #include <algorithm>
@@ -24,14 +29,22 @@
 #include <cstdint>
 #include <limits>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
+using at::BFloat16;
+using sam_hf_brgemm::bf16_brgemm_usable;
+using sam_hf_brgemm::brgemm_usable;
+using sam_hf_brgemm::check_dense;
+using sam_hf_brgemm::check_float;
+using sam_hf_brgemm::gemm;
+using sam_hf_brgemm::release;
+using sam_hf_simd::bf16_pairs;
 using sam_hf_simd::exp16;
 using sam_hf_simd::lanes_below;
+using sam_hf_simd::load16;
+using sam_hf_simd::store16;
 using sam_hf_simd::transpose;
-using sam_hf_fp32::brgemm_usable;
-using sam_hf_fp32::check_float;
-using sam_hf_fp32::gemm;
 
 namespace {
 
@@ -41,12 +54,73 @@ constexpr int64_t kRows = 64;
 static_assert(kRows % 16 == 0, "the per-head form fills whole tiles of 16 rows");
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
-// dst[i] = x[i] + y[i] for n floats.
-inline void add_rows(const float* x, const float* y, float* dst, int64_t n) {
+template <typename T>
+constexpr bool kBf16 = std::is_same_v<T, BFloat16>;
+
+// dst[i] = x[i] + y[i] for n values (in bf16: summed in fp32, rounded once).
+template <typename T>
+inline void add_rows(const T* x, const T* y, T* dst, int64_t n) {
   for (int64_t c = 0; c < n; c += 16) {
     const __mmask16 lanes = lanes_below(n - c);
-    _mm512_mask_storeu_ps(dst + c, lanes, _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, x + c), _mm512_maskz_loadu_ps(lanes, y + c)));
+    store16(dst + c, lanes, _mm512_add_ps(load16(x + c, lanes), load16(y + c, lanes)));
   }
+}
+
+// The bf16 products' operands. dst (rows, ldd) = src (rows, cols; row stride lds) rounded, columns cols .. ldd zero
+// (a left operand whose K is padded to even).
+void round_rows(const float* src, int64_t rows, int64_t cols, int64_t lds, BFloat16* dst, int64_t ldd) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < ldd; c += 16) {
+      const __mmask16 lanes = lanes_below(ldd - c);
+      store16(dst + r * ldd + c, lanes, load16(src + r * lds + c, lanes_below(cols - c) & lanes));
+    }
+}
+
+// A right operand B (K, N) in VNNI form, [ceil(K/2)][N][2] (pairs of rows interleaved; odd K: a zero row added), from
+// K rows of N values (row stride ld): fp32 ones rounded, or bf16 ones as they are.
+void pack_vnni(const float* src, int64_t k, int64_t n, int64_t ld, BFloat16* dst) {
+  for (int64_t r = 0; r < k; r += 2) {
+    const float* first = src + r * ld;
+    uint32_t* out = reinterpret_cast<uint32_t*>(dst) + (r / 2) * n;
+    for (int64_t c = 0; c < n; c += 16) {
+      const __mmask16 lanes = lanes_below(n - c);
+      const __m512 second = r + 1 < k ? _mm512_maskz_loadu_ps(lanes, first + ld + c) : _mm512_setzero_ps();
+      _mm512_mask_storeu_epi32(out + c, lanes, bf16_pairs(_mm512_maskz_loadu_ps(lanes, first + c), second));
+    }
+  }
+}
+
+inline __mmask32 lanes_below32(int64_t count) {  // the first min(count, 32) of 32 lanes
+  return count >= 32 ? ~__mmask32(0) : (__mmask32(1) << count) - 1;
+}
+
+void pack_vnni(const BFloat16* src, int64_t k, int64_t n, int64_t ld, BFloat16* dst) {
+  alignas(64) static const uint16_t kLow[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
+                                                8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+  alignas(64) static const uint16_t kHigh[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
+                                                 24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
+  const __m512i low = _mm512_load_si512(kLow), high = _mm512_load_si512(kHigh);
+  for (int64_t r = 0; r < k; r += 2) {
+    const BFloat16* first = src + r * ld;
+    BFloat16* out = dst + r * n;  // row pair r / 2: n words of two values
+    for (int64_t c = 0; c < n; c += 32) {  // 32 columns: their words in two vectors of 16
+      const int64_t count = std::min<int64_t>(32, n - c);
+      const __m512i u = _mm512_maskz_loadu_epi16(lanes_below32(count), first + c);
+      const __m512i v = r + 1 < k ? _mm512_maskz_loadu_epi16(lanes_below32(count), first + ld + c) : _mm512_setzero_si512();
+      _mm512_mask_storeu_epi16(out + 2 * c, lanes_below32(2 * count), _mm512_permutex2var_epi16(u, low, v));
+      if (count > 16) _mm512_mask_storeu_epi16(out + 2 * c + 32, lanes_below32(2 * (count - 16)), _mm512_permutex2var_epi16(u, high, v));
+    }
+  }
+}
+
+// B = src^T (K, N) in VNNI form from N rows of K fp32 values (row stride ld), K even: word (k / 2, j) holds src[j][k],
+// src[j][k + 1] rounded.
+void pack_vnni_transposed(const float* src, int64_t n, int64_t k, int64_t ld, BFloat16* dst) {
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t w = 0; w < k / 2; ++w) {
+      dst[(w * n + j) * 2] = BFloat16(src[j * ld + 2 * w]);
+      dst[(w * n + j) * 2 + 1] = BFloat16(src[j * ld + 2 * w + 1]);
+    }
 }
 
 inline float reduce(__m512 v) { return _mm512_reduce_add_ps(v); }
@@ -151,12 +225,14 @@ void head_softmax_tile(const float* tile, const float* keys, const float* bias, 
   for (int64_t h = 0; h < heads; ++h) softmax_lanes(out + h * 16, heads * 16, tokens, 0xFFFF, nullptr);
 }
 
-// out = LayerNorm(z + residual) * weight + bias over one row of n channels; z is overwritten.
-void residual_layer_norm(float* z, const float* residual, const float* weight, const float* bias, float eps, float* out, int64_t n) {
+// out = LayerNorm(z + residual) * weight + bias over one row of n channels; z is overwritten. residual and out: fp32
+// or bf16 (read as floats, the result rounded once).
+template <typename T>
+void residual_layer_norm(float* z, const T* residual, const float* weight, const float* bias, float eps, T* out, int64_t n) {
   __m512 sum = _mm512_setzero_ps();
   for (int64_t c = 0; c < n; c += 16) {
     const __mmask16 lanes = lanes_below(n - c);
-    const __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, z + c), _mm512_maskz_loadu_ps(lanes, residual + c));
+    const __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, z + c), load16(residual + c, lanes));
     _mm512_mask_storeu_ps(z + c, lanes, v);
     sum = _mm512_add_ps(sum, v);
   }
@@ -173,7 +249,7 @@ void residual_layer_norm(float* z, const float* residual, const float* weight, c
     const __mmask16 lanes = lanes_below(n - c);
     const __m512 d = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, z + c), vmean), scale);
     const __m512 y = _mm512_fmadd_ps(d, _mm512_maskz_loadu_ps(lanes, weight + c), _mm512_maskz_loadu_ps(lanes, bias + c));
-    _mm512_mask_storeu_ps(out + c, lanes, y);
+    store16(out + c, lanes, y);
   }
 }
 
@@ -191,39 +267,40 @@ inline __m512 tree_sum(__m512* v) {
 
 // The same for n = 16 * kVecs channels, the row held in registers (the weight and bias preloaded by the caller). The
 // sums run as trees: a row's chain of dependent operations, not the instruction count, bounds a LayerNorm this small.
-template <int kVecs>
-void residual_layer_norm_fixed(const float* z, const float* residual, const __m512* weight, const __m512* bias, float eps, float* out) {
+template <int kVecs, typename T>
+void residual_layer_norm_fixed(const float* z, const T* residual, const __m512* weight, const __m512* bias, float eps, T* out) {
   __m512 v[kVecs], terms[kVecs];
-  for (int i = 0; i < kVecs; ++i) terms[i] = v[i] = _mm512_add_ps(_mm512_loadu_ps(z + 16 * i), _mm512_loadu_ps(residual + 16 * i));
+  for (int i = 0; i < kVecs; ++i) terms[i] = v[i] = _mm512_add_ps(_mm512_loadu_ps(z + 16 * i), load16(residual + 16 * i, 0xFFFF));
   const __m512 mean = _mm512_set1_ps(reduce(tree_sum<kVecs>(terms)) / (16.0f * kVecs));
   for (int i = 0; i < kVecs; ++i) {
     v[i] = _mm512_sub_ps(v[i], mean);
     terms[i] = _mm512_mul_ps(v[i], v[i]);
   }
   const __m512 scale = _mm512_set1_ps(1.0f / std::sqrt(reduce(tree_sum<kVecs>(terms)) / (16.0f * kVecs) + eps));
-  for (int i = 0; i < kVecs; ++i) _mm512_storeu_ps(out + 16 * i, _mm512_fmadd_ps(_mm512_mul_ps(v[i], scale), weight[i], bias[i]));
+  for (int i = 0; i < kVecs; ++i) store16(out + 16 * i, 0xFFFF, _mm512_fmadd_ps(_mm512_mul_ps(v[i], scale), weight[i], bias[i]));
 }
 
-template <int kVecs>
-void residual_layer_norm_rows_fixed(float* z, const float* residual, const float* weight, const float* bias, float eps, float* out,
+template <int kVecs, typename T>
+void residual_layer_norm_rows_fixed(float* z, const T* residual, const float* weight, const float* bias, float eps, T* out,
                                     int64_t rows) {
   __m512 w[kVecs], b[kVecs];
   for (int i = 0; i < kVecs; ++i) {
     w[i] = _mm512_loadu_ps(weight + 16 * i);
     b[i] = _mm512_loadu_ps(bias + 16 * i);
   }
-  for (int64_t r = 0; r < rows; ++r) residual_layer_norm_fixed<kVecs>(z + r * 16 * kVecs, residual + r * 16 * kVecs, w, b, eps, out + r * 16 * kVecs);
+  for (int64_t r = 0; r < rows; ++r) residual_layer_norm_fixed<kVecs, T>(z + r * 16 * kVecs, residual + r * 16 * kVecs, w, b, eps, out + r * 16 * kVecs);
 }
 
 // LayerNorm(z + residual) of `rows` rows of n channels into out; register-resident for n = 32, 64, 128, 256 (SAM's
 // decoder: 256).
-void residual_layer_norm_rows(float* z, const float* residual, const float* weight, const float* bias, float eps, float* out,
+template <typename T>
+void residual_layer_norm_rows(float* z, const T* residual, const float* weight, const float* bias, float eps, T* out,
                               int64_t rows, int64_t n) {
   switch (n) {
-    case 256: return residual_layer_norm_rows_fixed<16>(z, residual, weight, bias, eps, out, rows);
-    case 128: return residual_layer_norm_rows_fixed<8>(z, residual, weight, bias, eps, out, rows);
-    case 64: return residual_layer_norm_rows_fixed<4>(z, residual, weight, bias, eps, out, rows);
-    case 32: return residual_layer_norm_rows_fixed<2>(z, residual, weight, bias, eps, out, rows);
+    case 256: return residual_layer_norm_rows_fixed<16, T>(z, residual, weight, bias, eps, out, rows);
+    case 128: return residual_layer_norm_rows_fixed<8, T>(z, residual, weight, bias, eps, out, rows);
+    case 64: return residual_layer_norm_rows_fixed<4, T>(z, residual, weight, bias, eps, out, rows);
+    case 32: return residual_layer_norm_rows_fixed<2, T>(z, residual, weight, bias, eps, out, rows);
     default:
       for (int64_t r = 0; r < rows; ++r) residual_layer_norm(z + r * n, residual + r * n, weight, bias, eps, out + r * n, n);
   }
@@ -237,26 +314,33 @@ struct Partial {
 
 // Flash-style attention of M query rows q (M, K) to blocks of image tokens: logits q . (k_x + pe_x) (pe optional),
 // a running max and sum per row, and the weighted sum of the value rows v_x (width V). Holds its scratch (one per
-// thread).
+// thread). Image tokens T: fp32, or bf16 (K even; then the queries, the weights and the block's values are the bf16
+// products' operands, the queries and values in VNNI form).
+template <typename T>
 class Attender {
  public:
   Attender(int64_t m, int64_t key_width, int64_t value_width)
-      : m_(m), k_(key_width), v_(value_width), weight_t_(key_width * m), y_(kRows * key_width), logits_(kRows * m), probs_(m * kRows) {}
+      : m_(m), k_(key_width), v_(value_width), queries_(key_width * m), y_(kRows * key_width), logits_(kRows * m), probs_(m * kRows),
+        rounded_probs_(kBf16<T> ? m * (kRows + 1) : 0), values_(kBf16<T> ? (kRows + 1) * value_width : 0) {}
 
   void set_queries(const float* q, int64_t ldq) {  // (M, K), row stride ldq -> its transpose, the product's right operand
-    for (int64_t i = 0; i < m_; ++i)
-      for (int64_t c = 0; c < k_; ++c) weight_t_[c * m_ + i] = q[i * ldq + c];
+    if constexpr (kBf16<T>) {
+      pack_vnni_transposed(q, m_, k_, ldq, queries_.data());
+    } else {
+      for (int64_t i = 0; i < m_; ++i)
+        for (int64_t c = 0; c < k_; ++c) queries_[c * m_ + i] = q[i * ldq + c];
+    }
   }
 
   // `rows` image tokens: keys (rows, K) with row stride ldk, their positional encodings pe (rows, K) contiguous or
   // null, values (rows, V) with row stride ldv.
-  void add_block(const float* keys, int64_t ldk, const float* pe, const float* values, int64_t ldv, int64_t rows, Partial& state) {
+  void add_block(const T* keys, int64_t ldk, const T* pe, const T* values, int64_t ldv, int64_t rows, Partial& state) {
     if (pe != nullptr) {
       for (int64_t r = 0; r < rows; ++r) add_rows(keys + r * ldk, pe + r * k_, y_.data() + r * k_, k_);
       keys = y_.data();
       ldk = k_;
     }
-    gemm(rows, m_, k_, keys, ldk, weight_t_.data(), m_, logits_.data(), m_, false);  // (rows, M)
+    gemm(rows, m_, k_, keys, ldk, queries_.data(), m_, logits_.data(), m_, false);  // (rows, M)
     for (int64_t i0 = 0; i0 < m_; i0 += 16) {
       const __mmask16 lanes = lanes_below(m_ - i0);
       __m512 top = _mm512_maskz_loadu_ps(lanes, state.top.data() + i0);
@@ -287,12 +371,21 @@ class Attender {
       }
     }
     transpose(logits_.data(), m_, rows, m_, probs_.data(), rows);  // (M, rows)
-    gemm(m_, v_, rows, probs_.data(), rows, values, ldv, state.acc.data(), v_, true);
+    if constexpr (kBf16<T>) {  // K = rows padded to even: a zero column of weights meets a zero row of values
+      const int64_t depth = rows + (rows & 1);
+      round_rows(probs_.data(), m_, rows, rows, rounded_probs_.data(), depth);
+      pack_vnni(values, rows, v_, ldv, values_.data());
+      gemm(m_, v_, depth, rounded_probs_.data(), depth, values_.data(), v_, state.acc.data(), v_, true);
+    } else {
+      gemm(m_, v_, rows, probs_.data(), rows, values, ldv, state.acc.data(), v_, true);
+    }
   }
 
  private:
   int64_t m_, k_, v_;
-  std::vector<float> weight_t_, y_, logits_, probs_;
+  std::vector<T> queries_, y_;
+  std::vector<float> logits_, probs_;
+  std::vector<BFloat16> rounded_probs_, values_;  // bf16 only
 };
 
 // Ranges of blocks per prompt: with fewer prompts than threads, each prompt's image tokens are split into
@@ -330,6 +423,103 @@ at::Tensor merge(const std::vector<Partial>& partials, int64_t prompts, int64_t 
   return out;
 }
 
+// The image tokens' dtype T of a kernel call (fp32 or bf16), from `residual` or `keys`; with bf16 the channel widths
+// the products take as K must be even.
+at::ScalarType token_dtype(const at::Tensor& t, const char* name) {
+  const at::ScalarType dtype = t.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "decoder_attention: ", name, " must be fp32 or bf16, got ", dtype);
+  return dtype;
+}
+
+template <typename T>
+std::optional<at::Tensor> image_to_tokens_typed(const at::Tensor& residual, const std::optional<at::Tensor>& logit_source,
+                                                const at::Tensor& pe, const at::Tensor& logit_weight, const at::Tensor& logit_bias,
+                                                int64_t heads, const at::Tensor& values, const at::Tensor& norm_weight,
+                                                const at::Tensor& norm_bias, double eps, at::Tensor& out,
+                                                const std::optional<at::Tensor>& next_queries) {
+  const int64_t sides = residual.size(0), length = residual.size(1), channels = residual.size(2);
+  const bool tiled = logit_source && logit_source->dim() == 4;  // the per-head form
+  const int64_t tiles = (length + 15) / 16;
+  const int64_t prompts = logit_weight.size(0), n = tiled ? logit_weight.size(1) * heads : logit_weight.size(2);
+  const int64_t depth = logit_source ? logit_source->size(2) : channels;
+  const int64_t m = next_queries ? next_queries->size(1) : 0;
+  const int64_t per_side = prompts / sides, blocks = (length + kRows - 1) / kRows, tokens = n / heads;
+  const int64_t splits = splits_for(prompts, blocks), per_split = (blocks + splits - 1) / splits;
+  const int64_t n_even = n + (n & 1);  // bf16: the update product's K, padded to even
+  std::vector<Partial> partials;
+  if (next_queries) {
+    partials.reserve(prompts * splits);
+    for (int64_t i = 0; i < prompts * splits; ++i) partials.emplace_back(m, channels);
+  }
+  const T* res = residual.data_ptr<T>();
+  const float* source = logit_source ? logit_source->data_ptr<float>() : nullptr;
+  const T* pos = pe.data_ptr<T>();
+  T* dst = out.data_ptr<T>();
+  const float feps = static_cast<float>(eps);
+  at::parallel_for(0, prompts * splits, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> a_rows(source ? 0 : kRows * channels);
+    std::vector<float> logits(kRows * n), update(kRows * channels), tile_logits(tiled ? 16 * n : 0);
+    // bf16: the block's weights rounded (rows, n_even), and the prompt's values and (per_prompt form) logit weights in VNNI form
+    std::vector<BFloat16> weights(kBf16<T> ? kRows * n_even : 0), packed_values(kBf16<T> ? n_even * channels : 0),
+        packed_logit_weight(kBf16<T> && !tiled ? depth * n : 0);
+    std::optional<Attender<T>> attender;
+    if (next_queries) attender.emplace(m, channels, channels);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t p = item / splits, split = item % splits, side = p / per_side;
+      const float* b = logit_bias.data_ptr<float>() + p * n;
+      const float* prompt_values = values.data_ptr<float>() + p * n * channels;
+      const float* prompt_logit_weight = logit_weight.data_ptr<float>() + p * (tiled ? tokens : n) * depth;
+      if constexpr (kBf16<T>) {
+        pack_vnni(prompt_values, n, channels, channels, packed_values.data());
+        if (!tiled) pack_vnni(prompt_logit_weight, depth, n, n, packed_logit_weight.data());
+      }
+      __m512 bias[kMaxVectors];
+      const bool fast = 16 % heads == 0 && n <= 16 * kMaxVectors;
+      if (fast)
+        for (int64_t i = 0; i < (n + 15) / 16; ++i) bias[i] = _mm512_maskz_loadu_ps(lanes_below(n - 16 * i), b + 16 * i);
+      if (attender) attender->set_queries(next_queries->data_ptr<float>() + p * m * channels, channels);
+      for (int64_t block = split * per_split; block < std::min(blocks, (split + 1) * per_split); ++block) {
+        const int64_t row0 = block * kRows, rows = std::min(kRows, length - row0);
+        const T* x = res + (side * length + row0) * channels;
+        // the block's weights (rows, N): softmaxed logits, rows (t, head)
+        if (tiled) {  // tile by tile (kRows is a multiple of 16), each tile's weights transposed into its rows
+          for (int64_t tile = 0; tile * 16 < rows; ++tile) {
+            head_softmax_tile(source + (side * tiles + row0 / 16 + tile) * depth * 16, prompt_logit_weight, b, tokens, heads, depth,
+                              tile_logits.data());
+            transpose(tile_logits.data(), 16, n, 16, logits.data() + tile * 16 * n, n);
+          }
+        } else {
+          if (!source)
+            for (int64_t r = 0; r < rows; ++r) add_rows(x + r * channels, pos + (row0 + r) * channels, a_rows.data() + r * channels, channels);
+          if constexpr (kBf16<T>) {  // no 3-D logit source in bf16 (checked)
+            gemm(rows, n, depth, a_rows.data(), depth, packed_logit_weight.data(), n, logits.data(), n, false);
+          } else {
+            const float* a = source ? source + (side * length + row0) * depth : a_rows.data();
+            gemm(rows, n, depth, a, depth, prompt_logit_weight, n, logits.data(), n, false);
+          }
+          if (fast) {
+            for (int64_t r = 0; r < rows; ++r) softmax_over_tokens_fast(logits.data() + r * n, bias, n, heads);
+          } else {
+            for (int64_t r = 0; r < rows; ++r) softmax_over_tokens(logits.data() + r * n, b, tokens, heads);
+          }
+        }
+        if constexpr (kBf16<T>) {
+          round_rows(logits.data(), rows, n, n, weights.data(), n_even);
+          gemm(rows, channels, n_even, weights.data(), n_even, packed_values.data(), channels, update.data(), channels, false);
+        } else {
+          gemm(rows, channels, n, logits.data(), n, prompt_values, channels, update.data(), channels, false);
+        }
+        T* y = dst + (p * length + row0) * channels;  // may be x itself: each row is read before it is written
+        residual_layer_norm_rows(update.data(), x, norm_weight.data_ptr<float>(), norm_bias.data_ptr<float>(), feps, y, rows, channels);
+        if (attender) attender->add_block(y, channels, pos + row0 * channels, y, channels, rows, partials[item]);
+      }
+    }
+    if constexpr (kBf16<T>) release(weights.data());
+  });
+  if (!next_queries) return std::nullopt;
+  return merge(partials, prompts, splits, m, channels, out.options().dtype(at::kFloat));
+}
+
 // residual (S, L, C); logit_source (S, L, D) or none (then a = residual + pe, D = C); pe (L, C); logit_weight
 // (P, D, N) and logit_bias (P, N) with N = T * heads, columns ordered (t, head); values (P, N, C); out (P, L, C),
 // which may be `residual` itself when S = P. Prompt p reads side p / (P / S).
@@ -337,20 +527,22 @@ at::Tensor merge(const std::vector<Partial>& partials, int64_t prompts, int64_t 
 // logit_weight (P, T, D), per-head keys: logit (t, h) = a_h . k_(t,h) + bias over head h's D / heads channels only
 // (the block-diagonal product, heads times fewer multiply-adds than the dense (D, N) form).
 // With next_queries (P, M, C): also the next attention of those query rows to the new image tokens, as
-// `tokens_to_image(next_queries, out, pe)`, in the same pass while each block of `out` is in cache -> (P, M, C).
+// `tokens_to_image(next_queries, out, pe)`, in the same pass while each block of `out` is in cache -> (P, M, C) fp32.
+// residual, pe and out: the image tokens' dtype, fp32 or bf16 (then C even and no 3-D logit_source); the rest fp32.
 std::optional<at::Tensor> image_to_tokens(const at::Tensor& residual, const std::optional<at::Tensor>& logit_source,
                                           const at::Tensor& pe, const at::Tensor& logit_weight, const at::Tensor& logit_bias,
                                           int64_t heads, const at::Tensor& values, const at::Tensor& norm_weight,
                                           const at::Tensor& norm_bias, double eps, at::Tensor& out,
                                           const std::optional<at::Tensor>& next_queries) {
-  check_float(residual, "decoder_attention", "residual", 3);
-  check_float(pe, "decoder_attention", "pe", 2);
+  const at::ScalarType dtype = token_dtype(residual, "residual");
+  check_dense(residual, "decoder_attention", "residual", 3, dtype);
+  check_dense(pe, "decoder_attention", "pe", 2, dtype);
   check_float(logit_weight, "decoder_attention", "logit_weight", 3);
   check_float(logit_bias, "decoder_attention", "logit_bias", 2);
   check_float(values, "decoder_attention", "values", 3);
   check_float(norm_weight, "decoder_attention", "norm_weight", 1);
   check_float(norm_bias, "decoder_attention", "norm_bias", 1);
-  check_float(out, "decoder_attention", "out", 3);
+  check_dense(out, "decoder_attention", "out", 3, dtype);
   const int64_t sides = residual.size(0), length = residual.size(1), channels = residual.size(2);
   const bool tiled = logit_source && logit_source->dim() == 4;  // the per-head form
   const int64_t tiles = (length + 15) / 16;
@@ -362,9 +554,11 @@ std::optional<at::Tensor> image_to_tokens(const at::Tensor& residual, const std:
                 "decoder_attention: tiled logit_source must be (S, ceil(L/16), D, 16)");
     TORCH_CHECK(heads > 0 && depth % heads == 0, "decoder_attention: the tiled logit_source's D must be a multiple of heads");
   } else if (logit_source) {
+    TORCH_CHECK(dtype == at::kFloat, "decoder_attention: a 3-D logit_source takes fp32 image tokens only");
     check_float(*logit_source, "decoder_attention", "logit_source", 3);
     TORCH_CHECK(logit_source->size(0) == sides && logit_source->size(1) == length, "decoder_attention: logit_source must be (S, L, D)");
   }
+  TORCH_CHECK(dtype == at::kFloat || channels % 2 == 0, "decoder_attention: bf16 image tokens need an even channel count, got ", channels);
   TORCH_CHECK(prompts % sides == 0, "decoder_attention: prompts must be a multiple of the image sides");
   TORCH_CHECK(heads > 0 && n % heads == 0, "decoder_attention: the logit columns must be T * heads");
   TORCH_CHECK(pe.size(0) == length && pe.size(1) == channels, "decoder_attention: pe must be (L, C)");
@@ -374,79 +568,58 @@ std::optional<at::Tensor> image_to_tokens(const at::Tensor& residual, const std:
   TORCH_CHECK(norm_weight.size(0) == channels && norm_bias.size(0) == channels, "decoder_attention: the norm must have C channels");
   TORCH_CHECK(out.size(0) == prompts && out.size(1) == length && out.size(2) == channels, "decoder_attention: out must be (P, L, C)");
   TORCH_CHECK(sides == prompts || !out.is_same(residual), "decoder_attention: out may be the residual only when each prompt has its own");
-  const int64_t m = next_queries ? next_queries->size(1) : 0;
   if (next_queries) {
     check_float(*next_queries, "decoder_attention", "next_queries", 3);
     TORCH_CHECK(next_queries->size(0) == prompts && next_queries->size(2) == channels, "decoder_attention: next_queries must be (P, M, C)");
   }
-  const int64_t per_side = prompts / sides, blocks = (length + kRows - 1) / kRows, tokens = n / heads;
-  const int64_t splits = splits_for(prompts, blocks), per_split = (blocks + splits - 1) / splits;
-  std::vector<Partial> partials;
-  if (next_queries) {
-    partials.reserve(prompts * splits);
-    for (int64_t i = 0; i < prompts * splits; ++i) partials.emplace_back(m, channels);
-  }
-  const float* res = residual.data_ptr<float>();
-  const float* source = logit_source ? logit_source->data_ptr<float>() : nullptr;
-  const float* pos = pe.data_ptr<float>();
-  float* dst = out.data_ptr<float>();
-  const float feps = static_cast<float>(eps);
-  at::parallel_for(0, prompts * splits, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> a_rows(source ? 0 : kRows * channels), logits(kRows * n), update(kRows * channels), tile_logits(tiled ? 16 * n : 0);
-    std::optional<Attender> attender;
-    if (next_queries) attender.emplace(m, channels, channels);
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t p = item / splits, split = item % splits, side = p / per_side;
-      const float* b = logit_bias.data_ptr<float>() + p * n;
-      __m512 bias[kMaxVectors];
-      const bool fast = 16 % heads == 0 && n <= 16 * kMaxVectors;
-      if (fast)
-        for (int64_t i = 0; i < (n + 15) / 16; ++i) bias[i] = _mm512_maskz_loadu_ps(lanes_below(n - 16 * i), b + 16 * i);
-      if (attender) attender->set_queries(next_queries->data_ptr<float>() + p * m * channels, channels);
-      for (int64_t block = split * per_split; block < std::min(blocks, (split + 1) * per_split); ++block) {
-        const int64_t row0 = block * kRows, rows = std::min(kRows, length - row0);
-        const float* x = res + (side * length + row0) * channels;
-        // the block's weights (rows, N): softmaxed logits, rows (t, head)
-        if (tiled) {  // tile by tile (kRows is a multiple of 16), each tile's weights transposed into its rows
-          for (int64_t tile = 0; tile * 16 < rows; ++tile) {
-            head_softmax_tile(source + (side * tiles + row0 / 16 + tile) * depth * 16, logit_weight.data_ptr<float>() + p * tokens * depth,
-                              b, tokens, heads, depth, tile_logits.data());
-            transpose(tile_logits.data(), 16, n, 16, logits.data() + tile * 16 * n, n);
-          }
-        } else {
-          const float* a = source ? source + (side * length + row0) * depth : a_rows.data();
-          if (!source)
-            for (int64_t r = 0; r < rows; ++r) add_rows(x + r * channels, pos + (row0 + r) * channels, a_rows.data() + r * channels, channels);
-          gemm(rows, n, depth, a, depth, logit_weight.data_ptr<float>() + p * depth * n, n, logits.data(), n, false);
-          if (fast) {
-            for (int64_t r = 0; r < rows; ++r) softmax_over_tokens_fast(logits.data() + r * n, bias, n, heads);
-          } else {
-            for (int64_t r = 0; r < rows; ++r) softmax_over_tokens(logits.data() + r * n, b, tokens, heads);
-          }
-        }
-        gemm(rows, channels, n, logits.data(), n, values.data_ptr<float>() + p * n * channels, channels, update.data(), channels, false);
-        float* y = dst + (p * length + row0) * channels;  // may be x itself: each row is read before it is written
-        residual_layer_norm_rows(update.data(), x, norm_weight.data_ptr<float>(), norm_bias.data_ptr<float>(), feps, y, rows, channels);
-        if (attender) attender->add_block(y, channels, pos + row0 * channels, y, channels, rows, partials[item]);
-      }
-    }
-  });
-  if (!next_queries) return std::nullopt;
-  return merge(partials, prompts, splits, m, channels, out.options());
+  if (dtype == at::kBFloat16)
+    return image_to_tokens_typed<BFloat16>(residual, logit_source, pe, logit_weight, logit_bias, heads, values, norm_weight, norm_bias, eps,
+                                           out, next_queries);
+  return image_to_tokens_typed<float>(residual, logit_source, pe, logit_weight, logit_bias, heads, values, norm_weight, norm_bias, eps, out,
+                                      next_queries);
 }
 
-// queries (P, M, C), keys (S, L, C), pe (L, C) -> (P, M, C): row i of prompt p is
-// sum_x softmax_x(q_i . (x + pe_x)) x over the image tokens x of its side: side_index[p] when given ((P,) int64),
+template <typename T>
+at::Tensor tokens_to_image_typed(const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& pe, const std::vector<int64_t>& side_of) {
+  const int64_t prompts = queries.size(0), m = queries.size(1), channels = queries.size(2), length = keys.size(1);
+  const int64_t blocks = (length + kRows - 1) / kRows;
+  const int64_t splits = splits_for(prompts, blocks), per_split = (blocks + splits - 1) / splits;
+  std::vector<Partial> partials;
+  partials.reserve(prompts * splits);
+  for (int64_t i = 0; i < prompts * splits; ++i) partials.emplace_back(m, channels);
+  const T* k = keys.data_ptr<T>();
+  const T* pos = pe.data_ptr<T>();
+  at::parallel_for(0, prompts * splits, 1, [&](int64_t begin, int64_t end) {
+    Attender<T> attender(m, channels, channels);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t p = item / splits, split = item % splits;
+      attender.set_queries(queries.data_ptr<float>() + p * m * channels, channels);
+      const T* side = k + side_of[p] * length * channels;
+      for (int64_t block = split * per_split; block < std::min(blocks, (split + 1) * per_split); ++block) {
+        const int64_t row0 = block * kRows, rows = std::min(kRows, length - row0);
+        const T* x = side + row0 * channels;
+        attender.add_block(x, channels, pos + row0 * channels, x, channels, rows, partials[item]);
+      }
+    }
+    if constexpr (kBf16<T>) release(k);
+  });
+  return merge(partials, prompts, splits, m, channels, queries.options());
+}
+
+// queries (P, M, C) fp32, keys (S, L, C) and pe (L, C) fp32 or bf16 (then C even) -> (P, M, C) fp32: row i of prompt p
+// is sum_x softmax_x(q_i . (x + pe_x)) x over the image tokens x of its side: side_index[p] when given ((P,) int64),
 // else p / (P / S).
 at::Tensor tokens_to_image(const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& pe,
                            const std::optional<at::Tensor>& side_index) {
+  const at::ScalarType dtype = token_dtype(keys, "keys");
   check_float(queries, "decoder_attention", "queries", 3);
-  check_float(keys, "decoder_attention", "keys", 3);
-  check_float(pe, "decoder_attention", "pe", 2);
-  const int64_t prompts = queries.size(0), m = queries.size(1), channels = queries.size(2);
+  check_dense(keys, "decoder_attention", "keys", 3, dtype);
+  check_dense(pe, "decoder_attention", "pe", 2, dtype);
+  const int64_t prompts = queries.size(0), channels = queries.size(2);
   const int64_t sides = keys.size(0), length = keys.size(1);
   TORCH_CHECK(keys.size(2) == channels && pe.size(0) == length && pe.size(1) == channels,
               "decoder_attention: keys must be (S, L, C) and pe (L, C) with the queries' C");
+  TORCH_CHECK(dtype == at::kFloat || channels % 2 == 0, "decoder_attention: bf16 image tokens need an even channel count, got ", channels);
   std::vector<int64_t> side_of(prompts);
   if (side_index) {
     TORCH_CHECK(side_index->scalar_type() == at::kLong && side_index->dim() == 1 && side_index->size(0) == prompts,
@@ -460,41 +633,14 @@ at::Tensor tokens_to_image(const at::Tensor& queries, const at::Tensor& keys, co
     TORCH_CHECK(prompts % sides == 0, "decoder_attention: prompts must be a multiple of the image sides");
     for (int64_t p = 0; p < prompts; ++p) side_of[p] = p / (prompts / sides);
   }
-  const int64_t blocks = (length + kRows - 1) / kRows;
-  const int64_t splits = splits_for(prompts, blocks), per_split = (blocks + splits - 1) / splits;
-  std::vector<Partial> partials;
-  partials.reserve(prompts * splits);
-  for (int64_t i = 0; i < prompts * splits; ++i) partials.emplace_back(m, channels);
-  const float* k = keys.data_ptr<float>();
-  const float* pos = pe.data_ptr<float>();
-  at::parallel_for(0, prompts * splits, 1, [&](int64_t begin, int64_t end) {
-    Attender attender(m, channels, channels);
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t p = item / splits, split = item % splits;
-      attender.set_queries(queries.data_ptr<float>() + p * m * channels, channels);
-      const float* side = k + side_of[p] * length * channels;
-      for (int64_t block = split * per_split; block < std::min(blocks, (split + 1) * per_split); ++block) {
-        const int64_t row0 = block * kRows, rows = std::min(kRows, length - row0);
-        const float* x = side + row0 * channels;
-        attender.add_block(x, channels, pos + row0 * channels, x, channels, rows, partials[item]);
-      }
-    }
-  });
-  return merge(partials, prompts, splits, m, channels, queries.options());
+  if (dtype == at::kBFloat16) return tokens_to_image_typed<BFloat16>(queries, keys, pe, side_of);
+  return tokens_to_image_typed<float>(queries, keys, pe, side_of);
 }
 
-// Multi-head attention of query rows to projected image tokens shared by them: queries (S, h, M, d) (scaled),
-// keys and values (S, L, h*d) with head j in columns [j*d, (j+1)*d) -> (S, h, M, d), softmax over the L tokens.
-// The decoder's first token -> image attention, where one image side's projections serve all its prompts'
-// rows (M = P*T), without logits or weights of size M x L in memory.
-at::Tensor head_attention(const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& values) {
-  check_float(queries, "decoder_attention", "queries", 4);
-  check_float(keys, "decoder_attention", "keys", 3);
-  check_float(values, "decoder_attention", "values", 3);
+template <typename T>
+at::Tensor head_attention_typed(const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& values) {
   const int64_t sides = queries.size(0), heads = queries.size(1), m = queries.size(2), width = queries.size(3);
   const int64_t length = keys.size(1);
-  TORCH_CHECK(keys.size(0) == sides && keys.size(2) == heads * width && values.sizes() == keys.sizes(),
-              "decoder_attention: keys and values must be (S, L, h*d) for queries (S, h, M, d)");
   const int64_t groups = sides * heads, blocks = (length + kRows - 1) / kRows;
   const int64_t splits = splits_for(groups, blocks), per_split = (blocks + splits - 1) / splits;
   std::vector<Partial> partials;
@@ -502,25 +648,44 @@ at::Tensor head_attention(const at::Tensor& queries, const at::Tensor& keys, con
   for (int64_t i = 0; i < groups * splits; ++i) partials.emplace_back(m, width);
   const int64_t ld = heads * width;
   at::parallel_for(0, groups * splits, 1, [&](int64_t begin, int64_t end) {
-    Attender attender(m, width, width);
+    Attender<T> attender(m, width, width);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t group = item / splits, split = item % splits, side = group / heads, head = group % heads;
       attender.set_queries(queries.data_ptr<float>() + group * m * width, width);
-      const float* k = keys.data_ptr<float>() + side * length * ld + head * width;
-      const float* v = values.data_ptr<float>() + side * length * ld + head * width;
+      const T* k = keys.data_ptr<T>() + side * length * ld + head * width;
+      const T* v = values.data_ptr<T>() + side * length * ld + head * width;
       for (int64_t block = split * per_split; block < std::min(blocks, (split + 1) * per_split); ++block) {
         const int64_t row0 = block * kRows, rows = std::min(kRows, length - row0);
         attender.add_block(k + row0 * ld, ld, nullptr, v + row0 * ld, ld, rows, partials[item]);
       }
     }
+    if constexpr (kBf16<T>) release(keys.data_ptr<T>());
   });
   return merge(partials, groups, splits, m, width, queries.options()).view({sides, heads, m, width});
+}
+
+// Multi-head attention of query rows to projected image tokens shared by them: queries (S, h, M, d) (scaled) fp32,
+// keys and values (S, L, h*d) fp32 or bf16 (then d even) with head j in columns [j*d, (j+1)*d) -> (S, h, M, d) fp32,
+// softmax over the L tokens. The decoder's first token -> image attention, where one image side's projections serve
+// all its prompts' rows (M = P*T), without logits or weights of size M x L in memory.
+at::Tensor head_attention(const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& values) {
+  const at::ScalarType dtype = token_dtype(keys, "keys");
+  check_float(queries, "decoder_attention", "queries", 4);
+  check_dense(keys, "decoder_attention", "keys", 3, dtype);
+  check_dense(values, "decoder_attention", "values", 3, dtype);
+  const int64_t sides = queries.size(0), heads = queries.size(1), width = queries.size(3);
+  TORCH_CHECK(keys.size(0) == sides && keys.size(2) == heads * width && values.sizes() == keys.sizes(),
+              "decoder_attention: keys and values must be (S, L, h*d) for queries (S, h, M, d)");
+  TORCH_CHECK(dtype == at::kFloat || width % 2 == 0, "decoder_attention: bf16 keys need an even head width, got ", width);
+  if (dtype == at::kBFloat16) return head_attention_typed<BFloat16>(queries, keys, values);
+  return head_attention_typed<float>(queries, keys, values);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("brgemm_usable", &brgemm_usable, "whether ATen's fp32 brgemm serves this CPU");
+  module.def("bf16_usable", &bf16_brgemm_usable, "whether ATen's bf16 brgemm serves this CPU (then the attentions take bf16 image tokens)");
   module.def("image_to_tokens", &image_to_tokens, "image tokens attend to a prompt's tokens, residual and LayerNorm fused",
              pybind11::arg("residual"), pybind11::arg("logit_source"), pybind11::arg("pe"), pybind11::arg("logit_weight"),
              pybind11::arg("logit_bias"), pybind11::arg("heads"), pybind11::arg("values"), pybind11::arg("norm_weight"),

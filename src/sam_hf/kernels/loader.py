@@ -49,6 +49,7 @@ _LOCK = threading.Lock()
 _THIS_THREAD = threading.local()  # `disabled()` state
 _LOADED: dict[str, ModuleType | None] = {}
 _REASONS: dict[str, str] = {}
+_TAKES_BF16: dict[str, bool] = {}
 
 
 def _cpu_flags() -> set[str]:
@@ -118,6 +119,21 @@ def _build(name: str) -> ModuleType:
     return load(name, [str(staged)], build_directory=str(build_dir), extra_cflags=list(REQUIREMENTS[name]["cflags"]), verbose=False)
 
 
+def kernel_for(name: str, dtype: torch.dtype) -> ModuleType | None:
+    """`kernel(name)` where it takes tensors of `dtype` here: fp32 always; bf16 where the module has a
+    `bf16_usable()` that says yes on this CPU (oneDNN's bf16 products, AVX512-BF16; asked once); else None."""
+    module = kernel(name)
+    if module is None or dtype == torch.float32:
+        return module
+    if dtype != torch.bfloat16 or not hasattr(module, "bf16_usable"):
+        return None
+    if name not in _TAKES_BF16:
+        _TAKES_BF16[name] = bool(module.bf16_usable())
+        if not _TAKES_BF16[name]:
+            logger.info(f"sam_hf: the {name} kernel runs fp32 only here (oneDNN's bf16 products are not served on this CPU)")
+    return module if _TAKES_BF16[name] else None
+
+
 @contextlib.contextmanager
 def disabled():
     """Within this context (in this thread) `kernel()` returns None, so sam_hf takes its PyTorch paths: to compare
@@ -167,3 +183,4 @@ def reset() -> None:
     with _LOCK:
         _LOADED.clear()
         _REASONS.clear()
+        _TAKES_BF16.clear()

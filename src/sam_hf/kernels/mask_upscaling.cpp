@@ -1,5 +1,5 @@
-// The mask decoder's upscaling and hypernetwork product in fp32, one grid row of one prompt at a time in cache
-// (x86 CPUs with AVX-512):
+// The mask decoder's upscaling and hypernetwork product in fp32 or bf16, one grid row of one prompt at a time in
+// cache (x86 CPUs with AVX-512; bf16 where oneDNN's bf16 brgemm runs, AVX512-BF16):
 //
 //   masks[m] = hyper[m] . GELU(conv2(GELU(LayerNorm(conv1(x)))))
 //
@@ -7,13 +7,16 @@
 // each of those 2x2 pixels of C/8 channels, so every output pixel depends on one image token only. Everything runs
 // channel-major (channels as rows, pixels as columns): the LayerNorm, both GELUs and the hypernetwork product are
 // then plain vertical vector arithmetic, and the pixels come out in the mask's raster order by interleaving
-// columns. The two convolutions are ATen's fp32 brgemm (oneDNN's ukernel). Grid rows of all prompts are spread over
-// the threads; each writes its own 4 rows of every mask. Built on first use by sam_hf.kernels.loader; inference only.
+// columns. The two convolutions are ATen's brgemm (oneDNN's ukernel). In bf16 only the products' operands are bf16
+// (the image tokens, the convolutions' weights and the first convolution's activations, rounded once as the second
+// reads them); their sums, the LayerNorm, both GELUs and the hypernetwork product run in fp32, and the masks are
+// rounded to bf16 once at the end. Grid rows of all prompts are spread over the threads; each writes its own 4 rows
+// of every mask. Built on first use by sam_hf.kernels.loader; inference only.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
-#include "fp32_brgemm.h"
+#include "brgemm.h"
 #include "simd.h"
 
 #include <algorithm>
@@ -22,11 +25,17 @@
 #include <optional>
 #include <vector>
 
-using sam_hf_fp32::brgemm_usable;
-using sam_hf_fp32::check_float;
-using sam_hf_fp32::gemm;
+using at::BFloat16;
+using sam_hf_brgemm::bf16_brgemm_usable;
+using sam_hf_brgemm::brgemm_usable;
+using sam_hf_brgemm::check_dense;
+using sam_hf_brgemm::check_float;
+using sam_hf_brgemm::gemm;
+using sam_hf_brgemm::release;
+using sam_hf_simd::bf16_pairs;
 using sam_hf_simd::exp16;
 using sam_hf_simd::lanes_below;
+using sam_hf_simd::store16;
 using sam_hf_simd::transpose;
 
 namespace {
@@ -56,6 +65,35 @@ inline __m512 gelu16(__m512 x) {
   return _mm512_fmadd_ps(half, erf16(_mm512_mul_ps(x, _mm512_set1_ps(0.70710678118654752f))), half);
 }
 
+// GELU for the bf16 path, whose results are rounded to bf16 (relative step 2^-8) or summed into bf16 masks: erf by
+// Abramowitz and Stegun 7.1.28, 1 - 1 / (1 + a1 x + ... + a6 x^6)^16 for x >= 0 (error below 3e-7; about 2e-6 after
+// fp32 rounding of the 16th power), a polynomial and a reciprocal instead of an exponential: about a third fewer
+// instructions than `gelu16`.
+inline __m512 gelu16_bf16(__m512 x) {
+  const __m512 z = _mm512_mul_ps(x, _mm512_set1_ps(0.70710678118654752f));
+  const __m512 az = _mm512_abs_ps(z);
+  __m512 p = _mm512_set1_ps(0.0000430638f);
+  p = _mm512_fmadd_ps(p, az, _mm512_set1_ps(0.0002765672f));
+  p = _mm512_fmadd_ps(p, az, _mm512_set1_ps(0.0001520143f));
+  p = _mm512_fmadd_ps(p, az, _mm512_set1_ps(0.0092705272f));
+  p = _mm512_fmadd_ps(p, az, _mm512_set1_ps(0.0422820123f));
+  p = _mm512_fmadd_ps(p, az, _mm512_set1_ps(0.0705230784f));
+  p = _mm512_fmadd_ps(p, az, _mm512_set1_ps(1.0f));
+  __m512 r = _mm512_rcp14_ps(p);  // p >= 1; p^16 overflows to inf (r -> 0, erf -> 1) only far out in the tail
+  r = _mm512_mul_ps(r, _mm512_fnmadd_ps(p, r, _mm512_set1_ps(2.0f)));
+  r = _mm512_mul_ps(r, r);
+  r = _mm512_mul_ps(r, r);
+  r = _mm512_mul_ps(r, r);
+  r = _mm512_mul_ps(r, r);
+  const __m512 erf = _mm512_or_ps(_mm512_sub_ps(_mm512_set1_ps(1.0f), r), _mm512_and_ps(z, _mm512_set1_ps(-0.0f)));
+  const __m512 half = _mm512_mul_ps(x, _mm512_set1_ps(0.5f));
+  return _mm512_fmadd_ps(half, erf, half);
+}
+
+// The GELU of each path: fp32 keeps `gelu16`'s accuracy.
+inline __m512 gelu(__m512 x, const float*) { return gelu16(x); }
+inline __m512 gelu(__m512 x, const BFloat16*) { return gelu16_bf16(x); }
+
 // (lo, hi) = the lanes of u and v interleaved: u0 v0 u1 v1 ... u15 v15.
 inline void interleave(__m512 u, __m512 v, __m512& lo, __m512& hi) {
   const __m512i low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
@@ -64,22 +102,48 @@ inline void interleave(__m512 u, __m512 v, __m512& lo, __m512& hi) {
   hi = _mm512_permutex2var_ps(u, high, v);
 }
 
+template <typename T>
 struct Weights {
-  const float* conv1;   // (C, C): rows (a, b, C/4), columns the input channels
+  const T* conv1;       // (C, C): rows (a, b, C/4), columns the input channels
   const float* bias1;   // (C)
   const float* norm_w;  // (C/4)
   const float* norm_b;  // (C/4)
   float eps;
-  const float* conv2;   // (2, C/4, C/4): per output row offset c, rows (d, C/8), columns C/4
+  const T* conv2;       // (2, C/4, C/4): per output row offset c, rows (d, C/8), columns C/4
   const float* bias2;   // (2, C/4)
 };
 
+// The grid row's tokens x (g, C) as the first product's right operand xt (C, G), columns the tokens: transposed in
+// fp32; in bf16 the VNNI form (C/2, G, 2), the same transpose of (g, C/2) 32-bit words (pairs of channels).
+void pack_tokens(const float* x, int64_t grid, int64_t channels, int64_t width, float* xt) {
+  transpose(x, channels, grid, channels, xt, width);
+}
+void pack_tokens(const BFloat16* x, int64_t grid, int64_t channels, int64_t width, BFloat16* xt) {
+  transpose(reinterpret_cast<const uint32_t*>(x), channels / 2, grid, channels / 2, reinterpret_cast<uint32_t*>(xt), width);
+}
+
+// Channels c and c + 1 of the second product's right operand mid[a] (C/4, 2G), 32 columns from `column`: rows of
+// floats, or in bf16 the VNNI form (C/8, 2G, 2) whose word (c / 2, q) holds channels c, c + 1 of column q.
+void store_mid(float* mid, int64_t c, int64_t columns, int64_t column, const __m512 (&lo)[2], const __m512 (&hi)[2]) {
+  for (int64_t k = 0; k < 2; ++k) {
+    _mm512_storeu_ps(mid + (c + k) * columns + column, lo[k]);
+    _mm512_storeu_ps(mid + (c + k) * columns + column + 16, hi[k]);
+  }
+}
+void store_mid(BFloat16* mid, int64_t c, int64_t columns, int64_t column, const __m512 (&lo)[2], const __m512 (&hi)[2]) {
+  uint32_t* words = reinterpret_cast<uint32_t*>(mid) + (c / 2) * columns + column;
+  _mm512_storeu_si512(words, bf16_pairs(lo[0], lo[1]));
+  _mm512_storeu_si512(words + 16, bf16_pairs(hi[0], hi[1]));
+}
+
 // One grid row `i` of one prompt: tokens x (g, C), hypernetwork weights (M, C/8) -> rows 4i .. 4i + 3 of its M
-// masks in out (M, 4g, 4g). Scratch: xt (C, G), up (C, G), mid (2, C/4, 2G), fine (C/4, 2G), G = g rounded up to 16.
-void upscale_row(const float* x, const float* hyper, int64_t masks, int64_t grid, int64_t channels, int64_t i, const Weights& w,
-                 float* out, float* xt, float* up, float* mid, float* fine) {
+// masks in out (M, 4g, 4g). Scratch, G = g rounded up to 16: xt (C, G) (`pack_tokens`), up (C, G), mid (2, C/4, 2G)
+// (`store_mid`), fine (C/4, 2G).
+template <typename T>
+void upscale_row(const T* x, const float* hyper, int64_t masks, int64_t grid, int64_t channels, int64_t i, const Weights<T>& w,
+                 T* out, T* xt, float* up, T* mid, float* fine) {
   const int64_t quarter = channels / 4, eighth = channels / 8, width = (grid + 15) / 16 * 16, side = 4 * grid;
-  transpose(x, channels, grid, channels, xt, width);                             // (C, g): columns are tokens j
+  pack_tokens(x, grid, channels, width, xt);
   gemm(channels, width, channels, w.conv1, channels, xt, width, up, width, false);  // (C = [a, b, C/4], G)
   // LayerNorm over the C/4 channels of each (a, b, j), then GELU, into mid[a] with columns 2j + b
   for (int64_t a = 0; a < 2; ++a)
@@ -99,18 +163,19 @@ void upscale_row(const float* x, const float* hyper, int64_t masks, int64_t grid
         const __m512 variance = _mm512_div_ps(squares, _mm512_set1_ps(static_cast<float>(quarter)));
         scale[b] = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_sqrt_ps(_mm512_add_ps(variance, _mm512_set1_ps(w.eps))));
       }
-      for (int64_t c = 0; c < quarter; ++c) {
-        __m512 y[2];
-        for (int64_t b = 0; b < 2; ++b) {
-          const __m512 v = _mm512_add_ps(_mm512_loadu_ps(up + ((2 * a + b) * quarter + c) * width + j0), _mm512_set1_ps(w.bias1[(2 * a + b) * quarter + c]));
-          const __m512 normed = _mm512_mul_ps(_mm512_sub_ps(v, mean[b]), scale[b]);
-          y[b] = gelu16(_mm512_fmadd_ps(normed, _mm512_set1_ps(w.norm_w[c]), _mm512_set1_ps(w.norm_b[c])));
+      for (int64_t c = 0; c < quarter; c += 2) {  // channel pairs (C/4 is even): bf16's VNNI words hold two channels
+        __m512 lo[2], hi[2];
+        for (int64_t k = 0; k < 2; ++k) {
+          __m512 y[2];
+          for (int64_t b = 0; b < 2; ++b) {
+            const int64_t r = (2 * a + b) * quarter + c + k;
+            const __m512 v = _mm512_add_ps(_mm512_loadu_ps(up + r * width + j0), _mm512_set1_ps(w.bias1[r]));
+            const __m512 normed = _mm512_mul_ps(_mm512_sub_ps(v, mean[b]), scale[b]);
+            y[b] = gelu(_mm512_fmadd_ps(normed, _mm512_set1_ps(w.norm_w[c + k]), _mm512_set1_ps(w.norm_b[c + k])), x);
+          }
+          interleave(y[0], y[1], lo[k], hi[k]);
         }
-        __m512 lo, hi;
-        interleave(y[0], y[1], lo, hi);
-        float* row = mid + (a * quarter + c) * 2 * width + 2 * j0;
-        _mm512_storeu_ps(row, lo);
-        _mm512_storeu_ps(row + 16, hi);
+        store_mid(mid + a * quarter * 2 * width, c, 2 * width, 2 * j0, lo, hi);
       }
     }
   // second convolution per (a, c), GELU and the hypernetwork product: mask row 4i + 2a + c, column 2q + d for the
@@ -126,35 +191,59 @@ void upscale_row(const float* x, const float* hyper, int64_t masks, int64_t grid
         for (int64_t d = 0; d < 2; ++d)
           for (int64_t k = 0; k < eighth; ++k) {
             const int64_t r = d * eighth + k;
-            const __m512 f = gelu16(_mm512_add_ps(_mm512_loadu_ps(fine + r * 2 * width + q0), _mm512_set1_ps(bias[r])));
+            const __m512 f = gelu(_mm512_add_ps(_mm512_loadu_ps(fine + r * 2 * width + q0), _mm512_set1_ps(bias[r])), x);
             for (int64_t m = 0; m < masks; ++m) acc[m][d] = _mm512_fmadd_ps(_mm512_set1_ps(hyper[m * eighth + k]), f, acc[m][d]);
           }
         const int64_t columns = std::min<int64_t>(32, side - 2 * q0);
         for (int64_t m = 0; m < masks; ++m) {
           __m512 lo, hi;
           interleave(acc[m][0], acc[m][1], lo, hi);
-          float* row = out + (m * side + 4 * i + 2 * a + c) * side + 2 * q0;
-          _mm512_mask_storeu_ps(row, lanes_below(columns), lo);
-          if (columns > 16) _mm512_mask_storeu_ps(row + 16, lanes_below(columns - 16), hi);
+          T* row = out + (m * side + 4 * i + 2 * a + c) * side + 2 * q0;
+          store16(row, lanes_below(columns), lo);
+          if (columns > 16) store16(row + 16, lanes_below(columns - 16), hi);
         }
       }
     }
 }
 
-// image (S, g*g, C); index (n) int64 or none (then n = S, prompt k reads image k); hyper (n, M, C/8); conv1 (C, C),
-// bias1 (C); norm_weight, norm_bias (C/4); conv2 (2, C/4, C/4), bias2 (2, C/4); out (n, M, 4g, 4g).
+template <typename T>
+void upscale_all(const at::Tensor& image, const int64_t* picks, const at::Tensor& hyper, const Weights<T>& w, at::Tensor& out) {
+  const int64_t length = image.size(1), channels = image.size(2), prompts = hyper.size(0), masks = hyper.size(1);
+  const int64_t grid = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(length))));
+  const int64_t quarter = channels / 4, eighth = channels / 8, width = (grid + 15) / 16 * 16;
+  const T* x = image.data_ptr<T>();
+  const float* h = hyper.data_ptr<float>();
+  T* o = out.data_ptr<T>();
+  at::parallel_for(0, prompts * grid, 1, [&](int64_t begin, int64_t end) {
+    // zero-filled scratch: padding columns stay finite (computed, never stored)
+    std::vector<T> xt(channels * width, T(0.0f)), mid(2 * quarter * 2 * width);
+    std::vector<float> up(channels * width), fine(quarter * 2 * width);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t k = task / grid, i = task % grid, source = picks ? picks[k] : k;
+      upscale_row<T>(x + (source * length + i * grid) * channels, h + k * masks * eighth, masks, grid, channels, i, w,
+                     o + k * masks * 16 * length, xt.data(), up.data(), mid.data(), fine.data());
+    }
+    release(xt.data());
+  });
+}
+
+// image (S, g*g, C); index (n) int64 or none (then n = S, prompt k reads image k); hyper (n, M, C/8) fp32; conv1 (C, C),
+// bias1 (C) fp32; norm_weight, norm_bias (C/4) fp32; conv2 (2, C/4, C/4), bias2 (2, C/4) fp32; out (n, M, 4g, 4g).
+// image, conv1, conv2 and out share one dtype: fp32, or bf16 where `bf16_usable()`.
 void upscale_masks(const at::Tensor& image, const std::optional<at::Tensor>& index, const at::Tensor& hyper,
                    const at::Tensor& conv1, const at::Tensor& bias1, const at::Tensor& norm_weight, const at::Tensor& norm_bias,
                    double eps, const at::Tensor& conv2, const at::Tensor& bias2, at::Tensor& out) {
-  check_float(image, "mask_upscaling", "image", 3);
+  const at::ScalarType dtype = image.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "mask_upscaling: image must be fp32 or bf16, got ", dtype);
+  check_dense(image, "mask_upscaling", "image", 3, dtype);
   check_float(hyper, "mask_upscaling", "hyper", 3);
-  check_float(conv1, "mask_upscaling", "conv1", 2);
+  check_dense(conv1, "mask_upscaling", "conv1", 2, dtype);
   check_float(bias1, "mask_upscaling", "bias1", 1);
   check_float(norm_weight, "mask_upscaling", "norm_weight", 1);
   check_float(norm_bias, "mask_upscaling", "norm_bias", 1);
-  check_float(conv2, "mask_upscaling", "conv2", 3);
+  check_dense(conv2, "mask_upscaling", "conv2", 3, dtype);
   check_float(bias2, "mask_upscaling", "bias2", 2);
-  check_float(out, "mask_upscaling", "out", 4);
+  check_dense(out, "mask_upscaling", "out", 4, dtype);
   const int64_t sources = image.size(0), length = image.size(1), channels = image.size(2);
   const int64_t grid = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(length))));
   const int64_t prompts = hyper.size(0), masks = hyper.size(1), quarter = channels / 4, eighth = channels / 8;
@@ -176,26 +265,22 @@ void upscale_masks(const at::Tensor& image, const std::optional<at::Tensor>& ind
   } else {
     TORCH_CHECK(sources == prompts, "mask_upscaling: without index, image and hyper must have the same first size");
   }
-  const Weights w{conv1.data_ptr<float>(), bias1.data_ptr<float>(), norm_weight.data_ptr<float>(), norm_bias.data_ptr<float>(),
-                  static_cast<float>(eps), conv2.data_ptr<float>(), bias2.data_ptr<float>()};
-  const float* x = image.data_ptr<float>();
-  const float* h = hyper.data_ptr<float>();
-  float* o = out.data_ptr<float>();
-  const int64_t width = (grid + 15) / 16 * 16;
-  at::parallel_for(0, prompts * grid, 1, [&](int64_t begin, int64_t end) {
-    // zero-filled scratch: padding columns stay finite (computed, never stored)
-    std::vector<float> xt(channels * width, 0.0f), up(channels * width), mid(2 * quarter * 2 * width), fine(quarter * 2 * width);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t k = task / grid, i = task % grid, source = picks ? picks[k] : k;
-      upscale_row(x + (source * length + i * grid) * channels, h + k * masks * eighth, masks, grid, channels, i, w,
-                  o + k * masks * 16 * length, xt.data(), up.data(), mid.data(), fine.data());
-    }
-  });
+  const float feps = static_cast<float>(eps);
+  if (dtype == at::kBFloat16) {
+    const Weights<BFloat16> w{conv1.data_ptr<BFloat16>(), bias1.data_ptr<float>(), norm_weight.data_ptr<float>(), norm_bias.data_ptr<float>(),
+                              feps, conv2.data_ptr<BFloat16>(), bias2.data_ptr<float>()};
+    upscale_all(image, picks, hyper, w, out);
+  } else {
+    const Weights<float> w{conv1.data_ptr<float>(), bias1.data_ptr<float>(), norm_weight.data_ptr<float>(), norm_bias.data_ptr<float>(),
+                           feps, conv2.data_ptr<float>(), bias2.data_ptr<float>()};
+    upscale_all(image, picks, hyper, w, out);
+  }
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("upscale_masks", &upscale_masks, "masks = hyper . GELU(conv2(GELU(LayerNorm(conv1(image))))) in fp32");
+  m.def("upscale_masks", &upscale_masks, "masks = hyper . GELU(conv2(GELU(LayerNorm(conv1(image))))) in fp32 or bf16");
   m.def("brgemm_usable", &brgemm_usable, "whether ATen's fp32 brgemm serves this CPU");
+  m.def("bf16_usable", &bf16_brgemm_usable, "whether ATen's bf16 brgemm serves this CPU (then upscale_masks takes bf16)");
 }

@@ -1,5 +1,6 @@
 // AVX-512 helpers shared by sam_hf's CPU kernels (staged next to each kernel's source by loader.py).
 #pragma once
+#include <c10/util/BFloat16.h>
 #include <immintrin.h>
 
 #include <cstdint>
@@ -53,13 +54,48 @@ inline void transpose_tile(const float* src, int64_t lds, float* dst, int64_t ld
   }
 }
 
-// dst (cols x rows, row stride ldd) = src (rows x cols, row stride lds) transposed.
-inline void transpose(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst, int64_t ldd) {
+// dst (cols x rows, row stride ldd) = src (rows x cols, row stride lds) transposed, for any 32-bit elements (floats,
+// or pairs of bf16 as uint32_t: the bits are moved, never converted).
+template <typename T>
+inline void transpose(const T* src, int64_t lds, int64_t rows, int64_t cols, T* dst, int64_t ldd) {
+  static_assert(sizeof(T) == 4, "transpose moves 32-bit elements");
   const int64_t full_rows = rows / 16 * 16, full_cols = cols / 16 * 16;
   for (int64_t r0 = 0; r0 < full_rows; r0 += 16)
-    for (int64_t c0 = 0; c0 < full_cols; c0 += 16) transpose_tile(src + r0 * lds + c0, lds, dst + c0 * ldd + r0, ldd);
+    for (int64_t c0 = 0; c0 < full_cols; c0 += 16)
+      transpose_tile(reinterpret_cast<const float*>(src + r0 * lds + c0), lds, reinterpret_cast<float*>(dst + c0 * ldd + r0), ldd);
   for (int64_t r = 0; r < rows; ++r)  // the edges
     for (int64_t c = r < full_rows ? full_cols : 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
 }
+
+// bf16 without AVX512-BF16 instructions (any AVX-512 CPU): rounding to nearest, ties to even, as c10::BFloat16.
+// x rounded to bf16, as the upper 16 bits of each 32-bit lane (the lower 16 zero); a NaN stays a (quiet) NaN.
+inline __m512i bf16_round(__m512 x) {
+  const __m512i bits = _mm512_castps_si512(x);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i rounded = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
+  rounded = _mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), _mm512_or_si512(bits, _mm512_set1_epi32(0x400000)));
+  return _mm512_and_si512(rounded, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u)));
+}
+
+// The first lanes of x rounded to bf16, stored as 16-bit values at dst.
+inline void store_bf16(uint16_t* dst, __mmask16 lanes, __m512 x) {
+  _mm256_mask_storeu_epi16(dst, lanes, _mm512_cvtepi32_epi16(_mm512_srli_epi32(bf16_round(x), 16)));
+}
+
+// 16 bf16 values (the first `lanes`, the others 0) as floats (exact).
+inline __m512 load_bf16(const uint16_t* src, __mmask16 lanes) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes, src)), 16));
+}
+
+// 16 pairs (u_i, v_i) rounded to bf16, one 32-bit word each (u_i in the low half): the VNNI layout of two rows.
+inline __m512i bf16_pairs(__m512 u, __m512 v) {
+  return _mm512_or_si512(_mm512_srli_epi32(bf16_round(u), 16), bf16_round(v));
+}
+
+// 16 values of either dtype as floats, and floats stored as either (bf16: rounded as above): the first `lanes`.
+inline __m512 load16(const float* src, __mmask16 lanes) { return _mm512_maskz_loadu_ps(lanes, src); }
+inline __m512 load16(const c10::BFloat16* src, __mmask16 lanes) { return load_bf16(reinterpret_cast<const uint16_t*>(src), lanes); }
+inline void store16(float* dst, __mmask16 lanes, __m512 x) { _mm512_mask_storeu_ps(dst, lanes, x); }
+inline void store16(c10::BFloat16* dst, __mmask16 lanes, __m512 x) { store_bf16(reinterpret_cast<uint16_t*>(dst), lanes, x); }
 
 }  // namespace sam_hf_simd

@@ -11,7 +11,7 @@ shared image side once per decoder call; "per_prompt" folds each prompt's tokens
 so a single prompt projects nothing of size HW: those projections are prompt-independent work that only pays
 when several prompts share it.
 
-In fp32 on CPU inside a decoder call, where autograd records nothing, the compiled kernel (`sam_hf.kernels`,
+In fp32 or bf16 on CPU inside a decoder call, where autograd records nothing, the compiled kernel (`sam_hf.kernels`,
 "decoder_attention", see `decoder_kernel`) runs these attentions in streaming passes over the image tokens.
 """
 
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..configuration import SamHfMaskDecoderConfig
-from ..kernels import kernel
+from ..kernels import kernel_for
 from .attention import attention
 from .layers import SamHfLinear, add_matmul_nt_, linear_activation, matmul_add_shared, matmul_nn, records_nothing, workspace
 
@@ -31,14 +31,18 @@ from .layers import SamHfLinear, add_matmul_nt_, linear_activation, matmul_add_s
 FOLD_UP_TO_PROMPTS = 2
 
 
-def decoder_kernel(cache: dict | None, output_attentions: bool, image: torch.Tensor, *tensors: torch.Tensor):
+def decoder_kernel(cache: dict | None, output_attentions: bool, image: torch.Tensor, *tensors: torch.Tensor, head_width: int | None = None):
     """The compiled `decoder_attention` module (`sam_hf.kernels`) for an attention over the image tokens `image`
-    (B, P', HW, C) inside a decoder call (`cache` given), when it may take it: fp32 on CPU, no attention weights
-    asked for, and autograd recording nothing on `image` and `tensors` (every other input and parameter
-    involved); else None, and the PyTorch path runs."""
-    if cache is None or output_attentions or image.dtype != torch.float32 or image.device.type != "cpu":
+    (B, P', HW, C) inside a decoder call (`cache` given), when it may take it: on CPU, no attention weights asked
+    for, autograd recording nothing on `image` and `tensors` (every other input and parameter involved), and either
+    fp32 or bf16 throughout (`image` and `tensors`) where the CPU runs oneDNN's bf16 products, with an even C and
+    `head_width` (the attention's C' / heads); else None, and the PyTorch path runs."""
+    if cache is None or output_attentions or image.device.type != "cpu" or image.dtype not in (torch.float32, torch.bfloat16):
         return None
-    return kernel("decoder_attention") if records_nothing(image, *tensors) else None
+    if image.dtype == torch.bfloat16:
+        if any(t.dtype != image.dtype for t in tensors) or image.shape[-1] % 2 or (head_width or 0) % 2:
+            return None
+    return kernel_for("decoder_attention", image.dtype) if records_nothing(image, *tensors) else None
 
 
 def token_tiles(rows: torch.Tensor) -> torch.Tensor:
@@ -84,12 +88,13 @@ class SamHfAttention(nn.Module):
 
     def shared_tiles(self, cache: dict | None, image: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
         """The shared query projection of the image side (`shared(cache, "q", ...)`, (B, HW, C')) as the compiled
-        kernel's tiles (B, ceil(HW/16), C', 16) (`token_tiles`), cached with it."""
+        kernel's tiles (B, ceil(HW/16), C', 16) (`token_tiles`) in fp32 (as the kernel takes them in bf16 too), cached
+        with it."""
         projected = self.shared(cache, "q", self.q_proj, image, pe)
         key = (id(self), "q_tiles")
         entry = None if cache is None else cache.get(key)
         if entry is None or entry[0] is not projected:
-            entry = (projected, token_tiles(projected[:, 0]))
+            entry = (projected, token_tiles(projected[:, 0]).float())
             if cache is not None:
                 cache[key] = entry
         return entry[1]
@@ -212,20 +217,22 @@ class SamHfAttention(nn.Module):
         """
         batch, prompts, length, _ = tokens.shape
         q = self.project(self.q_proj, tokens + token_pe) * self.scale  # (B, P, T, C')
-        module = decoder_kernel(cache, output_attentions, image, q, image_pe, self.k_proj.weight, self.v_proj.weight, self.v_proj.bias)
+        module = decoder_kernel(cache, output_attentions, image, q, image_pe, self.k_proj.weight, self.v_proj.weight, self.v_proj.bias,
+                                head_width=self.internal_dim // self.num_heads)
         if image_index is not None and module is None:
             image = image[:, image_index]  # (1, P, HW, C)
         route = self.route(image, prompts, cache, fold)
         if module is not None and (image_index is not None or route != "shared"):
             # the compiled kernel: one streaming pass per prompt over its image side (image_index[p] when given)
             flat_image = image.reshape(-1, *image.shape[2:]).contiguous()  # (B*P', HW, C)
-            mixed = module.tokens_to_image(self._folded_queries(q), flat_image, image_pe.contiguous(), image_index)  # (B*P, h*T, C)
+            mixed = module.tokens_to_image(self._folded_queries(q).float(), flat_image, image_pe.contiguous(), image_index)  # (B*P, h*T, C) fp32
             return self.attended_tokens(mixed, tokens.shape), None
         if route == "shared":  # shared image side: its projections are computed once per decoder call
             k = self.shared(cache, "k", self.k_proj, image, image_pe)[:, 0]  # (B, HW, C')
             v = self.shared(cache, "v", self.v_proj, image)[:, 0]
             if module is not None:  # flash-style, per head: no (P*T, HW) logits or weights in memory
-                out, weights = module.head_attention(self._head_rows(q).contiguous(), k.contiguous(), v.contiguous()), None  # (B, h, P*T, d)
+                out = module.head_attention(self._head_rows(q).float().contiguous(), k.contiguous(), v.contiguous())  # (B, h, P*T, d) fp32
+                out, weights = out.to(q.dtype), None
             else:
                 weights = (self._head_rows(q) @ self._image_heads(k).transpose(-1, -2)).softmax(dim=-1)  # (B, h, P*T, HW)
                 out = weights @ self._image_heads(v)  # (B, h, P*T, d)
@@ -327,6 +334,7 @@ class SamHfAttention(nn.Module):
         """The kernel's weighted sums of image tokens (B*P, h*T, C) -> this attention's output (B, P, T, C) for tokens of
         `shape` (B, P, T, C): per head the value projection W_v,h (its weights summing to one, b_v added once), then out_proj."""
         batch, prompts, length, _ = shape
+        mixed = mixed.to(self.v_proj.weight.dtype)  # the kernel's sums are fp32, also for bf16 image tokens
         out = self._value_heads(mixed.view(batch * prompts, self.num_heads, length, -1)).view(batch, prompts, length, self.internal_dim)
         return self.out_proj(out + self.v_proj.bias)
 
@@ -361,7 +369,9 @@ class SamHfAttention(nn.Module):
         values = values.view(batch * prompts, heads, length, channels).transpose(1, 2).reshape(batch * prompts, length * heads, channels)
         residual = image.reshape(sides, tokens_hw, channels)
         flat_out = image.new_empty(batch * prompts, tokens_hw, channels) if out is None else out.view(batch * prompts, tokens_hw, channels)
-        mixed = module.image_to_tokens(residual.contiguous(), source, image_pe.contiguous(), weight.contiguous(),
-                                       bias.reshape(batch * prompts, -1).contiguous(), heads, values.contiguous(), norm.weight.contiguous(),
-                                       norm.bias.contiguous(), norm.eps, flat_out, next_queries)
+        # the image tokens in their dtype (fp32 or bf16), the small per-prompt operands in fp32 (the kernel rounds them)
+        mixed = module.image_to_tokens(residual.contiguous(), source, image_pe.contiguous(), weight.float().contiguous(),
+                                       bias.reshape(batch * prompts, -1).float().contiguous(), heads, values.float().contiguous(),
+                                       norm.weight.float().contiguous(), norm.bias.float().contiguous(), norm.eps, flat_out,
+                                       None if next_queries is None else next_queries.float().contiguous())
         return flat_out.view(batch, prompts, tokens_hw, channels), mixed

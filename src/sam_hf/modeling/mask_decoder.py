@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..configuration import SamHfMaskDecoderConfig
-from ..kernels import kernel
+from ..kernels import kernel_for
 from .image_cache import cached, call_cache
 from .layers import SamHfFeedForward, SamHfLayerNorm2d, linear_activation, matmul_nt, records_nothing
 from .two_way_transformer import SamHfTwoWayTransformer
@@ -121,7 +121,7 @@ class SamHfMaskDecoder(nn.Module):
         module = self._upscaling_kernel(image, hyper_in, out)
         if module is not None:
             out = image.new_empty(hyper_in.shape[0], hyper_in.shape[1], 4 * grid, 4 * grid) if out is None else out
-            module.upscale_masks(image, index, hyper_in, *self._kernel_weights(), out)
+            module.upscale_masks(image, index, hyper_in.float().contiguous(), *self._kernel_weights(), out)
             return out
         batch, masks = hyper_in.shape[:2]
         per_row = 16 * grid * (image.shape[-1] // 8) * image.element_size()  # bytes of one grid row's largest temporary
@@ -144,15 +144,19 @@ class SamHfMaskDecoder(nn.Module):
         return out
 
     def _upscaling_kernel(self, image: torch.Tensor, hyper_in: torch.Tensor, out: torch.Tensor | None):
-        """The compiled `mask_upscaling` module (`sam_hf.kernels`) where it may run `upscale_masks`: fp32 on CPU,
-        contiguous inputs and output, autograd recording nothing; else None (the PyTorch path below)."""
-        if image.dtype != torch.float32 or image.device.type != "cpu" or hyper_in.dtype != torch.float32:
+        """The compiled `mask_upscaling` module (`sam_hf.kernels`) where it may run `upscale_masks`: on CPU, image,
+        hypernetwork weights, output and the upscaling's parameters all fp32, or all bf16 where the CPU runs oneDNN's
+        bf16 products (AVX512-BF16), contiguous inputs and output, autograd recording nothing; else None (the
+        PyTorch path below)."""
+        if image.dtype not in (torch.float32, torch.bfloat16) or image.device.type != "cpu" or hyper_in.dtype != image.dtype:
+            return None
+        if any(p.dtype != image.dtype for p in self.upscale_parameters()) or (out is not None and out.dtype != image.dtype):
             return None
         if not (image.is_contiguous() and hyper_in.is_contiguous() and (out is None or out.is_contiguous())):
             return None
         if hyper_in.shape[1] > 8 or not records_nothing(image, hyper_in, *self.upscale_parameters()):
             return None
-        return kernel("mask_upscaling")
+        return kernel_for("mask_upscaling", image.dtype)
 
     def upscale_parameters(self):
         """The parameters of the mask upscaling (both convolutions and the LayerNorm between them)."""
@@ -164,8 +168,8 @@ class SamHfMaskDecoder(nn.Module):
         conv1, bias1 = _conv_transpose_weight(self.upscale_conv1)
         second = [_conv_transpose_weight(self.upscale_conv2, rows=c) for c in range(2)]
         norm = self.upscale_layer_norm
-        return (conv1, bias1, norm.weight.contiguous(), norm.bias.contiguous(), norm.eps,
-                torch.stack([w for w, _ in second]), torch.stack([b for _, b in second]))
+        return (conv1, bias1.float(), norm.weight.float().contiguous(), norm.bias.float().contiguous(), norm.eps,
+                torch.stack([w for w, _ in second]), torch.stack([b for _, b in second]).float())
 
     def _upscale(self, image: torch.Tensor, hyper_in: torch.Tensor, grid: int, weights) -> torch.Tensor:
         """image tokens (N, R*g, C) of R whole grid rows, hypernetwork weights (N, M, C/8) -> logits (N, M, 4R, 4g);

@@ -127,7 +127,8 @@ class SamHfTwoWayTransformer(nn.Module):
     def kernel_for(self, image, tokens, image_pe, output_attentions=False):
         """The compiled kernel module that `blocks` takes inside a decoder call for these inputs, else None (see
         `decoder_kernel`)."""
-        return decoder_kernel({}, output_attentions, image, tokens, image_pe, *self.parameters())
+        attention = self.layers[0].cross_attn_token_to_image
+        return decoder_kernel({}, output_attentions, image, tokens, image_pe, *self.parameters(), head_width=attention.internal_dim // attention.num_heads)
 
     def _kernel_blocks(self, module, tokens, image, image_pe, token_mask, cache, fold, final_rows):
         """`blocks` by the compiled kernel `module` (see `decoder_kernel`). A block's image -> token attention and the
