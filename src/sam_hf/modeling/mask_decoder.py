@@ -4,9 +4,10 @@ hypernetwork MLPs (one per mask token) and the IoU head.
 The two 2x2 stride-2 transposed convolutions of the upscaling touch disjoint pixels, so each is a plain
 matmul per input pixel (C -> 2*2*C'), done channels-last; the first one's pixels are put in raster order by
 its LayerNorm, and the second runs per output-row offset, so the hypernetwork products come out as whole rows
-of the masks (see `_upscale`). In fp32 on CPUs with AVX-512, where autograd records nothing, the compiled
-`mask_upscaling` kernel (`sam_hf.kernels`) does the whole upscaling and hypernetwork product instead, one grid
-row of one prompt at a time in cache, the rows spread over the threads.
+of the masks (see `_upscale`). In fp32 on CPUs with AVX-512, and in bf16 where the CPU runs oneDNN's bf16
+products (AVX512-BF16), where autograd records nothing, the compiled `mask_upscaling` kernel (`sam_hf.kernels`)
+does the whole upscaling and hypernetwork product instead, one grid row of one prompt at a time in cache, the rows
+spread over the threads.
 """
 
 from __future__ import annotations
@@ -112,8 +113,8 @@ class SamHfMaskDecoder(nn.Module):
         `out` (contiguous) when given. With `index` ((n,) int64): hyper_in (n, M, C/8), whose row k meets image
         tokens index[k] (read in place on CPU) -> (n, M, 4g, 4g).
 
-        In fp32 on CPU (see `_upscaling_kernel`) the compiled kernel runs it (ViT-B, one Zen 4 core: 9.9 against
-        14.4 ms per prompt; two cores 4.8 against 6.9). Else it runs over blocks whose largest temporary (the
+        In fp32 or bf16 on CPU (see `_upscaling_kernel`) the compiled kernel runs it (ViT-B, one Zen 4 core: 9.9 against
+        14.4 ms per prompt; two cores 4.8 against 6.9; bf16 on two cores 3.0 against 5.4). Else it runs over blocks whose largest temporary (the
         second upscaling's 16 * C/8 values per image token) stays under a budget: on CPU a band of grid rows of
         one prompt (cache-sized), on an accelerator groups of whole prompts (`prompt_group`). Every pixel depends
         only on its own image token, so this is exact.

@@ -106,7 +106,7 @@ class SamHfTwoWayTransformer(nn.Module):
         """The attention blocks: -> queries (B, P, T, C), image tokens (B, P, HW, C), the blocks' attention weights (a
         tuple; empty without `output_attentions`), `fold` (the route flag for `final`, see `forward`) and, for
         `final_rows` (indices or a slice into T), what `final` gives for those rows: (tokens (B, P, T', C), weights),
-        else None. Inside a decoder call in fp32 on CPU with autograd recording nothing, the compiled kernel runs
+        else None. Inside a decoder call in fp32 or bf16 on CPU with autograd recording nothing, the compiled kernel runs
         them (see `_kernel_blocks`)."""
         fold = (tokens.shape[1] if cache is None else cache.get("prompts", tokens.shape[1])) <= FOLD_UP_TO_PROMPTS
         if cache is not None:
