@@ -1,11 +1,15 @@
-// Products on ATen's brgemm (oneDNN's ukernel) for sam_hf's CPU kernels, fp32 and bf16, and their input checks.
+// Products on ATen's brgemm (oneDNN's ukernel) for sam_hf's CPU kernels, fp32 and bf16: the calls, the bf16 operands'
+// rounding and VNNI packing, and the kernels' input checks.
 #pragma once
 #include <torch/extension.h>
 #include <ATen/native/CPUBlas.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <exception>
 #include <vector>
+
+#include "simd.h"
 
 namespace sam_hf_brgemm {
 
@@ -20,6 +24,63 @@ inline void gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, c
 inline void gemm(int64_t m, int64_t n, int64_t k, const at::BFloat16* a, int64_t lda, const at::BFloat16* b, int64_t ldb, float* c,
                  int64_t ldc, bool accumulate) {
   at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, accumulate, a, b, c, true);
+}
+
+// The bf16 products' operands. dst (rows, ldd) = src (rows, cols; row stride lds) rounded, columns cols .. ldd zero
+// (a left operand whose K is padded to even).
+inline void round_rows(const float* src, int64_t rows, int64_t cols, int64_t lds, at::BFloat16* dst, int64_t ldd) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < ldd; c += 16) {
+      const __mmask16 lanes = sam_hf_simd::lanes_below(ldd - c);
+      sam_hf_simd::store16(dst + r * ldd + c, lanes, sam_hf_simd::load16(src + r * lds + c, sam_hf_simd::lanes_below(cols - c) & lanes));
+    }
+}
+
+// A right operand B (K, N) in VNNI form, [ceil(K/2)][N][2] (pairs of rows interleaved; odd K: a zero row added), from
+// K rows of N values (row stride ld): fp32 ones rounded, or bf16 ones as they are.
+inline void pack_vnni(const float* src, int64_t k, int64_t n, int64_t ld, at::BFloat16* dst) {
+  for (int64_t r = 0; r < k; r += 2) {
+    const float* first = src + r * ld;
+    uint32_t* out = reinterpret_cast<uint32_t*>(dst) + (r / 2) * n;
+    for (int64_t c = 0; c < n; c += 16) {
+      const __mmask16 lanes = sam_hf_simd::lanes_below(n - c);
+      const __m512 second = r + 1 < k ? _mm512_maskz_loadu_ps(lanes, first + ld + c) : _mm512_setzero_ps();
+      _mm512_mask_storeu_epi32(out + c, lanes, sam_hf_simd::bf16_pairs(_mm512_maskz_loadu_ps(lanes, first + c), second));
+    }
+  }
+}
+
+inline __mmask32 lanes_below32(int64_t count) {  // the first min(count, 32) of 32 lanes
+  return count >= 32 ? ~__mmask32(0) : (__mmask32(1) << count) - 1;
+}
+
+inline void pack_vnni(const at::BFloat16* src, int64_t k, int64_t n, int64_t ld, at::BFloat16* dst) {
+  alignas(64) static const uint16_t kLow[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
+                                                8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+  alignas(64) static const uint16_t kHigh[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
+                                                 24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
+  const __m512i low = _mm512_load_si512(kLow), high = _mm512_load_si512(kHigh);
+  for (int64_t r = 0; r < k; r += 2) {
+    const at::BFloat16* first = src + r * ld;
+    at::BFloat16* out = dst + r * n;  // row pair r / 2: n words of two values
+    for (int64_t c = 0; c < n; c += 32) {  // 32 columns: their words in two vectors of 16
+      const int64_t count = std::min<int64_t>(32, n - c);
+      const __m512i u = _mm512_maskz_loadu_epi16(lanes_below32(count), first + c);
+      const __m512i v = r + 1 < k ? _mm512_maskz_loadu_epi16(lanes_below32(count), first + ld + c) : _mm512_setzero_si512();
+      _mm512_mask_storeu_epi16(out + 2 * c, lanes_below32(2 * count), _mm512_permutex2var_epi16(u, low, v));
+      if (count > 16) _mm512_mask_storeu_epi16(out + 2 * c + 32, lanes_below32(2 * (count - 16)), _mm512_permutex2var_epi16(u, high, v));
+    }
+  }
+}
+
+// B = src^T (K, N) in VNNI form from N rows of K fp32 values (row stride ld), K even: word (k / 2, j) holds src[j][k],
+// src[j][k + 1] rounded.
+inline void pack_vnni_transposed(const float* src, int64_t n, int64_t k, int64_t ld, at::BFloat16* dst) {
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t w = 0; w < k / 2; ++w) {
+      dst[(w * n + j) * 2] = at::BFloat16(src[j * ld + 2 * w]);
+      dst[(w * n + j) * 2 + 1] = at::BFloat16(src[j * ld + 2 * w + 1]);
+    }
 }
 
 // Ends a thread's run of bf16 products (oneDNN's AMX tiles are released; nothing to do without AMX).

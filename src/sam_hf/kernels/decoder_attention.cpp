@@ -38,8 +38,10 @@ using sam_hf_brgemm::brgemm_usable;
 using sam_hf_brgemm::check_dense;
 using sam_hf_brgemm::check_float;
 using sam_hf_brgemm::gemm;
+using sam_hf_brgemm::pack_vnni;
+using sam_hf_brgemm::pack_vnni_transposed;
 using sam_hf_brgemm::release;
-using sam_hf_simd::bf16_pairs;
+using sam_hf_brgemm::round_rows;
 using sam_hf_simd::exp16;
 using sam_hf_simd::lanes_below;
 using sam_hf_simd::load16;
@@ -66,63 +68,6 @@ inline void add_rows(const T* x, const T* y, T* dst, int64_t n) {
     const __mmask16 lanes = lanes_below(n - c);
     store16(dst + c, lanes, _mm512_add_ps(load16(x + c, lanes), load16(y + c, lanes)));
   }
-}
-
-// The bf16 products' operands. dst (rows, ldd) = src (rows, cols; row stride lds) rounded, columns cols .. ldd zero
-// (a left operand whose K is padded to even).
-void round_rows(const float* src, int64_t rows, int64_t cols, int64_t lds, BFloat16* dst, int64_t ldd) {
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < ldd; c += 16) {
-      const __mmask16 lanes = lanes_below(ldd - c);
-      store16(dst + r * ldd + c, lanes, load16(src + r * lds + c, lanes_below(cols - c) & lanes));
-    }
-}
-
-// A right operand B (K, N) in VNNI form, [ceil(K/2)][N][2] (pairs of rows interleaved; odd K: a zero row added), from
-// K rows of N values (row stride ld): fp32 ones rounded, or bf16 ones as they are.
-void pack_vnni(const float* src, int64_t k, int64_t n, int64_t ld, BFloat16* dst) {
-  for (int64_t r = 0; r < k; r += 2) {
-    const float* first = src + r * ld;
-    uint32_t* out = reinterpret_cast<uint32_t*>(dst) + (r / 2) * n;
-    for (int64_t c = 0; c < n; c += 16) {
-      const __mmask16 lanes = lanes_below(n - c);
-      const __m512 second = r + 1 < k ? _mm512_maskz_loadu_ps(lanes, first + ld + c) : _mm512_setzero_ps();
-      _mm512_mask_storeu_epi32(out + c, lanes, bf16_pairs(_mm512_maskz_loadu_ps(lanes, first + c), second));
-    }
-  }
-}
-
-inline __mmask32 lanes_below32(int64_t count) {  // the first min(count, 32) of 32 lanes
-  return count >= 32 ? ~__mmask32(0) : (__mmask32(1) << count) - 1;
-}
-
-void pack_vnni(const BFloat16* src, int64_t k, int64_t n, int64_t ld, BFloat16* dst) {
-  alignas(64) static const uint16_t kLow[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
-                                                8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
-  alignas(64) static const uint16_t kHigh[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
-                                                 24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
-  const __m512i low = _mm512_load_si512(kLow), high = _mm512_load_si512(kHigh);
-  for (int64_t r = 0; r < k; r += 2) {
-    const BFloat16* first = src + r * ld;
-    BFloat16* out = dst + r * n;  // row pair r / 2: n words of two values
-    for (int64_t c = 0; c < n; c += 32) {  // 32 columns: their words in two vectors of 16
-      const int64_t count = std::min<int64_t>(32, n - c);
-      const __m512i u = _mm512_maskz_loadu_epi16(lanes_below32(count), first + c);
-      const __m512i v = r + 1 < k ? _mm512_maskz_loadu_epi16(lanes_below32(count), first + ld + c) : _mm512_setzero_si512();
-      _mm512_mask_storeu_epi16(out + 2 * c, lanes_below32(2 * count), _mm512_permutex2var_epi16(u, low, v));
-      if (count > 16) _mm512_mask_storeu_epi16(out + 2 * c + 32, lanes_below32(2 * (count - 16)), _mm512_permutex2var_epi16(u, high, v));
-    }
-  }
-}
-
-// B = src^T (K, N) in VNNI form from N rows of K fp32 values (row stride ld), K even: word (k / 2, j) holds src[j][k],
-// src[j][k + 1] rounded.
-void pack_vnni_transposed(const float* src, int64_t n, int64_t k, int64_t ld, BFloat16* dst) {
-  for (int64_t j = 0; j < n; ++j)
-    for (int64_t w = 0; w < k / 2; ++w) {
-      dst[(w * n + j) * 2] = BFloat16(src[j * ld + 2 * w]);
-      dst[(w * n + j) * 2 + 1] = BFloat16(src[j * ld + 2 * w + 1]);
-    }
 }
 
 inline float reduce(__m512 v) { return _mm512_reduce_add_ps(v); }
@@ -228,9 +173,10 @@ void head_softmax_tile(const float* tile, const float* keys, const float* bias, 
 }
 
 // out = LayerNorm(z + residual) * weight + bias over one row of n channels; z is overwritten. residual and out: fp32
-// or bf16 (read as floats, the result rounded once).
+// or bf16 (read as floats, the result rounded once). stats, when given: the row's mean and 1 / std.
 template <typename T>
-void residual_layer_norm(float* z, const T* residual, const float* weight, const float* bias, float eps, T* out, int64_t n) {
+void residual_layer_norm(float* z, const T* residual, const float* weight, const float* bias, float eps, T* out, int64_t n,
+                         float* stats) {
   __m512 sum = _mm512_setzero_ps();
   for (int64_t c = 0; c < n; c += 16) {
     const __mmask16 lanes = lanes_below(n - c);
@@ -246,7 +192,12 @@ void residual_layer_norm(float* z, const T* residual, const float* weight, const
     const __m512 d = _mm512_maskz_sub_ps(lanes, _mm512_maskz_loadu_ps(lanes, z + c), vmean);
     squares = _mm512_fmadd_ps(d, d, squares);
   }
-  const __m512 scale = _mm512_set1_ps(1.0f / std::sqrt(reduce(squares) / static_cast<float>(n) + eps));
+  const float inverse_std = 1.0f / std::sqrt(reduce(squares) / static_cast<float>(n) + eps);
+  if (stats != nullptr) {
+    stats[0] = mean;
+    stats[1] = inverse_std;
+  }
+  const __m512 scale = _mm512_set1_ps(inverse_std);
   for (int64_t c = 0; c < n; c += 16) {
     const __mmask16 lanes = lanes_below(n - c);
     const __m512 d = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, z + c), vmean), scale);
@@ -270,41 +221,51 @@ inline __m512 tree_sum(__m512* v) {
 // The same for n = 16 * kVecs channels, the row held in registers (the weight and bias preloaded by the caller). The
 // sums run as trees: a row's chain of dependent operations, not the instruction count, bounds a LayerNorm this small.
 template <int kVecs, typename T>
-void residual_layer_norm_fixed(const float* z, const T* residual, const __m512* weight, const __m512* bias, float eps, T* out) {
+void residual_layer_norm_fixed(const float* z, const T* residual, const __m512* weight, const __m512* bias, float eps, T* out,
+                               float* stats) {
   __m512 v[kVecs], terms[kVecs];
   for (int i = 0; i < kVecs; ++i) terms[i] = v[i] = _mm512_add_ps(_mm512_loadu_ps(z + 16 * i), load16(residual + 16 * i, 0xFFFF));
-  const __m512 mean = _mm512_set1_ps(reduce(tree_sum<kVecs>(terms)) / (16.0f * kVecs));
+  const float mean_value = reduce(tree_sum<kVecs>(terms)) / (16.0f * kVecs);
+  const __m512 mean = _mm512_set1_ps(mean_value);
   for (int i = 0; i < kVecs; ++i) {
     v[i] = _mm512_sub_ps(v[i], mean);
     terms[i] = _mm512_mul_ps(v[i], v[i]);
   }
-  const __m512 scale = _mm512_set1_ps(1.0f / std::sqrt(reduce(tree_sum<kVecs>(terms)) / (16.0f * kVecs) + eps));
+  const float inverse_std = 1.0f / std::sqrt(reduce(tree_sum<kVecs>(terms)) / (16.0f * kVecs) + eps);
+  if (stats != nullptr) {
+    stats[0] = mean_value;
+    stats[1] = inverse_std;
+  }
+  const __m512 scale = _mm512_set1_ps(inverse_std);
   for (int i = 0; i < kVecs; ++i) store16(out + 16 * i, 0xFFFF, _mm512_fmadd_ps(_mm512_mul_ps(v[i], scale), weight[i], bias[i]));
 }
 
 template <int kVecs, typename T>
 void residual_layer_norm_rows_fixed(float* z, const T* residual, const float* weight, const float* bias, float eps, T* out,
-                                    int64_t rows) {
+                                    int64_t rows, float* stats) {
   __m512 w[kVecs], b[kVecs];
   for (int i = 0; i < kVecs; ++i) {
     w[i] = _mm512_loadu_ps(weight + 16 * i);
     b[i] = _mm512_loadu_ps(bias + 16 * i);
   }
-  for (int64_t r = 0; r < rows; ++r) residual_layer_norm_fixed<kVecs, T>(z + r * 16 * kVecs, residual + r * 16 * kVecs, w, b, eps, out + r * 16 * kVecs);
+  for (int64_t r = 0; r < rows; ++r)
+    residual_layer_norm_fixed<kVecs, T>(z + r * 16 * kVecs, residual + r * 16 * kVecs, w, b, eps, out + r * 16 * kVecs,
+                                        stats == nullptr ? nullptr : stats + 2 * r);
 }
 
-// LayerNorm(z + residual) of `rows` rows of n channels into out; register-resident for n = 32, 64, 128, 256 (SAM's
-// decoder: 256).
+// LayerNorm(z + residual) of `rows` rows of n channels into out, and each row's mean and 1 / std into stats (rows, 2)
+// when given; register-resident for n = 32, 64, 128, 256 (SAM's decoder: 256).
 template <typename T>
 void residual_layer_norm_rows(float* z, const T* residual, const float* weight, const float* bias, float eps, T* out,
-                              int64_t rows, int64_t n) {
+                              int64_t rows, int64_t n, float* stats) {
   switch (n) {
-    case 256: return residual_layer_norm_rows_fixed<16, T>(z, residual, weight, bias, eps, out, rows);
-    case 128: return residual_layer_norm_rows_fixed<8, T>(z, residual, weight, bias, eps, out, rows);
-    case 64: return residual_layer_norm_rows_fixed<4, T>(z, residual, weight, bias, eps, out, rows);
-    case 32: return residual_layer_norm_rows_fixed<2, T>(z, residual, weight, bias, eps, out, rows);
+    case 256: return residual_layer_norm_rows_fixed<16, T>(z, residual, weight, bias, eps, out, rows, stats);
+    case 128: return residual_layer_norm_rows_fixed<8, T>(z, residual, weight, bias, eps, out, rows, stats);
+    case 64: return residual_layer_norm_rows_fixed<4, T>(z, residual, weight, bias, eps, out, rows, stats);
+    case 32: return residual_layer_norm_rows_fixed<2, T>(z, residual, weight, bias, eps, out, rows, stats);
     default:
-      for (int64_t r = 0; r < rows; ++r) residual_layer_norm(z + r * n, residual + r * n, weight, bias, eps, out + r * n, n);
+      for (int64_t r = 0; r < rows; ++r)
+        residual_layer_norm(z + r * n, residual + r * n, weight, bias, eps, out + r * n, n, stats == nullptr ? nullptr : stats + 2 * r);
   }
 }
 
@@ -438,7 +399,7 @@ std::optional<at::Tensor> image_to_tokens_typed(const at::Tensor& residual, cons
                                                 const at::Tensor& pe, const at::Tensor& logit_weight, const at::Tensor& logit_bias,
                                                 int64_t heads, const at::Tensor& values, const at::Tensor& norm_weight,
                                                 const at::Tensor& norm_bias, double eps, at::Tensor& out,
-                                                const std::optional<at::Tensor>& next_queries) {
+                                                const std::optional<at::Tensor>& next_queries, float* weights_out, float* stats_out) {
   const int64_t sides = residual.size(0), length = residual.size(1), channels = residual.size(2);
   const bool tiled = logit_source && logit_source->dim() == 4;  // the per-head form
   const int64_t tiles = (length + 15) / 16;
@@ -505,6 +466,7 @@ std::optional<at::Tensor> image_to_tokens_typed(const at::Tensor& residual, cons
             for (int64_t r = 0; r < rows; ++r) softmax_over_tokens(logits.data() + r * n, b, tokens, heads);
           }
         }
+        if (weights_out != nullptr) std::copy(logits.data(), logits.data() + rows * n, weights_out + (p * length + row0) * n);
         if constexpr (kBf16<T>) {
           round_rows(logits.data(), rows, n, n, weights.data(), n_even);
           gemm(rows, channels, n_even, weights.data(), n_even, packed_values.data(), channels, update.data(), channels, false);
@@ -512,7 +474,8 @@ std::optional<at::Tensor> image_to_tokens_typed(const at::Tensor& residual, cons
           gemm(rows, channels, n, logits.data(), n, prompt_values, channels, update.data(), channels, false);
         }
         T* y = dst + (p * length + row0) * channels;  // may be x itself: each row is read before it is written
-        residual_layer_norm_rows(update.data(), x, norm_weight.data_ptr<float>(), norm_bias.data_ptr<float>(), feps, y, rows, channels);
+        residual_layer_norm_rows(update.data(), x, norm_weight.data_ptr<float>(), norm_bias.data_ptr<float>(), feps, y, rows, channels,
+                                 stats_out == nullptr ? nullptr : stats_out + (p * length + row0) * 2);
         if (attender) attender->add_block(y, channels, pos + row0 * channels, y, channels, rows, partials[item]);
       }
     }
@@ -531,11 +494,14 @@ std::optional<at::Tensor> image_to_tokens_typed(const at::Tensor& residual, cons
 // With next_queries (P, M, C): also the next attention of those query rows to the new image tokens, as
 // `tokens_to_image(next_queries, out, pe)`, in the same pass while each block of `out` is in cache -> (P, M, C) fp32.
 // residual, pe and out: the image tokens' dtype, fp32 or bf16 (then C even and no 3-D logit_source); the rest fp32.
+// With weights_out (P, L, N) and stats_out (P, L, 2), fp32: each image token's softmax weights (before any rounding)
+// and its LayerNorm's mean and 1 / std are written there too (what `mask_upscaling.upscale_masks`'s folded form reads).
 std::optional<at::Tensor> image_to_tokens(const at::Tensor& residual, const std::optional<at::Tensor>& logit_source,
                                           const at::Tensor& pe, const at::Tensor& logit_weight, const at::Tensor& logit_bias,
                                           int64_t heads, const at::Tensor& values, const at::Tensor& norm_weight,
                                           const at::Tensor& norm_bias, double eps, at::Tensor& out,
-                                          const std::optional<at::Tensor>& next_queries) {
+                                          const std::optional<at::Tensor>& next_queries, const std::optional<at::Tensor>& weights_out,
+                                          const std::optional<at::Tensor>& stats_out) {
   const at::ScalarType dtype = token_dtype(residual, "residual");
   check_dense(residual, "decoder_attention", "residual", 3, dtype);
   check_dense(pe, "decoder_attention", "pe", 2, dtype);
@@ -574,11 +540,25 @@ std::optional<at::Tensor> image_to_tokens(const at::Tensor& residual, const std:
     check_float(*next_queries, "decoder_attention", "next_queries", 3);
     TORCH_CHECK(next_queries->size(0) == prompts && next_queries->size(2) == channels, "decoder_attention: next_queries must be (P, M, C)");
   }
+  float* weights_ptr = nullptr;
+  float* stats_ptr = nullptr;
+  if (weights_out) {
+    check_float(*weights_out, "decoder_attention", "weights_out", 3);
+    TORCH_CHECK(weights_out->size(0) == prompts && weights_out->size(1) == length && weights_out->size(2) == n,
+                "decoder_attention: weights_out must be (P, L, N)");
+    weights_ptr = weights_out->data_ptr<float>();
+  }
+  if (stats_out) {
+    check_float(*stats_out, "decoder_attention", "stats_out", 3);
+    TORCH_CHECK(stats_out->size(0) == prompts && stats_out->size(1) == length && stats_out->size(2) == 2,
+                "decoder_attention: stats_out must be (P, L, 2)");
+    stats_ptr = stats_out->data_ptr<float>();
+  }
   if (dtype == at::kBFloat16)
     return image_to_tokens_typed<BFloat16>(residual, logit_source, pe, logit_weight, logit_bias, heads, values, norm_weight, norm_bias, eps,
-                                           out, next_queries);
+                                           out, next_queries, weights_ptr, stats_ptr);
   return image_to_tokens_typed<float>(residual, logit_source, pe, logit_weight, logit_bias, heads, values, norm_weight, norm_bias, eps, out,
-                                      next_queries);
+                                      next_queries, weights_ptr, stats_ptr);
 }
 
 template <typename T>
@@ -691,7 +671,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("image_to_tokens", &image_to_tokens, "image tokens attend to a prompt's tokens, residual and LayerNorm fused",
              pybind11::arg("residual"), pybind11::arg("logit_source"), pybind11::arg("pe"), pybind11::arg("logit_weight"),
              pybind11::arg("logit_bias"), pybind11::arg("heads"), pybind11::arg("values"), pybind11::arg("norm_weight"),
-             pybind11::arg("norm_bias"), pybind11::arg("eps"), pybind11::arg("out"), pybind11::arg("next_queries") = pybind11::none());
+             pybind11::arg("norm_bias"), pybind11::arg("eps"), pybind11::arg("out"), pybind11::arg("next_queries") = pybind11::none(),
+             pybind11::arg("weights_out") = pybind11::none(), pybind11::arg("stats_out") = pybind11::none());
   module.def("head_attention", &head_attention, "query rows attend per head to projected image tokens they share (flash-style)",
              pybind11::arg("queries"), pybind11::arg("keys"), pybind11::arg("values"));
   module.def("tokens_to_image", &tokens_to_image, "a prompt's folded query rows attend to its image tokens (flash-style)",

@@ -23,6 +23,7 @@
 #include <cmath>
 #include <cstdint>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 using at::BFloat16;
@@ -31,6 +32,7 @@ using sam_hf_brgemm::brgemm_usable;
 using sam_hf_brgemm::check_dense;
 using sam_hf_brgemm::check_float;
 using sam_hf_brgemm::gemm;
+using sam_hf_brgemm::pack_vnni;
 using sam_hf_brgemm::release;
 using sam_hf_simd::bf16_pairs;
 using sam_hf_simd::exp16;
@@ -90,7 +92,7 @@ inline __m512 gelu16_bf16(__m512 x) {
   return _mm512_fmadd_ps(half, erf, half);
 }
 
-// The GELU of each path: fp32 keeps `gelu16`'s accuracy.
+// The GELU of each path (picked by the type of its output pointer): fp32 keeps `gelu16`'s accuracy.
 inline __m512 gelu(__m512 x, const float*) { return gelu16(x); }
 inline __m512 gelu(__m512 x, const BFloat16*) { return gelu16_bf16(x); }
 
@@ -136,15 +138,79 @@ void store_mid(BFloat16* mid, int64_t c, int64_t columns, int64_t column, const 
   _mm512_storeu_si512(words + 16, bf16_pairs(hi[0], hi[1]));
 }
 
-// One grid row `i` of one prompt: tokens x (g, C), hypernetwork weights (M, C/8) -> rows 4i .. 4i + 3 of its M
-// masks in out (M, 4g, 4g). Scratch, G = g rounded up to 16: xt (C, G) (`pack_tokens`), up (C, G), mid (2, C/4, 2G)
-// (`store_mid`), fine (C/4, 2G).
+// The first convolution of one grid row: tokens x (g, C) -> up (C = [a, b, C/4], G) without its bias, G = g rounded up
+// to 16. Scratch xt (C, G) (`pack_tokens`).
 template <typename T>
-void upscale_row(const T* x, const float* hyper, int64_t masks, int64_t grid, int64_t channels, int64_t i, const Weights<T>& w,
-                 T* out, T* xt, float* up, T* mid, float* fine) {
-  const int64_t quarter = channels / 4, eighth = channels / 8, width = (grid + 15) / 16 * 16, side = 4 * grid;
+void convolve_row(const T* x, int64_t grid, int64_t channels, const Weights<T>& w, T* xt, float* up) {
+  const int64_t width = (grid + 15) / 16 * 16;
   pack_tokens(x, grid, channels, width, xt);
-  gemm(channels, width, channels, w.conv1, channels, xt, width, up, width, false);  // (C = [a, b, C/4], G)
+  gemm(channels, width, channels, w.conv1, channels, xt, width, up, width, false);
+}
+
+// The first convolution's output folded through the decoder's last two image -> token attentions (see
+// `upscale_masks_folded`), for source prompt s: per image token x with softmax weights w1, w2 (N each) and LayerNorm
+// statistics (m1, r1), (m2, r2) of those two attentions,
+//   up_x = r2 [r1 (shared_x + w1 V1' - m1 a1) + e1 + w2 V2' - m2 a2]   (its bias, e2, is added as the conv's bias).
+template <typename T>
+struct Fold {
+  const float* shared;  // (g, C, G): the shared image side's product (x0 M^T), per grid row channel-major (zero past g)
+  const T* mix;         // (S, C, 2N): per prompt [V1' | V2'], channels as rows (the product's left operand)
+  const float* first;   // (S, L, N): w1
+  const float* second;  // (S, L, N): w2
+  const float* stats;   // (S, L, 4): m1, r1, m2, r2
+  const float* terms;   // (3, C): a1, e1, a2
+  int64_t n;
+};
+
+// `Fold` for grid row i of source prompt `source` -> up (C, G). Scratch: weights (2N, G) fp32, packed (N, G, 2) bf16
+// (bf16 only).
+template <typename T>
+void folded_row(const Fold<T>& f, int64_t source, int64_t length, int64_t grid, int64_t channels, int64_t i, float* weights, T* packed,
+                float* up) {
+  const int64_t n = f.n, width = (grid + 15) / 16 * 16, row0 = i * grid;
+  transpose(f.first + (source * length + row0) * n, n, grid, n, weights, width);  // (N, g): tokens as columns
+  transpose(f.second + (source * length + row0) * n, n, grid, n, weights + n * width, width);
+  const float* shared_t = f.shared + i * channels * width;
+  const float* stats = f.stats + (source * length + row0) * 4;
+  const float *a1 = f.terms, *e1 = f.terms + channels, *a2 = f.terms + 2 * channels;
+  for (int64_t j0 = 0; j0 < width; j0 += 16) {
+    alignas(64) float m1[16] = {}, r1[16] = {}, m2[16] = {}, r2[16] = {};  // zero past g: those columns come out zero
+    for (int64_t j = j0; j < std::min(grid, j0 + 16); ++j) {
+      m1[j - j0] = stats[4 * j];
+      r1[j - j0] = stats[4 * j + 1];
+      m2[j - j0] = stats[4 * j + 2];
+      r2[j - j0] = stats[4 * j + 3];
+    }
+    const __m512 second_scale = _mm512_load_ps(r2), first_scale = _mm512_mul_ps(_mm512_load_ps(r1), second_scale);
+    const __m512 first_shift = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(first_scale, _mm512_load_ps(m1)));
+    const __m512 second_shift = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(second_scale, _mm512_load_ps(m2)));
+    for (int64_t k = 0; k < 2 * n; ++k) {
+      float* row = weights + k * width + j0;
+      _mm512_storeu_ps(row, _mm512_mul_ps(_mm512_loadu_ps(row), k < n ? first_scale : second_scale));
+    }
+    for (int64_t c = 0; c < channels; ++c) {
+      __m512 v = _mm512_mul_ps(first_scale, _mm512_loadu_ps(shared_t + c * width + j0));
+      v = _mm512_fmadd_ps(first_shift, _mm512_set1_ps(a1[c]), v);
+      v = _mm512_fmadd_ps(second_scale, _mm512_set1_ps(e1[c]), v);
+      _mm512_storeu_ps(up + c * width + j0, _mm512_fmadd_ps(second_shift, _mm512_set1_ps(a2[c]), v));
+    }
+  }
+  const T* mix = f.mix + source * channels * 2 * n;
+  if constexpr (std::is_same_v<T, BFloat16>) {
+    pack_vnni(weights, 2 * n, width, width, packed);
+    gemm(channels, width, 2 * n, mix, 2 * n, packed, width, up, width, true);
+  } else {
+    gemm(channels, width, 2 * n, mix, 2 * n, weights, width, up, width, true);
+  }
+}
+
+// One grid row `i` of one prompt from its first convolution's output up (C, G) (`convolve_row` or `folded_row`, the
+// bias not added), hypernetwork weights (M, C/8) -> rows 4i .. 4i + 3 of its M masks in out (M, 4g, 4g). Scratch:
+// mid (2, C/4, 2G) (`store_mid`), fine (C/4, 2G).
+template <typename T>
+void upscale_row(const float* up, const float* hyper, int64_t masks, int64_t grid, int64_t channels, int64_t i, const Weights<T>& w,
+                 T* out, T* mid, float* fine) {
+  const int64_t quarter = channels / 4, eighth = channels / 8, width = (grid + 15) / 16 * 16, side = 4 * grid;
   // LayerNorm over the C/4 channels of each (a, b, j), then GELU, into mid[a] with columns 2j + b
   for (int64_t a = 0; a < 2; ++a)
     for (int64_t j0 = 0; j0 < width; j0 += 16) {
@@ -171,7 +237,7 @@ void upscale_row(const T* x, const float* hyper, int64_t masks, int64_t grid, in
             const int64_t r = (2 * a + b) * quarter + c + k;
             const __m512 v = _mm512_add_ps(_mm512_loadu_ps(up + r * width + j0), _mm512_set1_ps(w.bias1[r]));
             const __m512 normed = _mm512_mul_ps(_mm512_sub_ps(v, mean[b]), scale[b]);
-            y[b] = gelu(_mm512_fmadd_ps(normed, _mm512_set1_ps(w.norm_w[c + k]), _mm512_set1_ps(w.norm_b[c + k])), x);
+            y[b] = gelu(_mm512_fmadd_ps(normed, _mm512_set1_ps(w.norm_w[c + k]), _mm512_set1_ps(w.norm_b[c + k])), out);
           }
           interleave(y[0], y[1], lo[k], hi[k]);
         }
@@ -191,7 +257,7 @@ void upscale_row(const T* x, const float* hyper, int64_t masks, int64_t grid, in
         for (int64_t d = 0; d < 2; ++d)
           for (int64_t k = 0; k < eighth; ++k) {
             const int64_t r = d * eighth + k;
-            const __m512 f = gelu(_mm512_add_ps(_mm512_loadu_ps(fine + r * 2 * width + q0), _mm512_set1_ps(bias[r])), x);
+            const __m512 f = gelu(_mm512_add_ps(_mm512_loadu_ps(fine + r * 2 * width + q0), _mm512_set1_ps(bias[r])), out);
             for (int64_t m = 0; m < masks; ++m) acc[m][d] = _mm512_fmadd_ps(_mm512_set1_ps(hyper[m * eighth + k]), f, acc[m][d]);
           }
         const int64_t columns = std::min<int64_t>(32, side - 2 * q0);
@@ -206,25 +272,70 @@ void upscale_row(const T* x, const float* hyper, int64_t masks, int64_t grid, in
     }
 }
 
+// All masks: prompt k's first convolution from image tokens x (S, L, C) of source picks[k] (or k), or `fold`.
 template <typename T>
-void upscale_all(const at::Tensor& image, const int64_t* picks, const at::Tensor& hyper, const Weights<T>& w, at::Tensor& out) {
-  const int64_t length = image.size(1), channels = image.size(2), prompts = hyper.size(0), masks = hyper.size(1);
+void upscale_all(const T* x, int64_t length, int64_t channels, const int64_t* picks, const at::Tensor& hyper, const Weights<T>& w,
+                 const Fold<T>* fold, at::Tensor& out) {
+  const int64_t prompts = hyper.size(0), masks = hyper.size(1);
   const int64_t grid = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(length))));
-  const int64_t quarter = channels / 4, eighth = channels / 8, width = (grid + 15) / 16 * 16;
-  const T* x = image.data_ptr<T>();
+  const int64_t quarter = channels / 4, eighth = channels / 8, width = (grid + 15) / 16 * 16, n = fold ? fold->n : 0;
   const float* h = hyper.data_ptr<float>();
   T* o = out.data_ptr<T>();
   at::parallel_for(0, prompts * grid, 1, [&](int64_t begin, int64_t end) {
     // zero-filled scratch: padding columns stay finite (computed, never stored)
-    std::vector<T> xt(channels * width, T(0.0f)), mid(2 * quarter * 2 * width);
-    std::vector<float> up(channels * width), fine(quarter * 2 * width);
+    std::vector<T> xt(fold ? 0 : channels * width, T(0.0f)), mid(2 * quarter * 2 * width), packed(fold ? 2 * n * width : 0);
+    std::vector<float> up(channels * width), fine(quarter * 2 * width), weights(2 * n * width, 0.0f);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t k = task / grid, i = task % grid, source = picks ? picks[k] : k;
-      upscale_row<T>(x + (source * length + i * grid) * channels, h + k * masks * eighth, masks, grid, channels, i, w,
-                     o + k * masks * 16 * length, xt.data(), up.data(), mid.data(), fine.data());
+      if (fold) {
+        folded_row(*fold, source, length, grid, channels, i, weights.data(), packed.data(), up.data());
+      } else {
+        convolve_row(x + (source * length + i * grid) * channels, grid, channels, w, xt.data(), up.data());
+      }
+      upscale_row<T>(up.data(), h + k * masks * eighth, masks, grid, channels, i, w, o + k * masks * 16 * length, mid.data(), fine.data());
     }
-    release(xt.data());
+    release(mid.data());
   });
+}
+
+// The checks both entry points share: hyper (n, M, C/8) fp32, norm_weight, norm_bias (C/4) fp32, conv2 (2, C/4, C/4) in
+// `dtype`, bias2 (2, C/4) fp32, out (n, M, 4g, 4g) in `dtype`, index (n) int64 into `sources` or none (then n = sources).
+// Returns index's data or null.
+const int64_t* check_common(int64_t sources, int64_t length, int64_t channels, at::ScalarType dtype, const std::optional<at::Tensor>& index,
+                            const at::Tensor& hyper, const at::Tensor& norm_weight, const at::Tensor& norm_bias, const at::Tensor& conv2,
+                            const at::Tensor& bias2, const at::Tensor& out) {
+  check_float(hyper, "mask_upscaling", "hyper", 3);
+  check_float(norm_weight, "mask_upscaling", "norm_weight", 1);
+  check_float(norm_bias, "mask_upscaling", "norm_bias", 1);
+  check_dense(conv2, "mask_upscaling", "conv2", 3, dtype);
+  check_float(bias2, "mask_upscaling", "bias2", 2);
+  check_dense(out, "mask_upscaling", "out", 4, dtype);
+  const int64_t grid = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(length))));
+  const int64_t prompts = hyper.size(0), masks = hyper.size(1), quarter = channels / 4, eighth = channels / 8;
+  TORCH_CHECK(grid * grid == length, "mask_upscaling: image must hold g * g tokens, got ", length);
+  TORCH_CHECK(channels % 8 == 0 && hyper.size(2) == eighth, "mask_upscaling: hyper must be (n, M, C / 8) with C a multiple of 8");
+  TORCH_CHECK(masks >= 1 && masks <= kMaxMasks, "mask_upscaling: at most ", kMaxMasks, " masks per prompt, got ", masks);
+  TORCH_CHECK(norm_weight.size(0) == quarter && norm_bias.size(0) == quarter, "mask_upscaling: the norm must have C / 4 channels");
+  TORCH_CHECK(conv2.size(0) == 2 && conv2.size(1) == quarter && conv2.size(2) == quarter && bias2.size(0) == 2 && bias2.size(1) == quarter,
+              "mask_upscaling: conv2 must be (2, C / 4, C / 4), bias2 (2, C / 4)");
+  TORCH_CHECK(out.size(0) == prompts && out.size(1) == masks && out.size(2) == 4 * grid && out.size(3) == 4 * grid,
+              "mask_upscaling: out must be (n, M, 4g, 4g)");
+  if (!index) {
+    TORCH_CHECK(sources == prompts, "mask_upscaling: without index, image and hyper must have the same first size");
+    return nullptr;
+  }
+  TORCH_CHECK(index->scalar_type() == at::kLong && index->dim() == 1 && index->is_contiguous() && index->size(0) == prompts,
+              "mask_upscaling: index must be a contiguous int64 vector of n entries");
+  const int64_t* picks = index->data_ptr<int64_t>();
+  for (int64_t k = 0; k < prompts; ++k) TORCH_CHECK(picks[k] >= 0 && picks[k] < sources, "mask_upscaling: index out of range");
+  return picks;
+}
+
+template <typename T>
+Weights<T> weights_of(const std::optional<at::Tensor>& conv1, const at::Tensor& bias1, const at::Tensor& norm_weight, const at::Tensor& norm_bias,
+                      double eps, const at::Tensor& conv2, const at::Tensor& bias2) {
+  return Weights<T>{conv1 ? conv1->data_ptr<T>() : nullptr, bias1.data_ptr<float>(), norm_weight.data_ptr<float>(), norm_bias.data_ptr<float>(),
+                    static_cast<float>(eps), conv2.data_ptr<T>(), bias2.data_ptr<float>()};
 }
 
 // image (S, g*g, C); index (n) int64 or none (then n = S, prompt k reads image k); hyper (n, M, C/8) fp32; conv1 (C, C),
@@ -236,44 +347,61 @@ void upscale_masks(const at::Tensor& image, const std::optional<at::Tensor>& ind
   const at::ScalarType dtype = image.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "mask_upscaling: image must be fp32 or bf16, got ", dtype);
   check_dense(image, "mask_upscaling", "image", 3, dtype);
-  check_float(hyper, "mask_upscaling", "hyper", 3);
   check_dense(conv1, "mask_upscaling", "conv1", 2, dtype);
   check_float(bias1, "mask_upscaling", "bias1", 1);
-  check_float(norm_weight, "mask_upscaling", "norm_weight", 1);
-  check_float(norm_bias, "mask_upscaling", "norm_bias", 1);
-  check_dense(conv2, "mask_upscaling", "conv2", 3, dtype);
-  check_float(bias2, "mask_upscaling", "bias2", 2);
-  check_dense(out, "mask_upscaling", "out", 4, dtype);
   const int64_t sources = image.size(0), length = image.size(1), channels = image.size(2);
-  const int64_t grid = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(length))));
-  const int64_t prompts = hyper.size(0), masks = hyper.size(1), quarter = channels / 4, eighth = channels / 8;
-  TORCH_CHECK(grid * grid == length, "mask_upscaling: image must hold g * g tokens, got ", length);
-  TORCH_CHECK(channels % 8 == 0 && hyper.size(2) == eighth, "mask_upscaling: hyper must be (n, M, C / 8) with C a multiple of 8");
-  TORCH_CHECK(masks >= 1 && masks <= kMaxMasks, "mask_upscaling: at most ", kMaxMasks, " masks per prompt, got ", masks);
+  const int64_t* picks = check_common(sources, length, channels, dtype, index, hyper, norm_weight, norm_bias, conv2, bias2, out);
   TORCH_CHECK(conv1.size(0) == channels && conv1.size(1) == channels && bias1.size(0) == channels, "mask_upscaling: conv1 must be (C, C), bias1 (C)");
-  TORCH_CHECK(norm_weight.size(0) == quarter && norm_bias.size(0) == quarter, "mask_upscaling: the norm must have C / 4 channels");
-  TORCH_CHECK(conv2.size(0) == 2 && conv2.size(1) == quarter && conv2.size(2) == quarter && bias2.size(0) == 2 && bias2.size(1) == quarter,
-              "mask_upscaling: conv2 must be (2, C / 4, C / 4), bias2 (2, C / 4)");
-  TORCH_CHECK(out.size(0) == prompts && out.size(1) == masks && out.size(2) == 4 * grid && out.size(3) == 4 * grid,
-              "mask_upscaling: out must be (n, M, 4g, 4g)");
-  const int64_t* picks = nullptr;
-  if (index) {
-    TORCH_CHECK(index->scalar_type() == at::kLong && index->dim() == 1 && index->is_contiguous() && index->size(0) == prompts,
-                "mask_upscaling: index must be a contiguous int64 vector of n entries");
-    picks = index->data_ptr<int64_t>();
-    for (int64_t k = 0; k < prompts; ++k) TORCH_CHECK(picks[k] >= 0 && picks[k] < sources, "mask_upscaling: index out of range");
-  } else {
-    TORCH_CHECK(sources == prompts, "mask_upscaling: without index, image and hyper must have the same first size");
-  }
-  const float feps = static_cast<float>(eps);
   if (dtype == at::kBFloat16) {
-    const Weights<BFloat16> w{conv1.data_ptr<BFloat16>(), bias1.data_ptr<float>(), norm_weight.data_ptr<float>(), norm_bias.data_ptr<float>(),
-                              feps, conv2.data_ptr<BFloat16>(), bias2.data_ptr<float>()};
-    upscale_all(image, picks, hyper, w, out);
+    upscale_all(image.data_ptr<BFloat16>(), length, channels, picks, hyper,
+                weights_of<BFloat16>(conv1, bias1, norm_weight, norm_bias, eps, conv2, bias2), static_cast<const Fold<BFloat16>*>(nullptr), out);
   } else {
-    const Weights<float> w{conv1.data_ptr<float>(), bias1.data_ptr<float>(), norm_weight.data_ptr<float>(), norm_bias.data_ptr<float>(),
-                           feps, conv2.data_ptr<float>(), bias2.data_ptr<float>()};
-    upscale_all(image, picks, hyper, w, out);
+    upscale_all(image.data_ptr<float>(), length, channels, picks, hyper, weights_of<float>(conv1, bias1, norm_weight, norm_bias, eps, conv2, bias2),
+                static_cast<const Fold<float>*>(nullptr), out);
+  }
+}
+
+// The same masks with the first convolution folded through the decoder's last two image -> token attentions (`Fold`):
+// shared (g, C, G) fp32, the shared image side x0 times M^T per grid row, channel-major, zero past g (G = g rounded up
+// to 16), M = W1 diag(g2 g1) (W1 the first convolution as (C, C), g1,
+// g2 the two attentions' LayerNorm weights); mix (S, C, 2N) per source prompt, [V1 M^T | V2 (W1 diag(g2))^T]
+// transposed (V1, V2 the attentions' values with their output projection folded in); first, second (S, L, N) fp32,
+// the attentions' softmax weights per image token; stats (S, L, 4) fp32, their LayerNorms' mean and 1 / std (m1, r1,
+// m2, r2); terms (3, C) fp32: a1 = W1 (g2 g1), e1 = W1 (g2 b1), a2 = W1 g2; bias1 (C) fp32 = W1 b2 + the first
+// convolution's bias. Per token 2N + C products and additions of C-vectors instead of the C x C convolution. index,
+// hyper, the norm, conv2, bias2 and out as in `upscale_masks`; mix, conv2 and out in one dtype, fp32 or bf16.
+void upscale_masks_folded(const std::optional<at::Tensor>& index, const at::Tensor& hyper, const at::Tensor& shared, const at::Tensor& mix,
+                          const at::Tensor& first, const at::Tensor& second, const at::Tensor& stats, const at::Tensor& terms,
+                          const at::Tensor& bias1, const at::Tensor& norm_weight, const at::Tensor& norm_bias, double eps,
+                          const at::Tensor& conv2, const at::Tensor& bias2, at::Tensor& out) {
+  const at::ScalarType dtype = mix.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "mask_upscaling: mix must be fp32 or bf16, got ", dtype);
+  check_dense(mix, "mask_upscaling", "mix", 3, dtype);
+  check_float(first, "mask_upscaling", "first", 3);
+  check_float(second, "mask_upscaling", "second", 3);
+  check_float(stats, "mask_upscaling", "stats", 3);
+  check_float(terms, "mask_upscaling", "terms", 2);
+  check_float(bias1, "mask_upscaling", "bias1", 1);
+  check_float(shared, "mask_upscaling", "shared", 3);
+  const int64_t sources = mix.size(0), channels = mix.size(1), length = first.size(1), n = first.size(2);
+  const int64_t grid = shared.size(0);
+  const int64_t* picks = check_common(sources, length, channels, dtype, index, hyper, norm_weight, norm_bias, conv2, bias2, out);
+  TORCH_CHECK(grid * grid == length && shared.size(1) == channels && shared.size(2) == (grid + 15) / 16 * 16 && mix.size(2) == 2 * n &&
+                  bias1.size(0) == channels && terms.size(0) == 3 && terms.size(1) == channels,
+              "mask_upscaling: shared must be (g, C, G), mix (S, C, 2N), bias1 (C), terms (3, C)");
+  TORCH_CHECK(first.sizes() == second.sizes() && first.size(0) == sources && first.size(1) == length && stats.size(0) == sources &&
+                  stats.size(1) == length && stats.size(2) == 4,
+              "mask_upscaling: first and second must be (S, L, N), stats (S, L, 4)");
+  if (dtype == at::kBFloat16) {
+    const Fold<BFloat16> fold{shared.data_ptr<float>(), mix.data_ptr<BFloat16>(), first.data_ptr<float>(), second.data_ptr<float>(),
+                              stats.data_ptr<float>(), terms.data_ptr<float>(), n};
+    upscale_all<BFloat16>(nullptr, length, channels, picks, hyper, weights_of<BFloat16>(std::nullopt, bias1, norm_weight, norm_bias, eps, conv2, bias2),
+                          &fold, out);
+  } else {
+    const Fold<float> fold{shared.data_ptr<float>(), mix.data_ptr<float>(), first.data_ptr<float>(), second.data_ptr<float>(),
+                           stats.data_ptr<float>(), terms.data_ptr<float>(), n};
+    upscale_all<float>(nullptr, length, channels, picks, hyper, weights_of<float>(std::nullopt, bias1, norm_weight, norm_bias, eps, conv2, bias2),
+                       &fold, out);
   }
 }
 
@@ -281,6 +409,7 @@ void upscale_masks(const at::Tensor& image, const std::optional<at::Tensor>& ind
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("upscale_masks", &upscale_masks, "masks = hyper . GELU(conv2(GELU(LayerNorm(conv1(image))))) in fp32 or bf16");
+  m.def("upscale_masks_folded", &upscale_masks_folded, "upscale_masks with conv1(image) folded through the decoder's last two attentions");
   m.def("brgemm_usable", &brgemm_usable, "whether ATen's fp32 brgemm serves this CPU");
   m.def("bf16_usable", &bf16_brgemm_usable, "whether ATen's bf16 brgemm serves this CPU (then upscale_masks takes bf16)");
 }

@@ -339,7 +339,7 @@ class SamHfAttention(nn.Module):
         return self.out_proj(out + self.v_proj.bias)
 
     def normed_image_to_tokens(self, module, image, image_pe, tokens, token_pe, token_mask, norm: nn.LayerNorm, route: str, cache, out=None,
-                               next_queries=None):
+                               next_queries=None, record: list | None = None):
         """`norm(image_to_tokens(...))` (B, P, HW, C) by the compiled kernel `module` (see `decoder_kernel`), written
         into `out` when given (which may be `image` itself where P' = P). Per image token x the kernel forms the
         logits a . w_(t,h) + b_(t,h), softmaxes each head's T tokens, adds sum_(t,h) w v_(t,h) to x and normalises,
@@ -348,7 +348,9 @@ class SamHfAttention(nn.Module):
         (zero elsewhere); on the others a = x + pe, w_(t,h) = k_(t,h) W_q,h and b_(t,h) = k_(t,h) . b_q,h.
         `next_queries` (B*P, M, C), a token -> image attention's `folded_queries`: that attention to the new image
         tokens runs in the same pass, while each block of them is in cache. Returns the new image tokens and, with
-        `next_queries`, that attention's weighted sums of them (B*P, M, C), else None."""
+        `next_queries`, that attention's weighted sums of them (B*P, M, C), else None. With `record` (a list): appends
+        this attention's softmax weights per image token (B*P, HW, h*T), LayerNorm mean and 1 / std (B*P, HW, 2) and
+        values (B*P, h*T, C), all fp32, for the folded mask upscaling (`SamHfMaskDecoder.folded_operands`)."""
         batch, prompts, length, _ = tokens.shape
         heads, head_dim = self.num_heads, self.internal_dim // self.num_heads
         sides, tokens_hw, channels = batch * image.shape[1], image.shape[2], image.shape[3]
@@ -369,9 +371,17 @@ class SamHfAttention(nn.Module):
         values = values.view(batch * prompts, heads, length, channels).transpose(1, 2).reshape(batch * prompts, length * heads, channels)
         residual = image.reshape(sides, tokens_hw, channels)
         flat_out = image.new_empty(batch * prompts, tokens_hw, channels) if out is None else out.view(batch * prompts, tokens_hw, channels)
+        weights_out = stats_out = None
+        if record is not None:  # this thread's buffers, one pair per recorded layer, rewritten by the next group
+            count = (batch * prompts, tokens_hw)
+            weights_out = workspace(f"decoder_fold_weights{len(record)}", (*count, length * heads), dtype=torch.float32, device=image.device)
+            stats_out = workspace(f"decoder_fold_stats{len(record)}", (*count, 2), dtype=torch.float32, device=image.device)
+        values = values.float().contiguous()
         # the image tokens in their dtype (fp32 or bf16), the small per-prompt operands in fp32 (the kernel rounds them)
         mixed = module.image_to_tokens(residual.contiguous(), source, image_pe.contiguous(), weight.float().contiguous(),
-                                       bias.reshape(batch * prompts, -1).float().contiguous(), heads, values.float().contiguous(),
+                                       bias.reshape(batch * prompts, -1).float().contiguous(), heads, values,
                                        norm.weight.float().contiguous(), norm.bias.float().contiguous(), norm.eps, flat_out,
-                                       None if next_queries is None else next_queries.float().contiguous())
+                                       None if next_queries is None else next_queries.float().contiguous(), weights_out, stats_out)
+        if record is not None:
+            record.append((weights_out, stats_out, values))
         return flat_out.view(batch, prompts, tokens_hw, channels), mixed

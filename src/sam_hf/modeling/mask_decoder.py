@@ -20,6 +20,7 @@ from ..configuration import SamHfMaskDecoderConfig
 from ..kernels import kernel_for
 from .image_cache import cached, call_cache
 from .layers import SamHfFeedForward, SamHfLayerNorm2d, linear_activation, matmul_nt, records_nothing
+from .decoder_attention import FOLD_UP_TO_PROMPTS
 from .two_way_transformer import SamHfTwoWayTransformer
 
 
@@ -108,7 +109,7 @@ class SamHfMaskDecoder(nn.Module):
         )
 
     def upscale_masks(self, image: torch.Tensor, hyper_in: torch.Tensor, grid: int, out: torch.Tensor | None = None,
-                      index: torch.Tensor | None = None) -> torch.Tensor:
+                      index: torch.Tensor | None = None, folded: dict | None = None) -> torch.Tensor:
         """image tokens (N, g*g, C) and hypernetwork weights (N, M, C/8) -> mask logits (N, M, 4g, 4g), written into
         `out` (contiguous) when given. With `index` ((n,) int64): hyper_in (n, M, C/8), whose row k meets image
         tokens index[k] (read in place on CPU) -> (n, M, 4g, 4g).
@@ -117,12 +118,19 @@ class SamHfMaskDecoder(nn.Module):
         14.4 ms per prompt; two cores 4.8 against 6.9; bf16 on two cores 3.0 against 5.4). Else it runs over blocks whose largest temporary (the
         second upscaling's 16 * C/8 values per image token) stays under a budget: on CPU a band of grid rows of
         one prompt (cache-sized), on an accelerator groups of whole prompts (`prompt_group`). Every pixel depends
-        only on its own image token, so this is exact.
+        only on its own image token, so this is exact. `folded` (`folded_operands`, for these image tokens as the
+        decoder's two-way transformer made them): the kernel takes the first convolution in its folded form.
         """
         module = self._upscaling_kernel(image, hyper_in, out)
         if module is not None:
             out = image.new_empty(hyper_in.shape[0], hyper_in.shape[1], 4 * grid, 4 * grid) if out is None else out
-            module.upscale_masks(image, index, hyper_in.float().contiguous(), *self._kernel_weights(), out)
+            if folded is None:
+                module.upscale_masks(image, index, hyper_in.float().contiguous(), *self._kernel_weights(), out)
+            else:
+                _, _, norm_weight, norm_bias, eps, conv2, bias2 = self._kernel_weights()
+                module.upscale_masks_folded(index, hyper_in.float().contiguous(), folded["shared"], folded["mix"], folded["first"],
+                                            folded["second"], folded["stats"], folded["terms"], folded["bias1"], norm_weight, norm_bias,
+                                            eps, conv2, bias2, out)
             return out
         batch, masks = hyper_in.shape[:2]
         per_row = 16 * grid * (image.shape[-1] // 8) * image.element_size()  # bytes of one grid row's largest temporary
@@ -158,6 +166,55 @@ class SamHfMaskDecoder(nn.Module):
         if hyper_in.shape[1] > 8 or not records_nothing(image, hyper_in, *self.upscale_parameters()):
             return None
         return kernel_for("mask_upscaling", image.dtype)
+
+    def _folds_upscaling(self, image: torch.Tensor, prompts: int, *, persistent: bool) -> bool:
+        """Whether a decoder call on the compiled kernels without `mask_iou_threshold` takes the folded first convolution
+        (`folded_operands`): one image, its side shared by the prompts (no mask inputs), two blocks, the upscaling
+        kernel usable for this dtype, and either more prompts than the "fold" route's (the shared product, one C x C
+        convolution of the image, costs about what two prompts save) or a cache kept across calls (`image_cache`),
+        which keeps that product. With a threshold (segment everything) it is not taken: every prompt's attention
+        passes would record what the fold reads (about 1.8 MB per ViT-B prompt written), and only the prompts above
+        the threshold are upscaled."""
+        if image.shape[0] != 1 or image.shape[1] != 1 or len(self.transformer.layers) != 2:
+            return False
+        if any(p.dtype != image.dtype for p in self.upscale_parameters()) or kernel_for("mask_upscaling", image.dtype) is None:
+            return False
+        return persistent or prompts > FOLD_UP_TO_PROMPTS
+
+    def folded_operands(self, cache: dict | None, dtype: torch.dtype) -> dict | None:
+        """The operands of the folded first convolution for the group the two-way transformer just ran (the record it
+        left in `cache`, see `SamHfTwoWayTransformer._kernel_blocks`), else None.
+
+        The final image tokens are x2 = LN2(x1 + w2 V2) and x1 = LN1(x0 + w1 V1): the shared image side x0, each
+        token's softmax weights w1, w2 (h*T each) and values V1, V2 (h*T, C) per prompt. LN_i(z) = g_i (z - m_i) r_i + b_i
+        with the token's mean m_i and 1 / std r_i. So the first convolution W1 x2 + c1 is, exactly up to rounding,
+            r2 [r1 (x0 M^T + w1 V1 M^T - m1 M 1) + W1 (g2 b1) + w2 V2 (W1 G2)^T - m2 W1 g2] + W1 b2 + c1
+        with G2 = diag(g2), M = W1 diag(g2 g1): x0 M^T once per image (cached), V1 M^T and V2 (W1 G2)^T once per prompt,
+        and per token two h*T-long mixes (2 x 56 x 256 multiply-adds for ViT-B) instead of the 256 x 256 product."""
+        entry = None if cache is None else cache.pop("upscaling_record", None)
+        if entry is None:
+            return None
+        image_side, ((first, stats1, values1), (second, stats2, values2)) = entry
+        norm1, norm2 = (layer.layer_norm4 for layer in self.transformer.layers)
+        conv1, bias1 = (t.float() for t in _conv_transpose_weight(self.upscale_conv1))  # (C, C), (C,)
+        g1, b1, g2, b2 = norm1.weight.float(), norm1.bias.float(), norm2.weight.float(), norm2.bias.float()
+        inner, outer = conv1 * (g2 * g1), conv1 * g2  # W1 diag(g2 g1), W1 diag(g2)
+        tokens, channels = image_side.shape[-2:]
+        grid, width = int(tokens**0.5), -(-int(tokens**0.5) // 16) * 16
+
+        def shared() -> torch.Tensor:  # (g, C, G): per grid row channel-major, zero past g, as the kernel reads it
+            rows = (image_side.reshape(tokens, channels).float() @ inner.t()).view(grid, grid, channels)
+            return F.pad(rows, (0, 0, 0, width - grid)).transpose(1, 2).contiguous()
+
+        kept = cache.get("upscale_shared")  # kept with the image side it was made from (the cached tokens, one object)
+        if kept is None or kept[0] is not image_side:
+            kept = cache["upscale_shared"] = (image_side, shared())
+        return {
+            "shared": kept[1],
+            "mix": torch.cat([values1 @ inner.t(), values2 @ outer.t()], dim=1).transpose(1, 2).contiguous().to(dtype),  # (P, C, 2hT)
+            "first": first, "second": second, "stats": torch.cat([stats1, stats2], dim=-1),  # (P, HW, 4)
+            "terms": torch.stack([conv1 @ (g2 * g1), conv1 @ (g2 * b1), conv1 @ g2]), "bias1": conv1 @ b2 + bias1,
+        }
 
     def upscale_parameters(self):
         """The parameters of the mask upscaling (both convolutions and the LayerNorm between them)."""
@@ -237,6 +294,7 @@ class SamHfMaskDecoder(nn.Module):
         # exact, and much faster on CPU than touching fresh half-gigabyte buffers (see _TEMPORARY_BUDGET).
         per_prompt = batch * grid * grid * channels * image.element_size()
         kernel = self.transformer.kernel_for(image, tokens, pe, output_attentions) is not None
+        cache["fold_upscaling"] = kernel and mask_iou_threshold is None and self._folds_upscaling(image, prompts, persistent=image_cache is not None)
         group = prompts if output_attentions else prompt_group(per_prompt, image.device, kernel=kernel)
         # one image's groups write their masks straight into the output (no concatenation of B x P x M x 4g x 4g logits)
         masks = None
@@ -266,12 +324,13 @@ class SamHfMaskDecoder(nn.Module):
         read = list(range(tokens.shape[2])) if output_attentions else [0] + [1 + i for i in chosen]
         tokens, image, weights = self.transformer(tokens, image, pe, token_mask, output_attentions, cache,
                                                   output_tokens=None if output_attentions else read)
+        folded = self.folded_operands(cache, image.dtype)
         position = {token: row for row, token in enumerate(read)}  # token index -> row of `tokens`
         iou_pred = self.iou_prediction_head(tokens[:, :, position[0]])[..., mask_slice]  # (B, p, M)
         hyper_in = torch.stack([self.output_hypernetworks_mlps[i](tokens[:, :, position[1 + i]]) for i in chosen], dim=2)  # (B, p, M, C/8)
         image, hyper_in = image.reshape(batch * prompts, grid * grid, channels), hyper_in.flatten(0, 1)
         if mask_iou_threshold is None:
-            masks = self.upscale_masks(image, hyper_in, grid, out=out)
+            masks = self.upscale_masks(image, hyper_in, grid, out=out, folded=folded)
         else:  # with the attention weights asked for: every token went through the final attention
             needed = (iou_pred > mask_iou_threshold).any(-1).flatten()  # (B * p,)
             masks = _skipped_masks(image, (batch * prompts, len(chosen), 4 * grid, 4 * grid), out)

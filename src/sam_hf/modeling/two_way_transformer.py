@@ -135,6 +135,9 @@ class SamHfTwoWayTransformer(nn.Module):
         token -> image attention that reads its result (the next block's, or the final one for `final_rows`) run in
         one pass over the image tokens: that attention's query rows depend only on the tokens, which are ready
         before the pass (the next block's self-attention comes first)."""
+        # what the folded mask upscaling reads (`SamHfMaskDecoder.folded_operands`), where the decoder asked for it: two
+        # blocks, the first one's image side shared by the prompts
+        record = [] if cache.get("fold_upscaling") and len(self.layers) == 2 and image.shape[1] == 1 else None
         first = self.layers[0]
         queries, _ = first.token_attention(tokens, tokens, token_mask)
         attended, _ = first.cross_attn_token_to_image.tokens_to_image(queries, tokens, image, image_pe, False, cache, fold)
@@ -152,11 +155,13 @@ class SamHfTwoWayTransformer(nn.Module):
             buffer = SamHfAttention.scratch(cache, "decoder_image_tokens", (*queries.shape[:2], *keys.shape[2:]), keys, queries)
             keys, mixed = layer.cross_attn_image_to_token.normed_image_to_tokens(
                 module, keys, image_pe, queries, tokens, token_mask, layer.layer_norm4, route, cache, out=buffer,
-                next_queries=None if rows is None else attention.folded_queries(rows, rows_pe))
+                next_queries=None if rows is None else attention.folded_queries(rows, rows_pe), record=record)
             if following is not None:
                 queries = following.token_update(rows, attention.attended_tokens(mixed, rows.shape))
             elif rows is not None:
                 final = (self.layer_norm_final_attn(rows + attention.attended_tokens(mixed, rows.shape)), None)
+        if record is not None:
+            cache["upscaling_record"] = (image, record)  # the shared image side and both blocks' records, for this group
         return queries, keys, (), fold, final
 
     def final(self, queries, tokens, keys, image_pe, output_attentions=False, cache=None, fold=False, keys_index=None):
