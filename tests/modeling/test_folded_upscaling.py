@@ -43,7 +43,7 @@ def _folded(decoder: SamHfMaskDecoder, x0, passes, grid: int, dtype=torch.float3
     width, channels = -(-grid // 16) * 16, x0.shape[-1]
     shared = torch.nn.functional.pad((x0[0] @ inner.t()).view(grid, grid, channels), (0, 0, 0, width - grid)).transpose(1, 2).contiguous()
     return dict(shared=shared, mix=torch.cat([values1 @ inner.t(), values2 @ outer.t()], 1).transpose(1, 2).contiguous().to(dtype),
-                first=first, second=second, stats=torch.cat([stats1, stats2], -1).contiguous(),
+                first=first, second=second, stats1=stats1, stats2=stats2,
                 terms=torch.stack([conv1 @ (g2 * g1), conv1 @ (g2 * b1), conv1 @ g2]), bias1=conv1 @ b2 + bias1)
 
 
@@ -61,8 +61,8 @@ def _decoder(channels: int) -> SamHfMaskDecoder:
 def _run_folded(module, decoder, folded, hyper, grid, index=None, dtype=torch.float32):
     _, _, norm_weight, norm_bias, eps, conv2, bias2 = decoder._kernel_weights()
     out = torch.full((hyper.shape[0], hyper.shape[1], 4 * grid, 4 * grid), float("nan"), dtype=dtype)
-    module.upscale_masks_folded(index, hyper, folded["shared"], folded["mix"], folded["first"], folded["second"], folded["stats"],
-                                folded["terms"], folded["bias1"], norm_weight, norm_bias, eps, conv2.to(dtype), bias2, out)
+    module.upscale_masks_folded(index, hyper, folded["shared"], folded["mix"], folded["first"], folded["second"], folded["stats1"],
+                                folded["stats2"], folded["terms"], folded["bias1"], norm_weight, norm_bias, eps, conv2.to(dtype), bias2, out)
     return out
 
 
@@ -103,8 +103,8 @@ def test_bad_folded_operands_are_refused(module):
     hyper = torch.randn(2, 3, 8)
     with pytest.raises(RuntimeError, match=r"shared must be \(g, C, G\)"):
         _run_folded(module, decoder, dict(folded, shared=folded["shared"][:, :, :8].contiguous()), hyper, grid)
-    with pytest.raises(RuntimeError, match=r"stats \(S, L, 4\)"):
-        _run_folded(module, decoder, dict(folded, stats=folded["stats"][..., :2].contiguous()), hyper, grid)
+    with pytest.raises(RuntimeError, match=r"stats1 and stats2 \(S, L, 2\)"):
+        _run_folded(module, decoder, dict(folded, stats2=folded["stats2"][:, 1:].contiguous()), hyper, grid)
     with pytest.raises(RuntimeError, match="mix must be fp32 or bf16, got Double"):
         _run_folded(module, decoder, dict(folded, mix=folded["mix"].double()), hyper, grid)
     with pytest.raises(RuntimeError, match="conv2 must be a contiguous bf16"):  # mix, conv2 and out: one dtype

@@ -157,7 +157,8 @@ struct Fold {
   const T* mix;         // (S, C, 2N): per prompt [V1' | V2'], channels as rows (the product's left operand)
   const float* first;   // (S, L, N): w1
   const float* second;  // (S, L, N): w2
-  const float* stats;   // (S, L, 4): m1, r1, m2, r2
+  const float* stats1;  // (S, L, 2): m1, r1
+  const float* stats2;  // (S, L, 2): m2, r2
   const float* terms;   // (3, C): a1, e1, a2
   int64_t n;
 };
@@ -171,15 +172,16 @@ void folded_row(const Fold<T>& f, int64_t source, int64_t length, int64_t grid, 
   transpose(f.first + (source * length + row0) * n, n, grid, n, weights, width);  // (N, g): tokens as columns
   transpose(f.second + (source * length + row0) * n, n, grid, n, weights + n * width, width);
   const float* shared_t = f.shared + i * channels * width;
-  const float* stats = f.stats + (source * length + row0) * 4;
+  const float* stats1 = f.stats1 + (source * length + row0) * 2;
+  const float* stats2 = f.stats2 + (source * length + row0) * 2;
   const float *a1 = f.terms, *e1 = f.terms + channels, *a2 = f.terms + 2 * channels;
   for (int64_t j0 = 0; j0 < width; j0 += 16) {
     alignas(64) float m1[16] = {}, r1[16] = {}, m2[16] = {}, r2[16] = {};  // zero past g: those columns come out zero
     for (int64_t j = j0; j < std::min(grid, j0 + 16); ++j) {
-      m1[j - j0] = stats[4 * j];
-      r1[j - j0] = stats[4 * j + 1];
-      m2[j - j0] = stats[4 * j + 2];
-      r2[j - j0] = stats[4 * j + 3];
+      m1[j - j0] = stats1[2 * j];
+      r1[j - j0] = stats1[2 * j + 1];
+      m2[j - j0] = stats2[2 * j];
+      r2[j - j0] = stats2[2 * j + 1];
     }
     const __m512 second_scale = _mm512_load_ps(r2), first_scale = _mm512_mul_ps(_mm512_load_ps(r1), second_scale);
     const __m512 first_shift = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(first_scale, _mm512_load_ps(m1)));
@@ -366,12 +368,13 @@ void upscale_masks(const at::Tensor& image, const std::optional<at::Tensor>& ind
 // to 16), M = W1 diag(g2 g1) (W1 the first convolution as (C, C), g1,
 // g2 the two attentions' LayerNorm weights); mix (S, C, 2N) per source prompt, [V1 M^T | V2 (W1 diag(g2))^T]
 // transposed (V1, V2 the attentions' values with their output projection folded in); first, second (S, L, N) fp32,
-// the attentions' softmax weights per image token; stats (S, L, 4) fp32, their LayerNorms' mean and 1 / std (m1, r1,
-// m2, r2); terms (3, C) fp32: a1 = W1 (g2 g1), e1 = W1 (g2 b1), a2 = W1 g2; bias1 (C) fp32 = W1 b2 + the first
+// the attentions' softmax weights per image token; stats1, stats2 (S, L, 2) fp32, their LayerNorms' mean and 1 / std
+// (m1, r1 and m2, r2); terms (3, C) fp32: a1 = W1 (g2 g1), e1 = W1 (g2 b1), a2 = W1 g2; bias1 (C) fp32 = W1 b2 + the first
 // convolution's bias. Per token 2N + C products and additions of C-vectors instead of the C x C convolution. index,
 // hyper, the norm, conv2, bias2 and out as in `upscale_masks`; mix, conv2 and out in one dtype, fp32 or bf16.
 void upscale_masks_folded(const std::optional<at::Tensor>& index, const at::Tensor& hyper, const at::Tensor& shared, const at::Tensor& mix,
-                          const at::Tensor& first, const at::Tensor& second, const at::Tensor& stats, const at::Tensor& terms,
+                          const at::Tensor& first, const at::Tensor& second, const at::Tensor& stats1, const at::Tensor& stats2,
+                          const at::Tensor& terms,
                           const at::Tensor& bias1, const at::Tensor& norm_weight, const at::Tensor& norm_bias, double eps,
                           const at::Tensor& conv2, const at::Tensor& bias2, at::Tensor& out) {
   const at::ScalarType dtype = mix.scalar_type();
@@ -379,7 +382,8 @@ void upscale_masks_folded(const std::optional<at::Tensor>& index, const at::Tens
   check_dense(mix, "mask_upscaling", "mix", 3, dtype);
   check_float(first, "mask_upscaling", "first", 3);
   check_float(second, "mask_upscaling", "second", 3);
-  check_float(stats, "mask_upscaling", "stats", 3);
+  check_float(stats1, "mask_upscaling", "stats1", 3);
+  check_float(stats2, "mask_upscaling", "stats2", 3);
   check_float(terms, "mask_upscaling", "terms", 2);
   check_float(bias1, "mask_upscaling", "bias1", 1);
   check_float(shared, "mask_upscaling", "shared", 3);
@@ -389,17 +393,17 @@ void upscale_masks_folded(const std::optional<at::Tensor>& index, const at::Tens
   TORCH_CHECK(grid * grid == length && shared.size(1) == channels && shared.size(2) == (grid + 15) / 16 * 16 && mix.size(2) == 2 * n &&
                   bias1.size(0) == channels && terms.size(0) == 3 && terms.size(1) == channels,
               "mask_upscaling: shared must be (g, C, G), mix (S, C, 2N), bias1 (C), terms (3, C)");
-  TORCH_CHECK(first.sizes() == second.sizes() && first.size(0) == sources && first.size(1) == length && stats.size(0) == sources &&
-                  stats.size(1) == length && stats.size(2) == 4,
-              "mask_upscaling: first and second must be (S, L, N), stats (S, L, 4)");
+  TORCH_CHECK(first.sizes() == second.sizes() && first.size(0) == sources && first.size(1) == length && stats1.sizes() == stats2.sizes() &&
+                  stats1.size(0) == sources && stats1.size(1) == length && stats1.size(2) == 2,
+              "mask_upscaling: first and second must be (S, L, N), stats1 and stats2 (S, L, 2)");
   if (dtype == at::kBFloat16) {
     const Fold<BFloat16> fold{shared.data_ptr<float>(), mix.data_ptr<BFloat16>(), first.data_ptr<float>(), second.data_ptr<float>(),
-                              stats.data_ptr<float>(), terms.data_ptr<float>(), n};
+                              stats1.data_ptr<float>(), stats2.data_ptr<float>(), terms.data_ptr<float>(), n};
     upscale_all<BFloat16>(nullptr, length, channels, picks, hyper, weights_of<BFloat16>(std::nullopt, bias1, norm_weight, norm_bias, eps, conv2, bias2),
                           &fold, out);
   } else {
     const Fold<float> fold{shared.data_ptr<float>(), mix.data_ptr<float>(), first.data_ptr<float>(), second.data_ptr<float>(),
-                           stats.data_ptr<float>(), terms.data_ptr<float>(), n};
+                           stats1.data_ptr<float>(), stats2.data_ptr<float>(), terms.data_ptr<float>(), n};
     upscale_all<float>(nullptr, length, channels, picks, hyper, weights_of<float>(std::nullopt, bias1, norm_weight, norm_bias, eps, conv2, bias2),
                        &fold, out);
   }

@@ -129,8 +129,8 @@ class SamHfMaskDecoder(nn.Module):
             else:
                 _, _, norm_weight, norm_bias, eps, conv2, bias2 = self._kernel_weights()
                 module.upscale_masks_folded(index, hyper_in.float().contiguous(), folded["shared"], folded["mix"], folded["first"],
-                                            folded["second"], folded["stats"], folded["terms"], folded["bias1"], norm_weight, norm_bias,
-                                            eps, conv2, bias2, out)
+                                            folded["second"], folded["stats1"], folded["stats2"], folded["terms"], folded["bias1"],
+                                            norm_weight, norm_bias, eps, conv2, bias2, out)
             return out
         batch, masks = hyper_in.shape[:2]
         per_row = 16 * grid * (image.shape[-1] // 8) * image.element_size()  # bytes of one grid row's largest temporary
@@ -203,7 +203,7 @@ class SamHfMaskDecoder(nn.Module):
         grid, width = int(tokens**0.5), -(-int(tokens**0.5) // 16) * 16
 
         def shared() -> torch.Tensor:  # (g, C, G): per grid row channel-major, zero past g, as the kernel reads it
-            rows = (image_side.reshape(tokens, channels).float() @ inner.t()).view(grid, grid, channels)
+            rows = linear_activation(image_side.reshape(tokens, channels).float(), inner, None, None).view(grid, grid, channels)
             return F.pad(rows, (0, 0, 0, width - grid)).transpose(1, 2).contiguous()
 
         kept = cache.get("upscale_shared")  # kept with the image side it was made from (the cached tokens, one object)
@@ -211,8 +211,10 @@ class SamHfMaskDecoder(nn.Module):
             kept = cache["upscale_shared"] = (image_side, shared())
         return {
             "shared": kept[1],
-            "mix": torch.cat([values1 @ inner.t(), values2 @ outer.t()], dim=1).transpose(1, 2).contiguous().to(dtype),  # (P, C, 2hT)
-            "first": first, "second": second, "stats": torch.cat([stats1, stats2], dim=-1),  # (P, HW, 4)
+            # (P, C, 2hT); the products by oneDNN (MKL's fp32 takes 3x longer on AMD CPUs)
+            "mix": torch.cat([linear_activation(values1, inner, None, None), linear_activation(values2, outer, None, None)], dim=1)
+            .transpose(1, 2).contiguous().to(dtype),
+            "first": first, "second": second, "stats1": stats1, "stats2": stats2,
             "terms": torch.stack([conv1 @ (g2 * g1), conv1 @ (g2 * b1), conv1 @ g2]), "bias1": conv1 @ b2 + bias1,
         }
 
