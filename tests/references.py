@@ -7,8 +7,21 @@ from __future__ import annotations
 import torch
 
 from sam_hf.checkpoints import convert_to_meta_state_dict
-from sam_hf.configuration import SamHfConfig
+from sam_hf.configuration import SamHfConfig, SamHfMaskDecoderConfig
 from sam_hf.meta_reference import build_meta_sam  # noqa: F401  (re-exported for tests)
+
+
+def random_mask_decoder(channels: int):
+    """A mask decoder of width `channels` (4 heads) with every parameter drawn from N(0, 0.5^2), seeded by the width:
+    LayerNorm weights and biases too, nothing left at its default (the upscaling kernels' tests)."""
+    from sam_hf.modeling.mask_decoder import SamHfMaskDecoder
+
+    torch.manual_seed(channels)
+    decoder = SamHfMaskDecoder(SamHfMaskDecoderConfig(hidden_size=channels, mlp_dim=2 * channels, num_attention_heads=4)).eval()
+    with torch.no_grad():
+        for parameter in decoder.parameters():
+            parameter.normal_(std=0.5)
+    return decoder
 
 
 def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

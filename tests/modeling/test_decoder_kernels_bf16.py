@@ -7,12 +7,10 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from references import randomize
+from references import random_mask_decoder, randomize
 from sam_hf import SamHfModel, config_for_variant, kernels
-from sam_hf.configuration import SamHfMaskDecoderConfig
 from sam_hf.kernels import loader
 from sam_hf.modeling import decoder_attention, mask_decoder
-from sam_hf.modeling.mask_decoder import SamHfMaskDecoder
 
 BF16 = torch.bfloat16
 
@@ -111,26 +109,17 @@ def test_bf16_inputs_are_checked(attention, upscaling):
         attention.tokens_to_image(torch.randn(1, 4, 33), torch.randn(1, 64, 33, dtype=BF16), torch.randn(64, 33, dtype=BF16))
     with pytest.raises(RuntimeError, match="residual must be fp32 or bf16"):
         attention.image_to_tokens(residual.half(), None, torch.randn(64, 32), *small, torch.empty(1, 64, 32), None)
-    decoder = _decoder(64)
+    decoder = random_mask_decoder(64)
     with pytest.raises(RuntimeError, match="conv1 must be a contiguous bf16"):  # weights in fp32 for bf16 tokens
         upscaling.upscale_masks(torch.randn(1, 16, 64, dtype=BF16), None, torch.randn(1, 3, 8), *decoder._kernel_weights(),
                                 torch.empty(1, 3, 16, 16, dtype=BF16))
-
-
-def _decoder(channels: int) -> SamHfMaskDecoder:
-    torch.manual_seed(channels)
-    decoder = SamHfMaskDecoder(SamHfMaskDecoderConfig(hidden_size=channels, mlp_dim=2 * channels, num_attention_heads=4)).eval()
-    with torch.no_grad():
-        for parameter in decoder.parameters():
-            parameter.normal_(std=0.5)
-    return decoder
 
 
 @pytest.mark.parametrize("channels, grid, masks", [(256, 16, 3), (64, 22, 4), (32, 5, 1)])
 def test_upscale_masks_bf16_matches_fp32(upscaling, threads, channels, grid, masks):
     """bf16 tokens and convolution weights: the fp32 kernel's masks on the same values, up to the bf16 rounding of the
     first convolution's activations (the second's operand) and of the masks."""
-    decoder = _decoder(channels).to(BF16).float()  # weights exactly representable in bf16
+    decoder = random_mask_decoder(channels).to(BF16).float()  # weights exactly representable in bf16
     (image,), (image32,) = _bf16(torch.randn(3, grid * grid, channels))
     hyper = torch.randn(3, masks, channels // 8).to(BF16).float()
     expected = torch.empty(3, masks, 4 * grid, 4 * grid)

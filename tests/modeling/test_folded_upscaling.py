@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from references import randomize
+from references import random_mask_decoder, randomize
 from sam_hf import SamHfModel, config_for_variant, kernels
 from sam_hf.kernels import loader
 from sam_hf.modeling import mask_decoder
@@ -47,17 +47,6 @@ def _folded(decoder: SamHfMaskDecoder, x0, passes, grid: int, dtype=torch.float3
                 terms=torch.stack([conv1 @ (g2 * g1), conv1 @ (g2 * b1), conv1 @ g2]), bias1=conv1 @ b2 + bias1)
 
 
-def _decoder(channels: int) -> SamHfMaskDecoder:
-    torch.manual_seed(channels)
-    from sam_hf.configuration import SamHfMaskDecoderConfig
-
-    decoder = SamHfMaskDecoder(SamHfMaskDecoderConfig(hidden_size=channels, mlp_dim=2 * channels, num_attention_heads=4)).eval()
-    with torch.no_grad():
-        for parameter in decoder.parameters():
-            parameter.normal_(std=0.5)
-    return decoder
-
-
 def _run_folded(module, decoder, folded, hyper, grid, index=None, dtype=torch.float32):
     _, _, norm_weight, norm_bias, eps, conv2, bias2 = decoder._kernel_weights()
     out = torch.full((hyper.shape[0], hyper.shape[1], 4 * grid, 4 * grid), float("nan"), dtype=dtype)
@@ -68,7 +57,7 @@ def _run_folded(module, decoder, folded, hyper, grid, index=None, dtype=torch.fl
 
 @pytest.mark.parametrize("prompts, grid, channels, heads, tokens", [(3, 22, 64, 4, 7), (2, 16, 256, 8, 7), (2, 5, 32, 2, 5)])
 def test_folded_kernel_matches_the_upscaling_of_the_image_tokens(module, threads, prompts, grid, channels, heads, tokens):
-    decoder = _decoder(channels)
+    decoder = random_mask_decoder(channels)
     x0, image, passes = _two_passes(prompts, grid, channels, heads, tokens)
     hyper = torch.randn(prompts, 3, channels // 8)
     expected = torch.empty(prompts, 3, 4 * grid, 4 * grid)
@@ -85,7 +74,7 @@ def test_folded_kernel_matches_the_upscaling_of_the_image_tokens(module, threads
 def test_folded_kernel_in_bf16(module):
     if kernels.kernel_for(KERNEL, torch.bfloat16) is None:
         pytest.skip("the mask_upscaling kernel takes no bf16 here (oneDNN's bf16 products need AVX512-BF16)")
-    decoder = _decoder(64)
+    decoder = random_mask_decoder(64)
     x0, image, passes = _two_passes(3, 22, 64, 4, 7, seed=1)
     hyper = torch.randn(3, 3, 8)
     expected = torch.empty(3, 3, 88, 88)
@@ -97,7 +86,7 @@ def test_folded_kernel_in_bf16(module):
 
 
 def test_bad_folded_operands_are_refused(module):
-    decoder, grid = _decoder(64), 8
+    decoder, grid = random_mask_decoder(64), 8
     x0, _, passes = _two_passes(2, grid, 64, 4, 3)
     folded = _folded(decoder, x0, passes, grid)
     hyper = torch.randn(2, 3, 8)

@@ -7,22 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from references import randomize
+from references import random_mask_decoder, randomize
 from sam_hf import SamHfModel, config_for_variant, kernels
-from sam_hf.configuration import SamHfMaskDecoderConfig
 from sam_hf.modeling import mask_decoder
 from sam_hf.modeling.mask_decoder import SamHfMaskDecoder
 
 KERNEL = "mask_upscaling"  # the `module` fixture (conftest.py) builds it
-
-
-def _decoder(channels: int) -> SamHfMaskDecoder:
-    torch.manual_seed(channels)
-    decoder = SamHfMaskDecoder(SamHfMaskDecoderConfig(hidden_size=channels, mlp_dim=2 * channels, num_attention_heads=4)).eval()
-    with torch.no_grad():
-        for parameter in decoder.parameters():
-            parameter.normal_(std=0.5)  # LayerNorm weights and biases too: nothing left at its default
-    return decoder
 
 
 def _reference(decoder: SamHfMaskDecoder, image: torch.Tensor, hyper: torch.Tensor, grid: int) -> torch.Tensor:
@@ -45,7 +35,7 @@ def _reference(decoder: SamHfMaskDecoder, image: torch.Tensor, hyper: torch.Tens
     ],
 )
 def test_matches_sams_upscaling(module, threads, channels, grid, masks):
-    decoder = _decoder(channels)
+    decoder = random_mask_decoder(channels)
     image = torch.randn(3, grid * grid, channels)
     hyper = torch.randn(3, masks, channels // 8)
     out = torch.full((3, masks, 4 * grid, 4 * grid), float("nan"))
@@ -57,7 +47,7 @@ def test_matches_sams_upscaling(module, threads, channels, grid, masks):
 
 def test_index_reads_image_tokens_in_place(module, threads):
     """Row k of hyper meets image tokens index[k]: any order, repeats allowed."""
-    decoder, grid = _decoder(64), 8
+    decoder, grid = random_mask_decoder(64), 8
     image = torch.randn(4, grid * grid, 64)
     hyper = torch.randn(3, 3, 8)
     index = torch.tensor([2, 0, 2])
@@ -70,7 +60,7 @@ def test_index_reads_image_tokens_in_place(module, threads):
 
 def test_decoder_upscale_masks_uses_it_and_equals_pytorch(module):
     """`SamHfMaskDecoder.upscale_masks` takes the kernel and gives the PyTorch path's masks, with `out` and `index`."""
-    decoder, grid = _decoder(256), 16
+    decoder, grid = random_mask_decoder(256), 16
     image = torch.randn(5, grid * grid, 256)
     hyper = torch.randn(4, 3, 32)
     index = torch.tensor([4, 1, 0, 3])
@@ -89,7 +79,7 @@ def test_not_used_where_it_does_not_apply(module, monkeypatch):
     test_decoder_kernels_bf16.py)."""
     calls = []
     monkeypatch.setattr(mask_decoder, "kernel_for", lambda name, dtype: calls.append(name) or module)
-    decoder, grid = _decoder(64), 6
+    decoder, grid = random_mask_decoder(64), 6
     image, hyper = torch.randn(2, grid * grid, 64), torch.randn(2, 3, 8)
     with torch.no_grad():
         decoder.upscale_masks(image, hyper, grid)
@@ -119,7 +109,7 @@ def test_sam_sized_decoder_end_to_end(module):
 
 
 def test_bad_shapes_are_refused(module):
-    decoder = _decoder(64)
+    decoder = random_mask_decoder(64)
     with pytest.raises(RuntimeError, match="out must be"):
         module.upscale_masks(torch.randn(1, 16, 64), None, torch.randn(1, 3, 8), *decoder._kernel_weights(), torch.empty(1, 3, 8, 8))
     with pytest.raises(RuntimeError, match="index out of range"):

@@ -297,6 +297,7 @@ class SamHfMaskDecoder(nn.Module):
         per_prompt = batch * grid * grid * channels * image.element_size()
         kernel = self.transformer.kernel_for(image, tokens, pe, output_attentions) is not None
         cache["fold_upscaling"] = kernel and mask_iou_threshold is None and self._folds_upscaling(image, prompts, persistent=image_cache is not None)
+        cache.pop("upscaling_record", None)  # only this call's groups leave records (a failed call's must not be read)
         group = prompts if output_attentions else prompt_group(per_prompt, image.device, kernel=kernel)
         # one image's groups write their masks straight into the output (no concatenation of B x P x M x 4g x 4g logits)
         masks = None
