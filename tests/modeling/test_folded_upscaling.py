@@ -139,10 +139,10 @@ def _spy(monkeypatch):
 @torch.no_grad()
 def test_decoder_folds_where_it_pays_and_gives_the_same_masks(module, sam_decoder, monkeypatch):
     """Six prompts: the fold, the same masks and scores as the plain kernel path; with the mask IoU threshold no fold.
-    One prompt without a cache: no fold (the shared product would cost more than it saves); with `image_cache`: the
-    fold, its shared product kept for the next call on the same embeddings."""
+    One prompt: no fold (the shared product would cost more than it saves). With `image_cache`: the shared product
+    kept for the next call on the same embeddings, made again for other embeddings."""
     with monkeypatch.context() as patch:
-        patch.setattr(SamHfMaskDecoder, "_folds_upscaling", lambda self, image, prompts, persistent: False)
+        patch.setattr(SamHfMaskDecoder, "_folds_upscaling", lambda self, image, prompts: False)
         plain = _decode(sam_decoder, 6)
     counts = _spy(monkeypatch)
     folded = _decode(sam_decoder, 6)
@@ -154,15 +154,15 @@ def test_decoder_folds_where_it_pays_and_gives_the_same_masks(module, sam_decode
     _decode(sam_decoder, 6, mask_iou_threshold=float(plain.iou_scores.median()))
     assert counts == {"upscale_masks": 1}  # the prompts above it, by index
     counts.clear()
-    _decode(sam_decoder, 1)
+    _decode(sam_decoder, 1, image_cache={})
     assert counts == {"upscale_masks": 1}
     counts.clear()
     image_cache = {}
-    single = _decode(sam_decoder, 1, image_cache=image_cache)
+    three = _decode(sam_decoder, 3, image_cache=image_cache)
     kept = image_cache["upscale_shared"][1]
-    again = _decode(sam_decoder, 1, image_cache=image_cache)
+    again = _decode(sam_decoder, 3, image_cache=image_cache)
     assert counts == {"upscale_masks_folded": 2} and image_cache["upscale_shared"][1] is kept
-    assert torch.equal(single.pred_masks, again.pred_masks)
-    assert_close(single.pred_masks, folded.pred_masks[:, :1], rtol=1e-4, atol=1e-5 * scale)  # the first of the six prompts
-    _decode(sam_decoder, 1, seed=1, image_cache=image_cache)  # other embeddings: the product is made again
+    assert torch.equal(three.pred_masks, again.pred_masks)
+    assert_close(three.pred_masks, folded.pred_masks[:, :3], rtol=1e-4, atol=1e-5 * scale)  # the first three of the six prompts
+    _decode(sam_decoder, 3, seed=1, image_cache=image_cache)  # other embeddings: the product is made again
     assert image_cache["upscale_shared"][1] is not kept

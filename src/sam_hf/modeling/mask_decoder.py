@@ -167,19 +167,20 @@ class SamHfMaskDecoder(nn.Module):
             return None
         return kernel_for("mask_upscaling", image.dtype)
 
-    def _folds_upscaling(self, image: torch.Tensor, prompts: int, *, persistent: bool) -> bool:
+    def _folds_upscaling(self, image: torch.Tensor, prompts: int) -> bool:
         """Whether a decoder call on the compiled kernels without `mask_iou_threshold` takes the folded first convolution
         (`folded_operands`): one image, its side shared by the prompts (no mask inputs), two blocks, the upscaling
-        kernel usable for this dtype, and either more prompts than the "fold" route's (the shared product, one C x C
-        convolution of the image, costs about what two prompts save) or a cache kept across calls (`image_cache`),
-        which keeps that product. With a threshold (segment everything) it is not taken: every prompt's attention
-        passes would record what the fold reads (about 1.8 MB per ViT-B prompt written), and only the prompts above
-        the threshold are upscaled."""
+        kernel usable for this dtype, and more prompts than the "fold" route's. The shared product (one C x C
+        convolution of the image, kept in `image_cache` when one is given) costs about what two prompts save, and a
+        single click gains nothing measurable from it (ViT-B, one Zen 4 core, a kept cache: fp32 29-31 against 31-33 ms
+        per click, bf16 20 against 20, the first click 6-8 ms slower). With a threshold (segment everything) it is not
+        taken: every prompt's attention passes would record what the fold reads (about 1.8 MB per ViT-B prompt
+        written), and only the prompts above the threshold are upscaled."""
         if image.shape[0] != 1 or image.shape[1] != 1 or len(self.transformer.layers) != 2:
             return False
         if any(p.dtype != image.dtype for p in self.upscale_parameters()) or kernel_for("mask_upscaling", image.dtype) is None:
             return False
-        return persistent or prompts > FOLD_UP_TO_PROMPTS
+        return prompts > FOLD_UP_TO_PROMPTS
 
     def folded_operands(self, cache: dict | None, dtype: torch.dtype) -> dict | None:
         """The operands of the folded first convolution for the group the two-way transformer just ran (the record it
@@ -195,10 +196,16 @@ class SamHfMaskDecoder(nn.Module):
         if entry is None:
             return None
         image_side, ((first, stats1, values1), (second, stats2, values2)) = entry
-        norm1, norm2 = (layer.layer_norm4 for layer in self.transformer.layers)
-        conv1, bias1 = (t.float() for t in _conv_transpose_weight(self.upscale_conv1))  # (C, C), (C,)
-        g1, b1, g2, b2 = norm1.weight.float(), norm1.bias.float(), norm2.weight.float(), norm2.bias.float()
-        inner, outer = conv1 * (g2 * g1), conv1 * g2  # W1 diag(g2 g1), W1 diag(g2)
+        weights = cache.get("upscale_fold_weights")  # from the parameters only: once per call, or per kept cache
+        if weights is None:
+            norm1, norm2 = (layer.layer_norm4 for layer in self.transformer.layers)
+            conv1, bias1 = (t.float() for t in _conv_transpose_weight(self.upscale_conv1))  # (C, C), (C,)
+            g1, b1, g2, b2 = norm1.weight.float(), norm1.bias.float(), norm2.weight.float(), norm2.bias.float()
+            weights = cache["upscale_fold_weights"] = (
+                conv1 * (g2 * g1), conv1 * g2,  # W1 diag(g2 g1), W1 diag(g2)
+                torch.stack([conv1 @ (g2 * g1), conv1 @ (g2 * b1), conv1 @ g2]), conv1 @ b2 + bias1,  # a1, e1, a2; W1 b2 + c1
+            )
+        inner, outer, terms, bias = weights
         tokens, channels = image_side.shape[-2:]
         grid, width = int(tokens**0.5), -(-int(tokens**0.5) // 16) * 16
 
@@ -215,7 +222,7 @@ class SamHfMaskDecoder(nn.Module):
             "mix": torch.cat([linear_activation(values1, inner, None, None), linear_activation(values2, outer, None, None)], dim=1)
             .transpose(1, 2).contiguous().to(dtype),
             "first": first, "second": second, "stats1": stats1, "stats2": stats2,
-            "terms": torch.stack([conv1 @ (g2 * g1), conv1 @ (g2 * b1), conv1 @ g2]), "bias1": conv1 @ b2 + bias1,
+            "terms": terms, "bias1": bias,
         }
 
     def upscale_parameters(self):
@@ -296,7 +303,7 @@ class SamHfMaskDecoder(nn.Module):
         # exact, and much faster on CPU than touching fresh half-gigabyte buffers (see _TEMPORARY_BUDGET).
         per_prompt = batch * grid * grid * channels * image.element_size()
         kernel = self.transformer.kernel_for(image, tokens, pe, output_attentions) is not None
-        cache["fold_upscaling"] = kernel and mask_iou_threshold is None and self._folds_upscaling(image, prompts, persistent=image_cache is not None)
+        cache["fold_upscaling"] = kernel and mask_iou_threshold is None and self._folds_upscaling(image, prompts)
         cache.pop("upscaling_record", None)  # only this call's groups leave records (a failed call's must not be read)
         group = prompts if output_attentions else prompt_group(per_prompt, image.device, kernel=kernel)
         # one image's groups write their masks straight into the output (no concatenation of B x P x M x 4g x 4g logits)
