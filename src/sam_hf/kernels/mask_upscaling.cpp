@@ -32,7 +32,6 @@ using sam_hf_brgemm::brgemm_usable;
 using sam_hf_brgemm::check_dense;
 using sam_hf_brgemm::check_float;
 using sam_hf_brgemm::gemm;
-using sam_hf_brgemm::pack_vnni;
 using sam_hf_brgemm::release;
 using sam_hf_simd::bf16_pairs;
 using sam_hf_simd::exp16;
@@ -163,17 +162,42 @@ struct Fold {
   int64_t n;
 };
 
-// `Fold` for grid row i of source prompt `source` -> up (C, G). Scratch: weights (2N, G) fp32, packed (N, G, 2) bf16
-// (bf16 only).
+// Row j of the product's right operand as token j sees it: [s1 w1_j | s2 w2_j] (2N values) scaled in fp32, stored in T.
+inline void scaled_rows(const float* first, const float* second, int64_t n, float s1, float s2, float* row) {
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 lanes = lanes_below(n - c);
+    _mm512_mask_storeu_ps(row + c, lanes, _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, first + c), _mm512_set1_ps(s1)));
+    _mm512_mask_storeu_ps(row + n + c, lanes, _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, second + c), _mm512_set1_ps(s2)));
+  }
+}
+inline void scaled_rows(const float* first, const float* second, int64_t n, float s1, float s2, BFloat16* row) {
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 lanes = lanes_below(n - c);
+    store16(row + c, lanes, _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, first + c), _mm512_set1_ps(s1)));
+    store16(row + n + c, lanes, _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, second + c), _mm512_set1_ps(s2)));
+  }
+}
+
+// `Fold` for grid row i of source prompt `source` -> up (C, G). Scratch: rows (g, 2N) and operand (2N, G), zero past g.
+// The product's right operand is the (g, 2N) token rows [r1 r2 w1 | r2 w2] transposed: in fp32 a transpose of floats;
+// in bf16 its VNNI form [N][G][2] is the transpose of the rows' (g, N) 32-bit words (pairs of neighbouring values),
+// so no 16-bit interleaving is needed.
 template <typename T>
-void folded_row(const Fold<T>& f, int64_t source, int64_t length, int64_t grid, int64_t channels, int64_t i, float* weights, T* packed,
+void folded_row(const Fold<T>& f, int64_t source, int64_t length, int64_t grid, int64_t channels, int64_t i, T* rows, T* operand,
                 float* up) {
   const int64_t n = f.n, width = (grid + 15) / 16 * 16, row0 = i * grid;
-  transpose(f.first + (source * length + row0) * n, n, grid, n, weights, width);  // (N, g): tokens as columns
-  transpose(f.second + (source * length + row0) * n, n, grid, n, weights + n * width, width);
-  const float* shared_t = f.shared + i * channels * width;
+  const float* first = f.first + (source * length + row0) * n;
+  const float* second = f.second + (source * length + row0) * n;
   const float* stats1 = f.stats1 + (source * length + row0) * 2;
   const float* stats2 = f.stats2 + (source * length + row0) * 2;
+  for (int64_t j = 0; j < grid; ++j)
+    scaled_rows(first + j * n, second + j * n, n, stats1[2 * j + 1] * stats2[2 * j + 1], stats2[2 * j + 1], rows + j * 2 * n);
+  if constexpr (std::is_same_v<T, BFloat16>) {
+    transpose(reinterpret_cast<const uint32_t*>(rows), n, grid, n, reinterpret_cast<uint32_t*>(operand), width);
+  } else {
+    transpose(rows, 2 * n, grid, 2 * n, operand, width);
+  }
+  const float* shared_t = f.shared + i * channels * width;
   const float *a1 = f.terms, *e1 = f.terms + channels, *a2 = f.terms + 2 * channels;
   for (int64_t j0 = 0; j0 < width; j0 += 16) {
     alignas(64) float m1[16] = {}, r1[16] = {}, m2[16] = {}, r2[16] = {};  // zero past g: those columns come out zero
@@ -186,10 +210,6 @@ void folded_row(const Fold<T>& f, int64_t source, int64_t length, int64_t grid, 
     const __m512 second_scale = _mm512_load_ps(r2), first_scale = _mm512_mul_ps(_mm512_load_ps(r1), second_scale);
     const __m512 first_shift = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(first_scale, _mm512_load_ps(m1)));
     const __m512 second_shift = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(second_scale, _mm512_load_ps(m2)));
-    for (int64_t k = 0; k < 2 * n; ++k) {
-      float* row = weights + k * width + j0;
-      _mm512_storeu_ps(row, _mm512_mul_ps(_mm512_loadu_ps(row), k < n ? first_scale : second_scale));
-    }
     for (int64_t c = 0; c < channels; ++c) {
       __m512 v = _mm512_mul_ps(first_scale, _mm512_loadu_ps(shared_t + c * width + j0));
       v = _mm512_fmadd_ps(first_shift, _mm512_set1_ps(a1[c]), v);
@@ -197,13 +217,7 @@ void folded_row(const Fold<T>& f, int64_t source, int64_t length, int64_t grid, 
       _mm512_storeu_ps(up + c * width + j0, _mm512_fmadd_ps(second_shift, _mm512_set1_ps(a2[c]), v));
     }
   }
-  const T* mix = f.mix + source * channels * 2 * n;
-  if constexpr (std::is_same_v<T, BFloat16>) {
-    pack_vnni(weights, 2 * n, width, width, packed);
-    gemm(channels, width, 2 * n, mix, 2 * n, packed, width, up, width, true);
-  } else {
-    gemm(channels, width, 2 * n, mix, 2 * n, weights, width, up, width, true);
-  }
+  gemm(channels, width, 2 * n, f.mix + source * channels * 2 * n, 2 * n, operand, width, up, width, true);
 }
 
 // One grid row `i` of one prompt from its first convolution's output up (C, G) (`convolve_row` or `folded_row`, the
@@ -285,12 +299,12 @@ void upscale_all(const T* x, int64_t length, int64_t channels, const int64_t* pi
   T* o = out.data_ptr<T>();
   at::parallel_for(0, prompts * grid, 1, [&](int64_t begin, int64_t end) {
     // zero-filled scratch: padding columns stay finite (computed, never stored)
-    std::vector<T> xt(fold ? 0 : channels * width, T(0.0f)), mid(2 * quarter * 2 * width), packed(fold ? 2 * n * width : 0);
-    std::vector<float> up(channels * width), fine(quarter * 2 * width), weights(2 * n * width, 0.0f);
+    std::vector<T> xt(fold ? 0 : channels * width, T(0.0f)), mid(2 * quarter * 2 * width), rows(grid * 2 * n), operand(2 * n * width, T(0.0f));
+    std::vector<float> up(channels * width), fine(quarter * 2 * width);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t k = task / grid, i = task % grid, source = picks ? picks[k] : k;
       if (fold) {
-        folded_row(*fold, source, length, grid, channels, i, weights.data(), packed.data(), up.data());
+        folded_row(*fold, source, length, grid, channels, i, rows.data(), operand.data(), up.data());
       } else {
         convolve_row(x + (source * length + i * grid) * channels, grid, channels, w, xt.data(), up.data());
       }
