@@ -173,6 +173,35 @@ def test_disabled_kernel_falls_back_and_says_why(monkeypatch):
         kernels.kernel("flash")
 
 
+def test_kernel_for_asks_each_module_about_bf16_once(monkeypatch, capsys):
+    """`kernel_for(name, dtype)`: the module for fp32; for bf16 only where its `bf16_usable()` says yes (asked once);
+    never for other dtypes. `python -m sam_hf.kernels` reports the same."""
+
+    class Module:
+        asked = 0
+
+        def bf16_usable(self):
+            Module.asked += 1
+            return self.answer
+
+    yes, no = Module(), Module()
+    yes.answer, no.answer = True, False
+    monkeypatch.setattr(loader, "_LOADED", {"relpos_attention": yes, "decoder_attention": no, "mask_upscaling": None})
+    monkeypatch.setattr(loader, "_REASONS", {"mask_upscaling": "this CPU lacks avx512f"})
+    monkeypatch.setattr(loader, "_TAKES_BF16", {})
+    assert kernels.kernel_for(NAME, torch.float32) is yes and kernels.kernel_for(NAME, torch.bfloat16) is yes
+    assert kernels.kernel_for("decoder_attention", torch.bfloat16) is None and kernels.kernel_for("decoder_attention", torch.float32) is no
+    assert kernels.kernel_for(NAME, torch.bfloat16) is yes and Module.asked == 2  # once per module
+    assert kernels.kernel_for(NAME, torch.float16) is None and kernels.kernel_for("mask_upscaling", torch.float32) is None
+    from sam_hf.kernels.__main__ import main
+
+    main()
+    report = capsys.readouterr().out
+    assert "relpos_attention: built" in report and "takes fp32 and bf16 here" in report
+    assert "decoder_attention: built" in report and report.count("takes fp32 here") == 1
+    assert "mask_upscaling: not used: this CPU lacks avx512f" in report
+
+
 def test_failed_build_falls_back(monkeypatch, tmp_path):
     monkeypatch.setattr(loader, "_LOADED", {})
     monkeypatch.setattr(loader, "_REASONS", {})

@@ -1,15 +1,21 @@
 """`python -m sam_hf.kernels`: build sam_hf's optional CPU kernels now (instead of on first use) and say
-which ones this machine uses. Exit status 0 even when none can be used (they are optional)."""
+which ones this machine uses, and in which dtypes. Exit status 0 even when none can be used (they are optional)."""
 
 from __future__ import annotations
 
-from .loader import REQUIREMENTS, cache_dir, kernel, unavailable_reason
+import torch
+
+from .loader import REQUIREMENTS, cache_dir, kernel, kernel_for, unavailable_reason
 
 
 def main() -> None:
     for name in sorted(REQUIREMENTS):
         module = kernel(name)
-        status = f"built, cached in {cache_dir()}" if module is not None else f"not used: {unavailable_reason(name)}"
+        if module is None:
+            status = f"not used: {unavailable_reason(name)}"
+        else:
+            dtypes = "fp32 and bf16" if kernel_for(name, torch.bfloat16) is not None else "fp32"
+            status = f"built, cached in {cache_dir()}; takes {dtypes} here"
         print(f"{name}: {status}")
 
 

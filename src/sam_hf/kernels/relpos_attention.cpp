@@ -12,6 +12,7 @@
 #include <ATen/native/CPUBlas.h>
 #include <immintrin.h>
 
+#include "brgemm.h"
 #include "simd.h"
 
 using sam_hf_simd::exp16;
@@ -303,30 +304,10 @@ torch::Tensor relpos_attention_typed(torch::Tensor query, torch::Tensor key, tor
   return out;
 }
 
-// Whether ATen's bf16 brgemm with VNNI-packed B serves this CPU (oneDNN's ukernel, which needs at least
-// AVX-512; ATen raises otherwise): one tiny product, (2 x 2) x (2 x 16), checked against its known result.
-bool brgemm_usable() {
-  try {
-    std::vector<BFloat16> a = {BFloat16(1.0f), BFloat16(2.0f), BFloat16(3.0f), BFloat16(4.0f)};
-    std::vector<BFloat16> b(2 * 16);  // VNNI: b[2 * c + k] = B[k][c], B[0][c] = c, B[1][c] = 1
-    for (int c = 0; c < 16; ++c) {
-      b[2 * c] = BFloat16(static_cast<float>(c));
-      b[2 * c + 1] = BFloat16(1.0f);
-    }
-    std::vector<float> out(2 * 16, -1.0f);
-    at::native::cpublas::brgemm(2, 16, 2, 2, 16, 16, false, a.data(), b.data(), out.data(), true);
-    at::native::cpublas::brgemm_release(true);
-    for (int c = 0; c < 16; ++c) {
-      if (out[c] != c + 2.0f || out[16 + c] != 3.0f * c + 4.0f) return false;
-    }
-    return true;
-  } catch (const std::exception&) {
-    return false;
-  }
-}
-
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
-  module.def("brgemm_usable", &brgemm_usable, "whether oneDNN's bf16 brgemm serves this CPU");
+  // the loader's check and `kernel_for`'s: this kernel is built only where oneDNN's bf16 products run (fp32 then too)
+  module.def("brgemm_usable", &sam_hf_brgemm::bf16_brgemm_usable, "whether oneDNN's bf16 brgemm serves this CPU");
+  module.def("bf16_usable", &sam_hf_brgemm::bf16_brgemm_usable, "whether oneDNN's bf16 brgemm serves this CPU");
   module.def("relpos_attention", &relpos_attention, "bf16 or fp32 flash attention with decomposed relative positions",
              pybind11::arg("query"), pybind11::arg("key"), pybind11::arg("value"), pybind11::arg("rel_h"),
              pybind11::arg("rel_w"), pybind11::arg("scale"), pybind11::arg("out") = pybind11::none());
