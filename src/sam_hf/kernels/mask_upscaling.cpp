@@ -163,14 +163,8 @@ struct Fold {
 };
 
 // Row j of the product's right operand as token j sees it: [s1 w1_j | s2 w2_j] (2N values) scaled in fp32, stored in T.
-inline void scaled_rows(const float* first, const float* second, int64_t n, float s1, float s2, float* row) {
-  for (int64_t c = 0; c < n; c += 16) {
-    const __mmask16 lanes = lanes_below(n - c);
-    _mm512_mask_storeu_ps(row + c, lanes, _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, first + c), _mm512_set1_ps(s1)));
-    _mm512_mask_storeu_ps(row + n + c, lanes, _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, second + c), _mm512_set1_ps(s2)));
-  }
-}
-inline void scaled_rows(const float* first, const float* second, int64_t n, float s1, float s2, BFloat16* row) {
+template <typename T>
+void scaled_rows(const float* first, const float* second, int64_t n, float s1, float s2, T* row) {
   for (int64_t c = 0; c < n; c += 16) {
     const __mmask16 lanes = lanes_below(n - c);
     store16(row + c, lanes, _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, first + c), _mm512_set1_ps(s1)));
