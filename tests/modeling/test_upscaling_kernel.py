@@ -45,6 +45,23 @@ def test_matches_sams_upscaling(module, threads, channels, grid, masks):
     assert_close(out, expected, rtol=1e-4, atol=2e-4 * expected.abs().max().item())
 
 
+@pytest.mark.parametrize("bf16_path, tolerance", [(False, 1e-6), (True, 1e-5)])
+def test_gelu_table_matches_the_erf_gelu(module, bf16_path, tolerance):
+    """The kernel's GELU (a table of polynomials of Phi) against F.gelu in float64: at most `tolerance` off anywhere
+    (PyTorch's own fp32 GELU is 1.2e-6 off), F.gelu's -0 far left and x far right, NaN for NaN and -inf."""
+    x = torch.cat([torch.linspace(-12, 12, 240_001), torch.randn(10_000) * 3])
+    expected = F.gelu(x.double())
+    got = module.gelu(x, bf16_path)
+    assert (got.double() - expected).abs().max().item() <= tolerance
+    small = x.abs() < 1  # x Phi(x): relative accuracy holds near 0 too
+    assert ((got.double() - expected)[small].abs() / expected[small].abs().clamp(min=1e-30)).max().item() < 50 * tolerance
+    special = torch.tensor([float("nan"), -float("inf"), -30.0, -1e4, 30.0, 1e4, 0.0])
+    got = module.gelu(special, bf16_path)
+    assert got[:2].isnan().all()
+    assert got[2:4].tolist() == [0.0, 0.0] and got[2:4].signbit().all()
+    assert got[4:].tolist() == [30.0, 1e4, 0.0]
+
+
 def test_index_reads_image_tokens_in_place(module, threads):
     """Row k of hyper meets image tokens index[k]: any order, repeats allowed."""
     decoder, grid = random_mask_decoder(64), 8
