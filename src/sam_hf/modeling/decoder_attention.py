@@ -349,8 +349,8 @@ class SamHfAttention(nn.Module):
         `next_queries` (B*P, M, C), a token -> image attention's `folded_queries`: that attention to the new image
         tokens runs in the same pass, while each block of them is in cache. Returns the new image tokens and, with
         `next_queries`, that attention's weighted sums of them (B*P, M, C), else None. With `record` (a list): appends
-        this attention's softmax weights per image token (B*P, HW, h*T), LayerNorm mean and 1 / std (B*P, HW, 2) and
-        values (B*P, h*T, C), all fp32, for the folded mask upscaling (`SamHfMaskDecoder.folded_operands`)."""
+        this attention's softmax weights per image token (B*P, HW, h*T) and LayerNorm mean and 1 / std (B*P, HW, 2), fp32,
+        and the tokens' value projections (B*P, T, C'), for the folded mask upscaling (`SamHfMaskDecoder.folded_operands`)."""
         batch, prompts, length, _ = tokens.shape
         heads, head_dim = self.num_heads, self.internal_dim // self.num_heads
         sides, tokens_hw, channels = batch * image.shape[1], image.shape[2], image.shape[3]
@@ -367,7 +367,8 @@ class SamHfAttention(nn.Module):
             bias = (by_head * self.q_proj.bias.view(heads, head_dim)).sum(-1)  # (B*P, T, h)
         if token_mask is not None:
             bias = bias.masked_fill(~token_mask.reshape(batch * prompts, length, 1), float("-inf"))
-        values = self._per_head_product(self.v_proj(tokens), self.out_proj.weight.t(), self.out_proj.bias / heads)  # (B, P, h*T, C)
+        projected = self.v_proj(tokens)  # (B, P, T, C')
+        values = self._per_head_product(projected, self.out_proj.weight.t(), self.out_proj.bias / heads)  # (B, P, h*T, C)
         values = values.view(batch * prompts, heads, length, channels).transpose(1, 2).reshape(batch * prompts, length * heads, channels)
         residual = image.reshape(sides, tokens_hw, channels)
         flat_out = image.new_empty(batch * prompts, tokens_hw, channels) if out is None else out.view(batch * prompts, tokens_hw, channels)
@@ -383,5 +384,5 @@ class SamHfAttention(nn.Module):
                                        norm.weight.float().contiguous(), norm.bias.float().contiguous(), norm.eps, flat_out,
                                        None if next_queries is None else next_queries.float().contiguous(), weights_out, stats_out)
         if record is not None:
-            record.append((weights_out, stats_out, values))
+            record.append((weights_out, stats_out, projected.reshape(batch * prompts, length, self.internal_dim)))
         return flat_out.view(batch, prompts, tokens_hw, channels), mixed

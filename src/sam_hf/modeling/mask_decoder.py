@@ -191,36 +191,50 @@ class SamHfMaskDecoder(nn.Module):
         with the token's mean m_i and 1 / std r_i. So the first convolution W1 x2 + c1 is, exactly up to rounding,
             r2 [r1 (x0 M^T + w1 V1 M^T - m1 M 1) + W1 (g2 b1) + w2 V2 (W1 G2)^T - m2 W1 g2] + W1 b2 + c1
         with G2 = diag(g2), M = W1 diag(g2 g1): x0 M^T once per image (cached), V1 M^T and V2 (W1 G2)^T once per prompt,
-        and per token two h*T-long mixes (2 x 56 x 256 multiply-adds for ViT-B) instead of the 256 x 256 product."""
+        and per token two h*T-long mixes (2 x 56 x 256 multiply-adds for ViT-B) instead of the 256 x 256 product. V_i's
+        row (t, h) is v_(t,h) Wo_h^T + bo / heads (the value projection v of token t on head h's C'/h columns), so V1 M^T
+        is v_(t,h) (M Wo_h)^T + M bo / heads: M Wo once per call, then C'/h instead of C multiply-adds per output."""
         entry = None if cache is None else cache.pop("upscaling_record", None)
         if entry is None:
             return None
-        image_side, ((first, stats1, values1), (second, stats2, values2)) = entry
+        image_side, ((first, stats1, projected1), (second, stats2, projected2)) = entry
         weights = cache.get("upscale_fold_weights")  # from the parameters only: once per call, or per kept cache
         if weights is None:
             norm1, norm2 = (layer.layer_norm4 for layer in self.transformer.layers)
             conv1, bias1 = (t.float() for t in _conv_transpose_weight(self.upscale_conv1))  # (C, C), (C,)
             g1, b1, g2, b2 = norm1.weight.float(), norm1.bias.float(), norm2.weight.float(), norm2.bias.float()
+            inner, outer = conv1 * (g2 * g1), conv1 * g2  # M = W1 diag(g2 g1), W1 diag(g2)
+            # per block: M Wo (C, C') and M bo / heads (C,), M = inner or outer
+            attentions = [layer.cross_attn_image_to_token for layer in self.transformer.layers]
+            mixing = [(m @ a.out_proj.weight.float(), m @ a.out_proj.bias.float() / a.num_heads) for m, a in zip((inner, outer), attentions)]
             weights = cache["upscale_fold_weights"] = (
-                conv1 * (g2 * g1), conv1 * g2,  # W1 diag(g2 g1), W1 diag(g2)
+                inner, mixing,
                 torch.stack([conv1 @ (g2 * g1), conv1 @ (g2 * b1), conv1 @ g2]), conv1 @ b2 + bias1,  # a1, e1, a2; W1 b2 + c1
             )
-        inner, outer, terms, bias = weights
+        inner, mixing, terms, bias = weights
         tokens, channels = image_side.shape[-2:]
         grid, width = int(tokens**0.5), -(-int(tokens**0.5) // 16) * 16
 
         def shared() -> torch.Tensor:  # (g, C, G): per grid row channel-major, zero past g, as the kernel reads it
             rows = linear_activation(image_side.reshape(tokens, channels).float(), inner, None, None).view(grid, grid, channels)
-            return F.pad(rows, (0, 0, 0, width - grid)).transpose(1, 2).contiguous()
+            return (F.pad(rows, (0, 0, 0, width - grid)) if width > grid else rows).transpose(1, 2).contiguous()
 
         kept = cache.get("upscale_shared")  # kept with the image side it was made from (the cached tokens, one object)
         if kept is None or kept[0] is not image_side:
             kept = cache["upscale_shared"] = (image_side, shared())
+        # (P, C, 2hT), columns (t, h) of each block: per head one small product of the value projections (h, P*T, C'/h)
+        # by that head's columns of the folded (C, C'), written once into place
+        prompts, length, internal = projected1.shape
+        n = first.shape[-1]
+        heads = n // length
+        mix = torch.empty(prompts, channels, 2 * n, dtype=dtype)
+        for block, (projected, (weight, shift)) in enumerate(zip((projected1, projected2), mixing)):
+            rows = projected.float().view(prompts * length, heads, internal // heads).transpose(0, 1)  # (h, P*T, d)
+            product = torch.baddbmm(shift, rows, weight.view(channels, heads, -1).permute(1, 2, 0))  # (h, P*T, C)
+            mix[:, :, block * n : (block + 1) * n].view(prompts, channels, length, heads).copy_(
+                product.view(heads, prompts, length, channels).permute(1, 3, 2, 0))
         return {
-            "shared": kept[1],
-            # (P, C, 2hT); the products by oneDNN (MKL's fp32 takes 3x longer on AMD CPUs)
-            "mix": torch.cat([linear_activation(values1, inner, None, None), linear_activation(values2, outer, None, None)], dim=1)
-            .transpose(1, 2).contiguous().to(dtype),
+            "shared": kept[1], "mix": mix,
             "first": first, "second": second, "stats1": stats1, "stats2": stats2,
             "terms": terms, "bias1": bias,
         }
