@@ -55,7 +55,7 @@ def _routes(monkeypatch, model, prompts, group=None):
 
     monkeypatch.setattr(SamHfAttention, "route", staticmethod(spy))
     if group is not None:  # groups of `group` prompts
-        for budget_name in ("_TEMPORARY_BUDGET", "_KERNEL_TEMPORARY_BUDGET"):
+        for budget_name in ("_TEMPORARY_BUDGET", "_KERNEL_TEMPORARY_BUDGET", "_FOLD_TEMPORARY_BUDGET"):
             monkeypatch.setattr(mask_decoder, budget_name, group * 8 * 8 * 32 * 4)
     with torch.no_grad():
         _decode(model, torch.randn(1, 32, 8, 8), prompts)

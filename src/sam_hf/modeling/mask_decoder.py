@@ -63,6 +63,12 @@ _TEMPORARY_BUDGET = 16 * 2**20
 # 64 prompts, one Zen 4 core, no upscaling, 12.2 ms per prompt in groups of 4 (16 MiB), 11.0 in groups of 16
 # (64 MiB), 10.9 in one group (256 MiB).
 _KERNEL_TEMPORARY_BUDGET = 64 * 2**20
+# With the folded upscaling (`SamHfMaskDecoder._folds_upscaling`), where every prompt of the group is also upscaled,
+# twice that: ViT-B, 64 prompts per call, 2 threads, same process (session 15): fp32 9.69 -> 9.27 ms per prompt in
+# groups of 32 (9.29 in one group), bf16 5.47 -> 5.21 in one group of 64, for about 100 MB more peak memory (the
+# group's image tokens and the fold's records). Segment everything (a mask IoU threshold, no fold) gained nothing
+# from larger groups (ViT-B bf16: 5.70 against 5.81 s), so keeps the budget above.
+_FOLD_TEMPORARY_BUDGET = 128 * 2**20
 # On a GPU the caching allocator reuses blocks without page faults, and small groups only add kernel launches:
 # with the CPU's budget, 8 ViT-H images x 8 prompts went one prompt at a time (H200: 46 ms of decoder per
 # batch vs transformers' 10 ms).
@@ -79,13 +85,16 @@ def _skipped_masks(like: torch.Tensor, shape: tuple[int, ...], out: torch.Tensor
     return like.new_full(shape, SKIPPED_MASK_LOGIT) if out is None else out.fill_(SKIPPED_MASK_LOGIT)
 
 
-def prompt_group(per_prompt_bytes: int, device: torch.device, *, kernel: bool = False) -> int:
+def prompt_group(per_prompt_bytes: int, device: torch.device, *, kernel: bool = False, fold: bool = False) -> int:
     """How many prompts share one group, given the bytes of one prompt's largest temporary on `device`; `kernel`: the
-    compiled decoder kernel runs the group (see `_KERNEL_TEMPORARY_BUDGET`)."""
+    compiled decoder kernel runs the group (see `_KERNEL_TEMPORARY_BUDGET`), `fold`: with the folded upscaling
+    (`_FOLD_TEMPORARY_BUDGET`)."""
     if device.type != "cpu":
         budget = _ACCELERATOR_TEMPORARY_BUDGET
+    elif kernel:
+        budget = _FOLD_TEMPORARY_BUDGET if fold else _KERNEL_TEMPORARY_BUDGET
     else:
-        budget = _KERNEL_TEMPORARY_BUDGET if kernel else _TEMPORARY_BUDGET
+        budget = _TEMPORARY_BUDGET
     return max(1, budget // per_prompt_bytes)
 
 
@@ -319,7 +328,7 @@ class SamHfMaskDecoder(nn.Module):
         kernel = self.transformer.kernel_for(image, tokens, pe, output_attentions) is not None
         cache["fold_upscaling"] = kernel and mask_iou_threshold is None and self._folds_upscaling(image, prompts)
         cache.pop("upscaling_record", None)  # only this call's groups leave records (a failed call's must not be read)
-        group = prompts if output_attentions else prompt_group(per_prompt, image.device, kernel=kernel)
+        group = prompts if output_attentions else prompt_group(per_prompt, image.device, kernel=kernel, fold=cache["fold_upscaling"])
         # one image's groups write their masks straight into the output (no concatenation of B x P x M x 4g x 4g logits)
         masks = None
         if batch == 1 and group < prompts:
