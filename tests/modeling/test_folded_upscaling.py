@@ -17,7 +17,8 @@ KERNEL = "mask_upscaling"  # the `module` fixture (conftest.py) builds it
 
 def _two_passes(prompts: int, grid: int, channels: int, heads: int, tokens: int, seed: int = 0):
     """Two image -> token attentions of the compiled kernel on a shared image side x0, as the decoder runs them: the
-    final image tokens, and what the fold reads (softmax weights, LayerNorm statistics, values, norms)."""
+    final image tokens, and what the fold reads (softmax weights, the first pass's times its LayerNorm 1 / std, LayerNorm
+    statistics, values, norms)."""
     attention = kernels.kernel("decoder_attention")
     generator = torch.Generator().manual_seed(seed)
     length, n = grid * grid, tokens * heads
@@ -30,7 +31,7 @@ def _two_passes(prompts: int, grid: int, channels: int, heads: int, tokens: int,
         norm = (1 + 0.3 * torch.randn(channels, generator=generator), 0.3 * torch.randn(channels, generator=generator))
         weights, stats = torch.empty(prompts, length, n), torch.empty(prompts, length, 2)
         residual = x0 if not passes else out
-        attention.image_to_tokens(residual, None, pe, weight, bias, heads, values, *norm, 1e-6, out, None, weights, stats)
+        attention.image_to_tokens(residual, None, pe, weight, bias, heads, values, *norm, 1e-6, out, None, weights, stats, not passes)
         passes.append((weights, stats, values, norm))
     return x0, out, passes
 
@@ -43,7 +44,7 @@ def _folded(decoder: SamHfMaskDecoder, x0, passes, grid: int, dtype=torch.float3
     width, channels = -(-grid // 16) * 16, x0.shape[-1]
     shared = torch.nn.functional.pad((x0[0] @ inner.t()).view(grid, grid, channels), (0, 0, 0, width - grid)).transpose(1, 2).contiguous()
     return dict(shared=shared, mix=torch.cat([values1 @ inner.t(), values2 @ outer.t()], 1).transpose(1, 2).contiguous().to(dtype),
-                first=first, second=second, stats1=stats1, stats2=stats2,
+                first=first.to(dtype), second=second.to(dtype), stats1=stats1, stats2=stats2,
                 terms=torch.stack([conv1 @ (g2 * g1), conv1 @ (g2 * b1), conv1 @ g2]), bias1=conv1 @ b2 + bias1)
 
 
@@ -53,6 +54,45 @@ def _run_folded(module, decoder, folded, hyper, grid, index=None, dtype=torch.fl
     module.upscale_masks_folded(index, hyper, folded["shared"], folded["mix"], folded["first"], folded["second"], folded["stats1"],
                                 folded["stats2"], folded["terms"], folded["bias1"], norm_weight, norm_bias, eps, conv2.to(dtype), bias2, out)
     return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_kernel_records_what_the_fold_reads(dtype):
+    """`image_to_tokens` with weights_out and stats_out: each image token's softmax weights (times its LayerNorm's
+    1 / std with scale_weights) in the tokens' dtype, and that LayerNorm's mean and 1 / std, against float64 on the
+    same inputs (bf16: the kernel's rounded operands move the weights by about 1e-2)."""
+    attention = kernels.kernel_for("decoder_attention", dtype)
+    if attention is None:
+        pytest.skip(f"the decoder_attention kernel takes no {dtype} here")
+    generator = torch.Generator().manual_seed(3)
+    prompts, length, channels, heads, tokens = 2, 40, 64, 4, 3
+    n = heads * tokens
+    x = torch.randn(1, length, channels, generator=generator).to(dtype)
+    pe = torch.randn(length, channels, generator=generator).to(dtype)
+    weight = torch.randn(prompts, channels, n, generator=generator) / channels**0.5
+    bias, values = torch.randn(prompts, n, generator=generator), torch.randn(prompts, n, channels, generator=generator)
+    norm = (torch.ones(channels), torch.zeros(channels))
+    logits = torch.einsum("lc,pcn->pln", (x[0] + pe).double(), weight.double()) + bias.double()[:, None]  # columns (t, head)
+    w = logits.view(prompts, length, tokens, heads).softmax(dim=2).view(prompts, length, n)
+    z = x[0].double() + w @ values.double()  # (P, L, C) before the LayerNorm
+    mean, inverse_std = z.mean(-1), (z.var(-1, unbiased=False) + 1e-6).rsqrt()
+    tolerance = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=0.05, atol=2e-2)
+    records = {}
+    for scale in (False, True):
+        out = torch.empty(prompts, length, channels, dtype=dtype)
+        weights, stats = torch.empty(prompts, length, n, dtype=dtype), torch.empty(prompts, length, 2)
+        attention.image_to_tokens(x, None, pe, weight, bias, heads, values, *norm, 1e-6, out, None, weights, stats, scale)
+        assert_close(weights.double(), w * inverse_std[..., None] if scale else w, **tolerance)
+        assert_close(stats.double(), torch.stack([mean, inverse_std], -1), **tolerance)
+        records[scale] = (weights, stats)
+    # the same weights with and without the scale, up to the one rounding of each record
+    exact = dict(rtol=1e-6, atol=0) if dtype == torch.float32 else dict(rtol=2**-7, atol=0)
+    assert_close(records[True][0].double(), records[False][0].double() * records[False][1][..., 1:].double(), **exact)
+    with pytest.raises(RuntimeError, match="scale_weights needs weights_out and stats_out"):
+        attention.image_to_tokens(x, None, pe, weight, bias, heads, values, *norm, 1e-6, out, None, weights, None, True)
+    with pytest.raises(RuntimeError, match="weights_out must be a contiguous"):
+        other = torch.float32 if dtype == torch.bfloat16 else torch.bfloat16
+        attention.image_to_tokens(x, None, pe, weight, bias, heads, values, *norm, 1e-6, out, None, weights.to(other), stats)
 
 
 @pytest.mark.parametrize("prompts, grid, channels, heads, tokens", [(3, 22, 64, 4, 7), (2, 16, 256, 8, 7), (2, 5, 32, 2, 5)])
@@ -96,8 +136,11 @@ def test_bad_folded_operands_are_refused(module):
         _run_folded(module, decoder, dict(folded, stats2=folded["stats2"][:, 1:].contiguous()), hyper, grid)
     with pytest.raises(RuntimeError, match="mix must be fp32 or bf16, got Double"):
         _run_folded(module, decoder, dict(folded, mix=folded["mix"].double()), hyper, grid)
-    with pytest.raises(RuntimeError, match="conv2 must be a contiguous bf16"):  # mix, conv2 and out: one dtype
+    with pytest.raises(RuntimeError, match="first must be a contiguous bf16"):  # mix, first, second, conv2 and out: one dtype
         _run_folded(module, decoder, dict(folded, mix=folded["mix"].bfloat16()), hyper, grid)
+    with pytest.raises(RuntimeError, match="conv2 must be a contiguous bf16"):
+        bf16 = {name: folded[name].bfloat16() for name in ("mix", "first", "second")}
+        _run_folded(module, decoder, dict(folded, **bf16), hyper, grid)
 
 
 @pytest.fixture(scope="module")

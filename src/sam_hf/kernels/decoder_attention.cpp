@@ -394,12 +394,26 @@ at::ScalarType token_dtype(const at::Tensor& t, const char* name) {
   return dtype;
 }
 
+// Rows of n softmax weights (fp32) into `out` (rows, n) in T, each row times its 1 / std (stats: (rows, 2), mean and
+// 1 / std) when stats is given: rounded once in bf16.
+template <typename T>
+void record_weights(const float* weights, int64_t rows, int64_t n, const float* stats, T* out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const __m512 scale = _mm512_set1_ps(stats == nullptr ? 1.0f : stats[2 * r + 1]);
+    for (int64_t c = 0; c < n; c += 16) {
+      const __mmask16 lanes = lanes_below(n - c);
+      store16(out + r * n + c, lanes, _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, weights + r * n + c), scale));
+    }
+  }
+}
+
 template <typename T>
 std::optional<at::Tensor> image_to_tokens_typed(const at::Tensor& residual, const std::optional<at::Tensor>& logit_source,
                                                 const at::Tensor& pe, const at::Tensor& logit_weight, const at::Tensor& logit_bias,
                                                 int64_t heads, const at::Tensor& values, const at::Tensor& norm_weight,
                                                 const at::Tensor& norm_bias, double eps, at::Tensor& out,
-                                                const std::optional<at::Tensor>& next_queries, float* weights_out, float* stats_out) {
+                                                const std::optional<at::Tensor>& next_queries, T* weights_out, float* stats_out,
+                                                bool scale_weights) {
   const int64_t sides = residual.size(0), length = residual.size(1), channels = residual.size(2);
   const bool tiled = logit_source && logit_source->dim() == 4;  // the per-head form
   const int64_t tiles = (length + 15) / 16;
@@ -466,7 +480,6 @@ std::optional<at::Tensor> image_to_tokens_typed(const at::Tensor& residual, cons
             for (int64_t r = 0; r < rows; ++r) softmax_over_tokens(logits.data() + r * n, b, tokens, heads);
           }
         }
-        if (weights_out != nullptr) std::copy(logits.data(), logits.data() + rows * n, weights_out + (p * length + row0) * n);
         if constexpr (kBf16<T>) {
           round_rows(logits.data(), rows, n, n, weights.data(), n_even);
           gemm(rows, channels, n_even, weights.data(), n_even, packed_values.data(), channels, update.data(), channels, false);
@@ -476,6 +489,9 @@ std::optional<at::Tensor> image_to_tokens_typed(const at::Tensor& residual, cons
         T* y = dst + (p * length + row0) * channels;  // may be x itself: each row is read before it is written
         residual_layer_norm_rows(update.data(), x, norm_weight.data_ptr<float>(), norm_bias.data_ptr<float>(), feps, y, rows, channels,
                                  stats_out == nullptr ? nullptr : stats_out + (p * length + row0) * 2);
+        if (weights_out != nullptr)  // the fp32 softmax weights (times the row's 1 / std), rounded once in bf16
+          record_weights(logits.data(), rows, n, scale_weights ? stats_out + (p * length + row0) * 2 : nullptr,
+                         weights_out + (p * length + row0) * n);
         if (attender) attender->add_block(y, channels, pos + row0 * channels, y, channels, rows, partials[item]);
       }
     }
@@ -494,14 +510,16 @@ std::optional<at::Tensor> image_to_tokens_typed(const at::Tensor& residual, cons
 // With next_queries (P, M, C): also the next attention of those query rows to the new image tokens, as
 // `tokens_to_image(next_queries, out, pe)`, in the same pass while each block of `out` is in cache -> (P, M, C) fp32.
 // residual, pe and out: the image tokens' dtype, fp32 or bf16 (then C even and no 3-D logit_source); the rest fp32.
-// With weights_out (P, L, N) and stats_out (P, L, 2), fp32: each image token's softmax weights (before any rounding)
-// and its LayerNorm's mean and 1 / std are written there too (what `mask_upscaling.upscale_masks`'s folded form reads).
+// With weights_out (P, L, N) in the image tokens' dtype and stats_out (P, L, 2) fp32: each image token's softmax
+// weights (from fp32, rounded once in bf16), times its LayerNorm's 1 / std with `scale_weights` (which needs
+// stats_out), and that LayerNorm's mean and 1 / std are written there too (what `mask_upscaling.upscale_masks`'s
+// folded form reads).
 std::optional<at::Tensor> image_to_tokens(const at::Tensor& residual, const std::optional<at::Tensor>& logit_source,
                                           const at::Tensor& pe, const at::Tensor& logit_weight, const at::Tensor& logit_bias,
                                           int64_t heads, const at::Tensor& values, const at::Tensor& norm_weight,
                                           const at::Tensor& norm_bias, double eps, at::Tensor& out,
                                           const std::optional<at::Tensor>& next_queries, const std::optional<at::Tensor>& weights_out,
-                                          const std::optional<at::Tensor>& stats_out) {
+                                          const std::optional<at::Tensor>& stats_out, bool scale_weights) {
   const at::ScalarType dtype = token_dtype(residual, "residual");
   check_dense(residual, "decoder_attention", "residual", 3, dtype);
   check_dense(pe, "decoder_attention", "pe", 2, dtype);
@@ -540,14 +558,13 @@ std::optional<at::Tensor> image_to_tokens(const at::Tensor& residual, const std:
     check_float(*next_queries, "decoder_attention", "next_queries", 3);
     TORCH_CHECK(next_queries->size(0) == prompts && next_queries->size(2) == channels, "decoder_attention: next_queries must be (P, M, C)");
   }
-  float* weights_ptr = nullptr;
   float* stats_ptr = nullptr;
   if (weights_out) {
-    check_float(*weights_out, "decoder_attention", "weights_out", 3);
+    check_dense(*weights_out, "decoder_attention", "weights_out", 3, dtype);
     TORCH_CHECK(weights_out->size(0) == prompts && weights_out->size(1) == length && weights_out->size(2) == n,
                 "decoder_attention: weights_out must be (P, L, N)");
-    weights_ptr = weights_out->data_ptr<float>();
   }
+  TORCH_CHECK(!scale_weights || (weights_out && stats_out), "decoder_attention: scale_weights needs weights_out and stats_out");
   if (stats_out) {
     check_float(*stats_out, "decoder_attention", "stats_out", 3);
     TORCH_CHECK(stats_out->size(0) == prompts && stats_out->size(1) == length && stats_out->size(2) == 2,
@@ -556,9 +573,10 @@ std::optional<at::Tensor> image_to_tokens(const at::Tensor& residual, const std:
   }
   if (dtype == at::kBFloat16)
     return image_to_tokens_typed<BFloat16>(residual, logit_source, pe, logit_weight, logit_bias, heads, values, norm_weight, norm_bias, eps,
-                                           out, next_queries, weights_ptr, stats_ptr);
+                                           out, next_queries, weights_out ? weights_out->data_ptr<BFloat16>() : nullptr, stats_ptr,
+                                           scale_weights);
   return image_to_tokens_typed<float>(residual, logit_source, pe, logit_weight, logit_bias, heads, values, norm_weight, norm_bias, eps, out,
-                                      next_queries, weights_ptr, stats_ptr);
+                                      next_queries, weights_out ? weights_out->data_ptr<float>() : nullptr, stats_ptr, scale_weights);
 }
 
 template <typename T>
@@ -672,7 +690,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
              pybind11::arg("residual"), pybind11::arg("logit_source"), pybind11::arg("pe"), pybind11::arg("logit_weight"),
              pybind11::arg("logit_bias"), pybind11::arg("heads"), pybind11::arg("values"), pybind11::arg("norm_weight"),
              pybind11::arg("norm_bias"), pybind11::arg("eps"), pybind11::arg("out"), pybind11::arg("next_queries") = pybind11::none(),
-             pybind11::arg("weights_out") = pybind11::none(), pybind11::arg("stats_out") = pybind11::none());
+             pybind11::arg("weights_out") = pybind11::none(), pybind11::arg("stats_out") = pybind11::none(),
+             pybind11::arg("scale_weights") = false);
   module.def("head_attention", &head_attention, "query rows attend per head to projected image tokens they share (flash-style)",
              pybind11::arg("queries"), pybind11::arg("keys"), pybind11::arg("values"));
   module.def("tokens_to_image", &tokens_to_image, "a prompt's folded query rows attend to its image tokens (flash-style)",

@@ -169,43 +169,36 @@ void convolve_row(const T* x, int64_t grid, int64_t channels, const Weights<T>& 
 // The first convolution's output folded through the decoder's last two image -> token attentions (see
 // `upscale_masks_folded`), for source prompt s: per image token x with softmax weights w1, w2 (N each) and LayerNorm
 // statistics (m1, r1), (m2, r2) of those two attentions,
-//   up_x = r2 [r1 (shared_x + w1 V1' - m1 a1) + e1 + w2 V2' - m2 a2]   (its bias, e2, is added as the conv's bias).
+//   up_x = r2 [r1 (shared_x + w1 V1' - m1 a1) + e1 + w2 V2' - m2 a2]   (its bias, e2, is added as the conv's bias);
+// the bracket is made here, and `upscale_row` multiplies each column by r2 as it reads it.
 template <typename T>
 struct Fold {
   const float* shared;  // (g, C, G): the shared image side's product (x0 M^T), per grid row channel-major (zero past g)
   const T* mix;         // (S, C, 2N): per prompt [V1' | V2'], channels as rows (the product's left operand)
-  const float* first;   // (S, L, N): w1
-  const float* second;  // (S, L, N): w2
+  const T* first;       // (S, L, N): r1 w1, as the attention kernel records it
+  const T* second;      // (S, L, N): w2
   const float* stats1;  // (S, L, 2): m1, r1
   const float* stats2;  // (S, L, 2): m2, r2
   const float* terms;   // (3, C): a1, e1, a2
   int64_t n;
 };
 
-// Row j of the product's right operand as token j sees it: [s1 w1_j | s2 w2_j] (2N values) scaled in fp32, stored in T.
-template <typename T>
-void scaled_rows(const float* first, const float* second, int64_t n, float s1, float s2, T* row) {
-  for (int64_t c = 0; c < n; c += 16) {
-    const __mmask16 lanes = lanes_below(n - c);
-    store16(row + c, lanes, _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, first + c), _mm512_set1_ps(s1)));
-    store16(row + n + c, lanes, _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, second + c), _mm512_set1_ps(s2)));
-  }
-}
-
-// `Fold` for grid row i of source prompt `source` -> up (C, G). Scratch: rows (g, 2N) and operand (2N, G), zero past g.
-// The product's right operand is the (g, 2N) token rows [r1 r2 w1 | r2 w2] transposed: in fp32 a transpose of floats;
-// in bf16 its VNNI form [N][G][2] is the transpose of the rows' (g, N) 32-bit words (pairs of neighbouring values),
-// so no 16-bit interleaving is needed.
+// `Fold` for grid row i of source prompt `source` -> up (C, G), the bracket above, and column_scale (G): r2 per column
+// (zero past g). Scratch: rows (g, 2N) and operand (2N, G), zero past g. The product's right operand is the (g, 2N)
+// token rows [r1 w1 | w2] transposed: in fp32 a transpose of floats; in bf16 its VNNI form [N][G][2] is the transpose
+// of the rows' (g, N) 32-bit words (pairs of neighbouring values), so no 16-bit interleaving is needed.
 template <typename T>
 void folded_row(const Fold<T>& f, int64_t source, int64_t length, int64_t grid, int64_t channels, int64_t i, T* rows, T* operand,
-                float* up) {
+                float* up, float* column_scale) {
   const int64_t n = f.n, width = (grid + 15) / 16 * 16, row0 = i * grid;
-  const float* first = f.first + (source * length + row0) * n;
-  const float* second = f.second + (source * length + row0) * n;
+  const T* first = f.first + (source * length + row0) * n;
+  const T* second = f.second + (source * length + row0) * n;
   const float* stats1 = f.stats1 + (source * length + row0) * 2;
   const float* stats2 = f.stats2 + (source * length + row0) * 2;
-  for (int64_t j = 0; j < grid; ++j)
-    scaled_rows(first + j * n, second + j * n, n, stats1[2 * j + 1] * stats2[2 * j + 1], stats2[2 * j + 1], rows + j * 2 * n);
+  for (int64_t j = 0; j < grid; ++j) {
+    std::copy(first + j * n, first + (j + 1) * n, rows + j * 2 * n);
+    std::copy(second + j * n, second + (j + 1) * n, rows + j * 2 * n + n);
+  }
   if constexpr (std::is_same_v<T, BFloat16>) {
     transpose(reinterpret_cast<const uint32_t*>(rows), n, grid, n, reinterpret_cast<uint32_t*>(operand), width);
   } else {
@@ -214,20 +207,22 @@ void folded_row(const Fold<T>& f, int64_t source, int64_t length, int64_t grid, 
   const float* shared_t = f.shared + i * channels * width;
   const float *a1 = f.terms, *e1 = f.terms + channels, *a2 = f.terms + 2 * channels;
   for (int64_t j0 = 0; j0 < width; j0 += 16) {
-    alignas(64) float m1[16] = {}, r1[16] = {}, m2[16] = {}, r2[16] = {};  // zero past g: those columns come out zero
+    alignas(64) float m1[16] = {}, r1[16] = {}, m2[16] = {}, live[16] = {};  // zero past g: those columns come out zero
     for (int64_t j = j0; j < std::min(grid, j0 + 16); ++j) {
       m1[j - j0] = stats1[2 * j];
       r1[j - j0] = stats1[2 * j + 1];
       m2[j - j0] = stats2[2 * j];
-      r2[j - j0] = stats2[2 * j + 1];
+      live[j - j0] = 1.0f;
+      column_scale[j] = stats2[2 * j + 1];
     }
-    const __m512 second_scale = _mm512_load_ps(r2), first_scale = _mm512_mul_ps(_mm512_load_ps(r1), second_scale);
+    for (int64_t j = std::max(grid, j0); j < j0 + 16; ++j) column_scale[j] = 0.0f;
+    const __m512 first_scale = _mm512_load_ps(r1), ones = _mm512_load_ps(live);
     const __m512 first_shift = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(first_scale, _mm512_load_ps(m1)));
-    const __m512 second_shift = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(second_scale, _mm512_load_ps(m2)));
+    const __m512 second_shift = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_load_ps(m2));
     for (int64_t c = 0; c < channels; ++c) {
       __m512 v = _mm512_mul_ps(first_scale, _mm512_loadu_ps(shared_t + c * width + j0));
       v = _mm512_fmadd_ps(first_shift, _mm512_set1_ps(a1[c]), v);
-      v = _mm512_fmadd_ps(second_scale, _mm512_set1_ps(e1[c]), v);
+      v = _mm512_fmadd_ps(ones, _mm512_set1_ps(e1[c]), v);
       _mm512_storeu_ps(up + c * width + j0, _mm512_fmadd_ps(second_shift, _mm512_set1_ps(a2[c]), v));
     }
   }
@@ -235,26 +230,28 @@ void folded_row(const Fold<T>& f, int64_t source, int64_t length, int64_t grid, 
 }
 
 // One grid row `i` of one prompt from its first convolution's output up (C, G) (`convolve_row` or `folded_row`, the
-// bias not added), hypernetwork weights (M, C/8) -> rows 4i .. 4i + 3 of its M masks in out (M, 4g, 4g). Scratch:
-// mid (2, C/4, 2G) (`store_mid`), fine (C/4, 2G).
+// bias not added, each column j to be multiplied by column_scale[j]: ones, or the fold's r2), hypernetwork weights
+// (M, C/8) -> rows 4i .. 4i + 3 of its M masks in out (M, 4g, 4g). Scratch: mid (2, C/4, 2G) (`store_mid`), fine
+// (C/4, 2G).
 template <typename T>
-void upscale_row(const float* up, const float* hyper, int64_t masks, int64_t grid, int64_t channels, int64_t i, const Weights<T>& w,
-                 T* out, T* mid, float* fine) {
+void upscale_row(const float* up, const float* column_scale, const float* hyper, int64_t masks, int64_t grid, int64_t channels, int64_t i,
+                 const Weights<T>& w, T* out, T* mid, float* fine) {
   const int64_t quarter = channels / 4, eighth = channels / 8, width = (grid + 15) / 16 * 16, side = 4 * grid;
   const GeluFor<T> gelu;
   // LayerNorm over the C/4 channels of each (a, b, j), then GELU, into mid[a] with columns 2j + b
   for (int64_t a = 0; a < 2; ++a)
     for (int64_t j0 = 0; j0 < width; j0 += 16) {
       __m512 mean[2], scale[2];
+      const __m512 columns = _mm512_loadu_ps(column_scale + j0);
       for (int64_t b = 0; b < 2; ++b) {
         const float* rows = up + (2 * a + b) * quarter * width + j0;
         const float* bias = w.bias1 + (2 * a + b) * quarter;
         __m512 sum = _mm512_setzero_ps();
-        for (int64_t c = 0; c < quarter; ++c) sum = _mm512_add_ps(sum, _mm512_add_ps(_mm512_loadu_ps(rows + c * width), _mm512_set1_ps(bias[c])));
+        for (int64_t c = 0; c < quarter; ++c) sum = _mm512_add_ps(sum, _mm512_fmadd_ps(_mm512_loadu_ps(rows + c * width), columns, _mm512_set1_ps(bias[c])));
         mean[b] = _mm512_div_ps(sum, _mm512_set1_ps(static_cast<float>(quarter)));
         __m512 squares = _mm512_setzero_ps();
         for (int64_t c = 0; c < quarter; ++c) {
-          const __m512 d = _mm512_sub_ps(_mm512_add_ps(_mm512_loadu_ps(rows + c * width), _mm512_set1_ps(bias[c])), mean[b]);
+          const __m512 d = _mm512_sub_ps(_mm512_fmadd_ps(_mm512_loadu_ps(rows + c * width), columns, _mm512_set1_ps(bias[c])), mean[b]);
           squares = _mm512_fmadd_ps(d, d, squares);
         }
         const __m512 variance = _mm512_div_ps(squares, _mm512_set1_ps(static_cast<float>(quarter)));
@@ -266,7 +263,7 @@ void upscale_row(const float* up, const float* hyper, int64_t masks, int64_t gri
           __m512 y[2];
           for (int64_t b = 0; b < 2; ++b) {
             const int64_t r = (2 * a + b) * quarter + c + k;
-            const __m512 v = _mm512_add_ps(_mm512_loadu_ps(up + r * width + j0), _mm512_set1_ps(w.bias1[r]));
+            const __m512 v = _mm512_fmadd_ps(_mm512_loadu_ps(up + r * width + j0), columns, _mm512_set1_ps(w.bias1[r]));
             const __m512 normed = _mm512_mul_ps(_mm512_sub_ps(v, mean[b]), scale[b]);
             y[b] = gelu(_mm512_fmadd_ps(normed, _mm512_set1_ps(w.norm_w[c + k]), _mm512_set1_ps(w.norm_b[c + k])));
           }
@@ -315,15 +312,16 @@ void upscale_all(const T* x, int64_t length, int64_t channels, const int64_t* pi
   at::parallel_for(0, prompts * grid, 1, [&](int64_t begin, int64_t end) {
     // zero-filled scratch: padding columns stay finite (computed, never stored)
     std::vector<T> xt(fold ? 0 : channels * width, T(0.0f)), mid(2 * quarter * 2 * width), rows(grid * 2 * n), operand(2 * n * width, T(0.0f));
-    std::vector<float> up(channels * width), fine(quarter * 2 * width);
+    std::vector<float> up(channels * width), fine(quarter * 2 * width), column_scale(width, 1.0f);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t k = task / grid, i = task % grid, source = picks ? picks[k] : k;
       if (fold) {
-        folded_row(*fold, source, length, grid, channels, i, rows.data(), operand.data(), up.data());
+        folded_row(*fold, source, length, grid, channels, i, rows.data(), operand.data(), up.data(), column_scale.data());
       } else {
         convolve_row(x + (source * length + i * grid) * channels, grid, channels, w, xt.data(), up.data());
       }
-      upscale_row<T>(up.data(), h + k * masks * eighth, masks, grid, channels, i, w, o + k * masks * 16 * length, mid.data(), fine.data());
+      upscale_row<T>(up.data(), column_scale.data(), h + k * masks * eighth, masks, grid, channels, i, w, o + k * masks * 16 * length,
+                     mid.data(), fine.data());
     }
     release(mid.data());
   });
@@ -396,11 +394,13 @@ void upscale_masks(const at::Tensor& image, const std::optional<at::Tensor>& ind
 // shared (g, C, G) fp32, the shared image side x0 times M^T per grid row, channel-major, zero past g (G = g rounded up
 // to 16), M = W1 diag(g2 g1) (W1 the first convolution as (C, C), g1,
 // g2 the two attentions' LayerNorm weights); mix (S, C, 2N) per source prompt, [V1 M^T | V2 (W1 diag(g2))^T]
-// transposed (V1, V2 the attentions' values with their output projection folded in); first, second (S, L, N) fp32,
-// the attentions' softmax weights per image token; stats1, stats2 (S, L, 2) fp32, their LayerNorms' mean and 1 / std
-// (m1, r1 and m2, r2); terms (3, C) fp32: a1 = W1 (g2 g1), e1 = W1 (g2 b1), a2 = W1 g2; bias1 (C) fp32 = W1 b2 + the first
-// convolution's bias. Per token 2N + C products and additions of C-vectors instead of the C x C convolution. index,
-// hyper, the norm, conv2, bias2 and out as in `upscale_masks`; mix, conv2 and out in one dtype, fp32 or bf16.
+// transposed (V1, V2 the attentions' values with their output projection folded in); first, second (S, L, N), the
+// attentions' softmax weights per image token, the first's times its LayerNorm's 1 / std (r1 w1 and w2, as
+// `decoder_attention.image_to_tokens` records them with and without `scale_weights`); stats1, stats2 (S, L, 2) fp32,
+// their LayerNorms' mean and 1 / std (m1, r1 and m2, r2); terms (3, C) fp32: a1 = W1 (g2 g1), e1 = W1 (g2 b1), a2 =
+// W1 g2; bias1 (C) fp32 = W1 b2 + the first convolution's bias. Per token 2N + C products and additions of C-vectors
+// instead of the C x C convolution. index, hyper, the norm, conv2, bias2 and out as in `upscale_masks`; mix, first,
+// second, conv2 and out in one dtype, fp32 or bf16.
 void upscale_masks_folded(const std::optional<at::Tensor>& index, const at::Tensor& hyper, const at::Tensor& shared, const at::Tensor& mix,
                           const at::Tensor& first, const at::Tensor& second, const at::Tensor& stats1, const at::Tensor& stats2,
                           const at::Tensor& terms,
@@ -409,8 +409,8 @@ void upscale_masks_folded(const std::optional<at::Tensor>& index, const at::Tens
   const at::ScalarType dtype = mix.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "mask_upscaling: mix must be fp32 or bf16, got ", dtype);
   check_dense(mix, "mask_upscaling", "mix", 3, dtype);
-  check_float(first, "mask_upscaling", "first", 3);
-  check_float(second, "mask_upscaling", "second", 3);
+  check_dense(first, "mask_upscaling", "first", 3, dtype);
+  check_dense(second, "mask_upscaling", "second", 3, dtype);
   check_float(stats1, "mask_upscaling", "stats1", 3);
   check_float(stats2, "mask_upscaling", "stats2", 3);
   check_float(terms, "mask_upscaling", "terms", 2);
@@ -426,7 +426,7 @@ void upscale_masks_folded(const std::optional<at::Tensor>& index, const at::Tens
                   stats1.size(0) == sources && stats1.size(1) == length && stats1.size(2) == 2,
               "mask_upscaling: first and second must be (S, L, N), stats1 and stats2 (S, L, 2)");
   if (dtype == at::kBFloat16) {
-    const Fold<BFloat16> fold{shared.data_ptr<float>(), mix.data_ptr<BFloat16>(), first.data_ptr<float>(), second.data_ptr<float>(),
+    const Fold<BFloat16> fold{shared.data_ptr<float>(), mix.data_ptr<BFloat16>(), first.data_ptr<BFloat16>(), second.data_ptr<BFloat16>(),
                               stats1.data_ptr<float>(), stats2.data_ptr<float>(), terms.data_ptr<float>(), n};
     upscale_all<BFloat16>(nullptr, length, channels, picks, hyper, weights_of<BFloat16>(std::nullopt, bias1, norm_weight, norm_bias, eps, conv2, bias2),
                           &fold, out);

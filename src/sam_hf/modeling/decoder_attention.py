@@ -349,8 +349,10 @@ class SamHfAttention(nn.Module):
         `next_queries` (B*P, M, C), a token -> image attention's `folded_queries`: that attention to the new image
         tokens runs in the same pass, while each block of them is in cache. Returns the new image tokens and, with
         `next_queries`, that attention's weighted sums of them (B*P, M, C), else None. With `record` (a list): appends
-        this attention's softmax weights per image token (B*P, HW, h*T) and LayerNorm mean and 1 / std (B*P, HW, 2), fp32,
-        and the tokens' value projections (B*P, T, C'), for the folded mask upscaling (`SamHfMaskDecoder.folded_operands`)."""
+        this attention's softmax weights per image token (B*P, HW, h*T) in the image tokens' dtype (from fp32, rounded once;
+        the first recorded attention's times each token's LayerNorm 1 / std), that LayerNorm's mean and 1 / std (B*P, HW,
+        2) in fp32, and the tokens' value projections (B*P, T, C'), for the folded mask upscaling
+        (`SamHfMaskDecoder.folded_operands`)."""
         batch, prompts, length, _ = tokens.shape
         heads, head_dim = self.num_heads, self.internal_dim // self.num_heads
         sides, tokens_hw, channels = batch * image.shape[1], image.shape[2], image.shape[3]
@@ -375,14 +377,15 @@ class SamHfAttention(nn.Module):
         weights_out = stats_out = None
         if record is not None:  # this thread's buffers, one pair per recorded layer, rewritten by the next group
             count = (batch * prompts, tokens_hw)
-            weights_out = workspace(f"decoder_fold_weights{len(record)}", (*count, length * heads), dtype=torch.float32, device=image.device)
+            weights_out = workspace(f"decoder_fold_weights{len(record)}", (*count, length * heads), dtype=image.dtype, device=image.device)
             stats_out = workspace(f"decoder_fold_stats{len(record)}", (*count, 2), dtype=torch.float32, device=image.device)
         values = values.float().contiguous()
         # the image tokens in their dtype (fp32 or bf16), the small per-prompt operands in fp32 (the kernel rounds them)
         mixed = module.image_to_tokens(residual.contiguous(), source, image_pe.contiguous(), weight.float().contiguous(),
                                        bias.reshape(batch * prompts, -1).float().contiguous(), heads, values,
                                        norm.weight.float().contiguous(), norm.bias.float().contiguous(), norm.eps, flat_out,
-                                       None if next_queries is None else next_queries.float().contiguous(), weights_out, stats_out)
+                                       None if next_queries is None else next_queries.float().contiguous(), weights_out, stats_out,
+                                       record is not None and not record)
         if record is not None:
             record.append((weights_out, stats_out, projected.reshape(batch * prompts, length, self.internal_dim)))
         return flat_out.view(batch, prompts, tokens_hw, channels), mixed

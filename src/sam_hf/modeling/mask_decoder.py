@@ -183,7 +183,7 @@ class SamHfMaskDecoder(nn.Module):
         convolution of the image, kept in `image_cache` when one is given) costs about what two prompts save, and a
         single click gains nothing measurable from it (ViT-B, one Zen 4 core, a kept cache: fp32 29-31 against 31-33 ms
         per click, bf16 20 against 20, the first click 6-8 ms slower). With a threshold (segment everything) it is not
-        taken: every prompt's attention passes would record what the fold reads (about 1.8 MB per ViT-B prompt
+        taken: every prompt's attention passes would record what the fold reads (about 1.8 MB per ViT-B prompt in fp32
         written), and only the prompts above the threshold are upscaled."""
         if image.shape[0] != 1 or image.shape[1] != 1 or len(self.transformer.layers) != 2:
             return False
@@ -202,7 +202,8 @@ class SamHfMaskDecoder(nn.Module):
         with G2 = diag(g2), M = W1 diag(g2 g1): x0 M^T once per image (cached), V1 M^T and V2 (W1 G2)^T once per prompt,
         and per token two h*T-long mixes (2 x 56 x 256 multiply-adds for ViT-B) instead of the 256 x 256 product. V_i's
         row (t, h) is v_(t,h) Wo_h^T + bo / heads (the value projection v of token t on head h's C'/h columns), so V1 M^T
-        is v_(t,h) (M Wo_h)^T + M bo / heads: M Wo once per call, then C'/h instead of C multiply-adds per output."""
+        is v_(t,h) (M Wo_h)^T + M bo / heads: M Wo once per call, then C'/h instead of C multiply-adds per output. The
+        attention kernel records r1 w1 and w2 (in the tokens' dtype); the upscaling kernel applies r2 per token."""
         entry = None if cache is None else cache.pop("upscaling_record", None)
         if entry is None:
             return None
