@@ -5,6 +5,7 @@ import torch
 from torch.testing import assert_close
 
 import sam_hf.modeling.mask_decoder as mask_decoder
+import sam_hf.modeling.prompt_groups as prompt_groups
 
 pytestmark = pytest.mark.usefixtures("decoder_path")  # with and without the compiled decoder kernel
 
@@ -20,7 +21,7 @@ def test_groups_equal_one_group(tiny_model, monkeypatch, per_prompt_masks, budge
     whole = tiny_model(image_embeddings=embeddings, input_points=points, input_labels=labels, input_masks=masks)
     per_prompt_bytes = 2 * 8 * 8 * 32 * 4  # B * g * g * C * float32
     for budget_name in ("_TEMPORARY_BUDGET", "_KERNEL_TEMPORARY_BUDGET", "_FOLD_TEMPORARY_BUDGET"):  # groups of 1 or 3 prompts
-        monkeypatch.setattr(mask_decoder, budget_name, budget * per_prompt_bytes)
+        monkeypatch.setattr(prompt_groups, budget_name, budget * per_prompt_bytes)
     grouped = tiny_model(image_embeddings=embeddings, input_points=points, input_labels=labels, input_masks=masks)
     assert_close(grouped.pred_masks, whole.pred_masks, rtol=1e-5, atol=1e-6)
     assert_close(grouped.iou_scores, whole.iou_scores, rtol=1e-5, atol=1e-6)
@@ -43,7 +44,7 @@ def test_mask_iou_threshold_skips_only_prompts_without_a_mask_above_it(tiny_mode
     and groups of prompts included)."""
     if group is not None:
         for budget_name in ("_TEMPORARY_BUDGET", "_KERNEL_TEMPORARY_BUDGET", "_FOLD_TEMPORARY_BUDGET"):
-            monkeypatch.setattr(mask_decoder, budget_name, group * batch * 8 * 8 * 32 * 4)
+            monkeypatch.setattr(prompt_groups, budget_name, group * batch * 8 * 8 * 32 * 4)
     embeddings = torch.randn(batch, 32, 8, 8)
     points = torch.rand(batch, 16, 1, 2) * 128
     full = tiny_model(image_embeddings=embeddings, input_points=points, multimask_output=multimask)
@@ -76,16 +77,16 @@ def test_transformer_output_tokens_are_those_rows_of_the_full_output(tiny_model)
 
 def test_prompt_groups_are_small_on_cpu_only(monkeypatch):
     per_prompt = 8 * 64 * 64 * 256 * 2  # 8 ViT images, bf16 image tokens: 16 MiB per prompt
-    assert mask_decoder.prompt_group(per_prompt, torch.device("cpu")) == 1
-    assert mask_decoder.prompt_group(per_prompt, torch.device("cpu"), kernel=True) == 4  # the compiled kernel's larger groups
-    assert mask_decoder.prompt_group(per_prompt, torch.device("cpu"), kernel=True, fold=True) == 8  # larger with the folded upscaling
-    assert mask_decoder.prompt_group(per_prompt, torch.device("cpu"), fold=True) == 1  # the fold needs the kernels
-    assert mask_decoder.prompt_group(per_prompt, torch.device("cuda", 0), kernel=True) >= 64
-    assert mask_decoder.prompt_group(per_prompt, torch.device("cuda", 0)) >= 64  # a batch of 64 in one group
+    assert prompt_groups.prompt_group(per_prompt, torch.device("cpu")) == 1
+    assert prompt_groups.prompt_group(per_prompt, torch.device("cpu"), kernel=True) == 4  # the compiled kernel's larger groups
+    assert prompt_groups.prompt_group(per_prompt, torch.device("cpu"), kernel=True, fold=True) == 8  # larger with the folded upscaling
+    assert prompt_groups.prompt_group(per_prompt, torch.device("cpu"), fold=True) == 1  # the fold needs the kernels
+    assert prompt_groups.prompt_group(per_prompt, torch.device("cuda", 0), kernel=True) >= 64
+    assert prompt_groups.prompt_group(per_prompt, torch.device("cuda", 0)) >= 64  # a batch of 64 in one group
     for budget_name in ("_TEMPORARY_BUDGET", "_KERNEL_TEMPORARY_BUDGET", "_FOLD_TEMPORARY_BUDGET"):
-        monkeypatch.setattr(mask_decoder, budget_name, 5 * per_prompt)
-    assert mask_decoder.prompt_group(per_prompt, torch.device("cpu")) == 5
-    assert mask_decoder.prompt_group(10 * 2**30, torch.device("cuda", 0)) == 1  # never zero
+        monkeypatch.setattr(prompt_groups, budget_name, 5 * per_prompt)
+    assert prompt_groups.prompt_group(per_prompt, torch.device("cpu")) == 5
+    assert prompt_groups.prompt_group(10 * 2**30, torch.device("cuda", 0)) == 1  # never zero
 
 
 @torch.no_grad()

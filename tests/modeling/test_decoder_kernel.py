@@ -10,7 +10,7 @@ from torch.testing import assert_close
 from references import randomize, transformers_from_ours
 from sam_hf import SamHfModel, config_for_variant, kernels
 from sam_hf.kernels import loader
-from sam_hf.modeling import decoder_attention, mask_decoder
+from sam_hf.modeling import decoder_attention, prompt_groups
 
 KERNEL = "decoder_attention"  # the `module` fixture (conftest.py) builds it
 
@@ -203,7 +203,7 @@ def test_sam_sized_decoder_equals_pytorch_path_and_transformers(module, sam_deco
         counts = _calls(patch, module)
         ours = _decode(sam_decoder, prompts)
         cut = _decode(sam_decoder, prompts, mask_iou_threshold=-1.0)
-    groups = -(-prompts // mask_decoder.prompt_group(64 * 64 * 256 * 4, torch.device("cpu"), kernel=True))
+    groups = -(-prompts // prompt_groups.prompt_group(64 * 64 * 256 * 4, torch.device("cpu"), kernel=True))
     assert counts["image_to_tokens"] == 2 * 2 * groups  # one pass per block, two calls
     # the first token -> image attention: of one prompt's image side ("fold"), or of the shared one, per head; the
     # mask tokens' final attention after the threshold, of the image side each prompt has by then

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-import sam_hf.modeling.mask_decoder as mask_decoder
+import sam_hf.modeling.prompt_groups as prompt_groups
 from references import randomize, transformers_from_ours
 from sam_hf import SamHfModel, config_for_variant
 from sam_hf.modeling.decoder_attention import FOLD_UP_TO_PROMPTS, SamHfAttention
@@ -56,7 +56,7 @@ def _routes(monkeypatch, model, prompts, group=None):
     monkeypatch.setattr(SamHfAttention, "route", staticmethod(spy))
     if group is not None:  # groups of `group` prompts
         for budget_name in ("_TEMPORARY_BUDGET", "_KERNEL_TEMPORARY_BUDGET", "_FOLD_TEMPORARY_BUDGET"):
-            monkeypatch.setattr(mask_decoder, budget_name, group * 8 * 8 * 32 * 4)
+            monkeypatch.setattr(prompt_groups, budget_name, group * 8 * 8 * 32 * 4)
     with torch.no_grad():
         _decode(model, torch.randn(1, 32, 8, 8), prompts)
     return taken

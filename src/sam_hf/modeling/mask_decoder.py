@@ -20,6 +20,7 @@ from ..configuration import SamHfMaskDecoderConfig
 from ..kernels import kernel_for
 from .image_cache import cached, call_cache
 from .layers import SamHfFeedForward, SamHfLayerNorm2d, linear_activation, matmul_nt, records_nothing
+from .prompt_groups import prompt_group
 from .decoder_attention import FOLD_UP_TO_PROMPTS
 from .two_way_transformer import SamHfTwoWayTransformer
 
@@ -54,27 +55,6 @@ def channels_last_tokens(maps: torch.Tensor, dense: torch.Tensor) -> torch.Tenso
 # finite, so that interpolation in post-processing gives no NaN (0 * -inf).
 SKIPPED_MASK_LOGIT = -1e4
 
-# Bytes per temporary. glibc serves blocks from 32 MiB up by mmap, page-faulting them in on every call; smaller
-# groups avoid that, though glibc still returns some freed blocks of this size to the system (about 3,700 page
-# faults per ViT-B prompt measured in session 4; `sam_hf.allocator.keep_freed_memory` removes them).
-_TEMPORARY_BUDGET = 16 * 2**20
-# With the compiled decoder kernel (`SamHfTwoWayTransformer.kernel_for`) a group's one large temporary is its image
-# tokens, in the workspace (no page faults), and larger groups share the token-side work among more prompts: ViT-B,
-# 64 prompts, one Zen 4 core, no upscaling, 12.2 ms per prompt in groups of 4 (16 MiB), 11.0 in groups of 16
-# (64 MiB), 10.9 in one group (256 MiB).
-_KERNEL_TEMPORARY_BUDGET = 64 * 2**20
-# With the folded upscaling (`SamHfMaskDecoder._folds_upscaling`), where every prompt of the group is also upscaled,
-# twice that: ViT-B, 64 prompts per call, 2 threads, same process (session 15): fp32 9.69 -> 9.27 ms per prompt in
-# groups of 32 (9.29 in one group), bf16 5.47 -> 5.21 in one group of 64, for about 100 MB more peak memory (the
-# group's image tokens and the fold's records). Segment everything (a mask IoU threshold, no fold) gained nothing
-# from larger groups (ViT-B bf16: 5.70 against 5.81 s), so keeps the budget above.
-_FOLD_TEMPORARY_BUDGET = 128 * 2**20
-# On a GPU the caching allocator reuses blocks without page faults, and small groups only add kernel launches:
-# with the CPU's budget, 8 ViT-H images x 8 prompts went one prompt at a time (H200: 46 ms of decoder per
-# batch vs transformers' 10 ms).
-_ACCELERATOR_TEMPORARY_BUDGET = 2**30
-
-
 # Bytes of the mask upscaling's largest temporary per step on CPU: a band of grid rows of one prompt whose
 # temporaries stay in the caches (and below glibc's trim threshold); see `SamHfMaskDecoder.upscale_masks`.
 _UPSCALE_BAND_BUDGET = 2 * 2**20
@@ -83,19 +63,6 @@ _UPSCALE_BAND_BUDGET = 2 * 2**20
 def _skipped_masks(like: torch.Tensor, shape: tuple[int, ...], out: torch.Tensor | None) -> torch.Tensor:
     """Masks of `shape` all SKIPPED_MASK_LOGIT: `out` filled when given, else a new tensor like `like`."""
     return like.new_full(shape, SKIPPED_MASK_LOGIT) if out is None else out.fill_(SKIPPED_MASK_LOGIT)
-
-
-def prompt_group(per_prompt_bytes: int, device: torch.device, *, kernel: bool = False, fold: bool = False) -> int:
-    """How many prompts share one group, given the bytes of one prompt's largest temporary on `device`; `kernel`: the
-    compiled decoder kernel runs the group (see `_KERNEL_TEMPORARY_BUDGET`), `fold`: with the folded upscaling
-    (`_FOLD_TEMPORARY_BUDGET`)."""
-    if device.type != "cpu":
-        budget = _ACCELERATOR_TEMPORARY_BUDGET
-    elif kernel:
-        budget = _FOLD_TEMPORARY_BUDGET if fold else _KERNEL_TEMPORARY_BUDGET
-    else:
-        budget = _TEMPORARY_BUDGET
-    return max(1, budget // per_prompt_bytes)
 
 
 class SamHfMaskDecoder(nn.Module):
@@ -324,7 +291,7 @@ class SamHfMaskDecoder(nn.Module):
         mask_slice = slice(1, None) if multimask_output else slice(0, 1)
 
         # Prompts are decoded in groups whose per-prompt image tokens stay under the allocator budget:
-        # exact, and much faster on CPU than touching fresh half-gigabyte buffers (see _TEMPORARY_BUDGET).
+        # exact, and much faster on CPU than touching fresh half-gigabyte buffers (see prompt_groups.py).
         per_prompt = batch * grid * grid * channels * image.element_size()
         kernel = self.transformer.kernel_for(image, tokens, pe, output_attentions) is not None
         cache["fold_upscaling"] = kernel and mask_iou_threshold is None and self._folds_upscaling(image, prompts)
