@@ -385,7 +385,7 @@ class SamHfAttention(nn.Module):
                                        bias.reshape(batch * prompts, -1).float().contiguous(), heads, values,
                                        norm.weight.float().contiguous(), norm.bias.float().contiguous(), norm.eps, flat_out,
                                        None if next_queries is None else next_queries.float().contiguous(), weights_out, stats_out,
-                                       record is not None and not record)
+                                       record is not None and not record)  # the first recorded block's weights times r1
         if record is not None:
             record.append((weights_out, stats_out, projected.reshape(batch * prompts, length, self.internal_dim)))
         return flat_out.view(batch, prompts, tokens_hw, channels), mixed

@@ -201,15 +201,15 @@ class SamHfMaskDecoder(nn.Module):
             kept = cache["upscale_shared"] = (image_side, shared())
         # (P, C, 2hT), columns (t, h) of each block: per head one small product of the value projections (h, P*T, C'/h)
         # by that head's columns of the folded (C, C'), written once into place
-        prompts, length, internal = projected1.shape
+        prompts, per_prompt, internal = projected1.shape  # (P, T, C')
         n = first.shape[-1]
-        heads = n // length
-        mix = torch.empty(prompts, channels, 2 * n, dtype=dtype)
+        heads = n // per_prompt
+        mix = torch.empty(prompts, channels, 2 * n, dtype=dtype, device=projected1.device)
         for block, (projected, (weight, shift)) in enumerate(zip((projected1, projected2), mixing)):
-            rows = projected.float().view(prompts * length, heads, internal // heads).transpose(0, 1)  # (h, P*T, d)
+            rows = projected.float().view(prompts * per_prompt, heads, internal // heads).transpose(0, 1)  # (h, P*T, d)
             product = torch.baddbmm(shift, rows, weight.view(channels, heads, -1).permute(1, 2, 0))  # (h, P*T, C)
-            mix[:, :, block * n : (block + 1) * n].view(prompts, channels, length, heads).copy_(
-                product.view(heads, prompts, length, channels).permute(1, 3, 2, 0))
+            mix[:, :, block * n : (block + 1) * n].view(prompts, channels, per_prompt, heads).copy_(
+                product.view(heads, prompts, per_prompt, channels).permute(1, 3, 2, 0))
         return {
             "shared": kept[1], "mix": mix,
             "first": first, "second": second, "stats1": stats1, "stats2": stats2,
