@@ -17,6 +17,7 @@
 
 using sam_hf_simd::exp16;
 using sam_hf_simd::lanes_below;
+using sam_hf_simd::store16;
 
 #include <algorithm>
 #include <cmath>
@@ -80,12 +81,6 @@ void pack_transposed(const float* src, int64_t rows, int64_t cols, int64_t ld, f
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < cols; ++c) dst[c * rows + r] = src[r * ld + c];
 }
-
-// Probabilities as the second product reads them: rounded to bf16, or fp32 as they are.
-inline void store_probs(BFloat16* p, __mmask16 lanes, __m512 e) {
-  _mm256_mask_storeu_epi16(p, lanes, (__m256i)_mm512_cvtneps_pbh(e));
-}
-inline void store_probs(float* p, __mmask16 lanes, __m512 e) { _mm512_mask_storeu_ps(p, lanes, e); }
 
 }  // namespace
 
@@ -225,7 +220,7 @@ torch::Tensor relpos_attention_typed(torch::Tensor query, torch::Tensor key, tor
                 vmax = _mm512_max_ps(vmax, x);
                 const __m512 e = exp16(_mm512_sub_ps(x, vref));
                 vsum = _mm512_add_ps(vsum, e);
-                store_probs(p + kr * width + c, static_cast<__mmask16>(0xFFFF), e);
+                store16(p + kr * width + c, static_cast<__mmask16>(0xFFFF), e);
               }
             }
             if (_mm512_reduce_max_ps(vmax) <= row_max[r] + kLazyRescaleMargin) {
@@ -279,7 +274,7 @@ torch::Tensor relpos_attention_typed(torch::Tensor query, torch::Tensor key, tor
             const __mmask16 lanes = lanes_below(n - c);
             const __m512 e = _mm512_maskz_mov_ps(lanes, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, s + c), vnew_max)));
             vsum = _mm512_add_ps(vsum, e);
-            store_probs(p + c, lanes, e);
+            store16(p + c, lanes, e);
           }
           if (n_pad > n) p[n] = T(0.0f);
           row_sum[r] = row_sum[r] * correction + _mm512_reduce_add_ps(vsum);
