@@ -1,4 +1,4 @@
-"""Stability, boxes, crop-edge filter and small-region removal against Meta's amg utils."""
+"""Stability, boxes, duplicate suppression, crop-edge filter and small-region removal against Meta's amg utils."""
 import numpy as np
 import pytest
 import torch
@@ -10,7 +10,9 @@ from sam_hf.generation.filters import (
     is_box_near_crop_edge,
     remove_small_regions,
     stability_score,
+    suppress_duplicates,
 )
+from sam_hf.generation.nms import batched_nms
 
 
 def _blobs(seed, b=8, h=24, w=20):
@@ -37,6 +39,55 @@ def test_boxes(seed):
     torch.testing.assert_close(batched_mask_to_box(masks.view(2, 4, 24, 20)), amg.batched_mask_to_box(masks.view(2, 4, 24, 20)))
     torch.testing.assert_close(batched_mask_to_box(masks[1]), amg.batched_mask_to_box(masks[1]))
     assert batched_mask_to_box(masks[:0]).shape == (0, 4)
+
+
+def _overlapping_boxes(seed, n=60):
+    g = torch.Generator().manual_seed(seed)
+    corners = torch.randint(0, 40, (n, 2), generator=g)
+    return torch.cat([corners, corners + torch.randint(20, 40, (n, 2), generator=g)], dim=1)  # (n, 4) XYXY, many overlaps
+
+
+def _box_iou(a, b):  # XYXY boxes, as torchvision (no +1)
+    inter = (torch.minimum(a[2:], b[2:]) - torch.maximum(a[:2], b[:2])).clamp(min=0).prod()
+    return float(inter / ((a[2:] - a[:2]).prod() + (b[2:] - b[:2]).prod() - inter))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_suppress_duplicates_fp32_is_metas_nms(seed):
+    g = torch.Generator().manual_seed(seed)
+    boxes = _overlapping_boxes(seed)
+    scores = torch.rand(60, generator=g).round(decimals=1)  # fp32 ties too: given order, as Meta's
+    stability = torch.rand(60, generator=g)
+    expected = batched_nms(boxes.float(), scores, torch.zeros(60), iou_threshold=0.5)
+    assert torch.equal(suppress_duplicates(boxes, scores, stability, 0.5), expected)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_suppress_duplicates_bf16_ties_by_stability(seed):
+    g = torch.Generator().manual_seed(seed)
+    boxes = _overlapping_boxes(seed)
+    scores = (0.5 + torch.rand(60, generator=g) / 8).bfloat16()  # about 16 distinct values: many ties
+    stability = torch.rand(60, generator=g)
+    stability[::7] = float("nan")
+    keep = suppress_duplicates(boxes, scores, stability, 0.5)
+    # the greedy NMS visiting (score, stability) in descending lexicographic order, brute force
+    key = torch.nan_to_num(stability, nan=-torch.inf)
+    order = sorted(range(60), key=lambda i: (-float(scores[i]), -float(key[i]), i))
+    kept = []
+    for i in order:
+        ious = [_box_iou(boxes[i], boxes[j]) for j in kept]
+        if all(iou <= 0.5 for iou in ious):
+            kept.append(i)
+    assert keep.tolist() == kept
+    assert len(torch.unique(scores)) < 30 and keep.tolist() != batched_nms(boxes.float(), scores.float(), torch.zeros(60), 0.5).tolist()
+
+
+def test_suppress_duplicates_bad_input():
+    boxes = _overlapping_boxes(0, n=3)
+    with pytest.raises(TypeError, match="iou_preds must be a floating-point tensor, got torch.int64"):
+        suppress_duplicates(boxes, torch.ones(3, dtype=torch.int64), torch.ones(3), 0.5)
+    with pytest.raises(ValueError, match=r"stability must be a tensor of iou_preds' shape \(3,\), got \(2,\)"):
+        suppress_duplicates(boxes, torch.ones(3), torch.ones(2), 0.5)
 
 
 def test_near_crop_edge_and_xywh():

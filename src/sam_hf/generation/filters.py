@@ -1,4 +1,4 @@
-"""Mask quality filters of automatic mask generation: stability, boxes, crop edges, small regions.
+"""Mask quality filters of automatic mask generation: stability, boxes, duplicates, crop edges, small regions.
 
 All but `remove_small_regions` run batched on the masks' device.
 """
@@ -12,6 +12,7 @@ import torch
 
 from ..processing.thresholds import count_true, greater
 from .crops import uncrop_boxes_xyxy
+from .nms import batched_nms
 
 
 def stability_score(mask_logits: torch.Tensor, mask_threshold: float, offset: float) -> torch.Tensor:
@@ -41,6 +42,30 @@ def batched_mask_to_box(masks: torch.Tensor) -> torch.Tensor:
     boxes = torch.stack([left, top, right, bottom], dim=-1)  # (..., 4)
     nonempty = rows.any(dim=-1, keepdim=True)  # (..., 1)
     return boxes * nonempty
+
+
+def suppress_duplicates(boxes: torch.Tensor, iou_preds: torch.Tensor, stability: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Meta's within-crop NMS: indices (int64) of the masks kept, by descending predicted IoU.
+
+    boxes (N, 4) XYXY, iou_preds (N,), stability (N,) their stability scores. fp32 predicted IoUs are
+    visited in Meta's order (equal ones in the given order). Predicted IoUs in a 16-bit float dtype are coarse
+    (bf16 keeps 8 significant bits: the 1,000 masks of a 32x32 grid on the shipped model share about 120
+    values), so masks of one object often tie; equal ones are visited by descending stability score, SAM's
+    other quality estimate of a mask, rather than by grid order (a NaN stability, an empty mask, last).
+    """
+    if not isinstance(iou_preds, torch.Tensor) or not iou_preds.is_floating_point():
+        got = iou_preds.dtype if isinstance(iou_preds, torch.Tensor) else type(iou_preds).__name__
+        raise TypeError(f"iou_preds must be a floating-point tensor, got {got}")
+    if not isinstance(stability, torch.Tensor) or stability.shape != iou_preds.shape:
+        got = tuple(stability.shape) if isinstance(stability, torch.Tensor) else type(stability).__name__
+        raise ValueError(f"stability must be a tensor of iou_preds' shape {tuple(iou_preds.shape)}, got {got}")
+    if torch.finfo(iou_preds.dtype).bits < 32:
+        key = torch.nan_to_num(stability.float(), nan=-torch.inf)
+        first = torch.sort(key, descending=True, stable=True).indices  # (N,) ties of the sort below in this order
+    else:
+        first = torch.arange(iou_preds.shape[0], device=iou_preds.device)
+    categories = torch.zeros(iou_preds.shape[0], dtype=torch.int64, device=iou_preds.device)
+    return first[batched_nms(boxes[first].float(), iou_preds[first], categories, iou_threshold)]
 
 
 def is_box_near_crop_edge(

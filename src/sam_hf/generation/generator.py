@@ -4,7 +4,8 @@ The steps are Meta's `SamAutomaticMaskGenerator`, with the same knobs, meanings 
 1. tile the image into crops (layer 0 is the whole image) and embed each crop once;
 2. prompt the decoder with batches of grid points (one positive point per prompt, 3 masks each);
 3. keep masks by predicted IoU, then by stability (on the upscaled logits), drop masks touching an
-   inner crop edge, NMS within the crop by predicted IoU;
+   inner crop edge, NMS within the crop by predicted IoU (in a 16-bit dtype, where masks of one object
+   often share a predicted IoU, equal ones by stability score: `filters.suppress_duplicates`);
 4. NMS across crops preferring smaller crops; optionally remove small holes/islands and NMS again.
 Reordered only where the result is the same: the predicted-IoU filter runs before upscaling (the
 decoder skips its own 4x mask upscaling for points with no mask above it), so only
@@ -23,7 +24,7 @@ import torch
 from ..processing.masks import upscale_and_crop
 from ..processing.thresholds import greater
 from .crops import generate_crop_boxes, uncrop_boxes_xyxy, uncrop_points
-from .filters import is_box_near_crop_edge, stability_score
+from .filters import is_box_near_crop_edge, stability_score, suppress_duplicates
 from .mask_data import MaskData
 from .nms import batched_nms, box_area
 from .options import GeneratorOptions
@@ -187,8 +188,8 @@ class SamHfAutomaticMaskGenerator:
             data.cat(batch)
         del embeddings, batches
 
-        # Duplicates within the crop, by predicted IoU; then back to the image frame.
-        keep = batched_nms(data["boxes"].float(), data["iou_preds"], torch.zeros(len(data)), iou_threshold=opts.box_nms_thresh)
+        # Duplicates within the crop, by predicted IoU (bf16 ties by stability); then back to the image frame.
+        keep = suppress_duplicates(data["boxes"], data["iou_preds"], data["stability_score"], opts.box_nms_thresh)
         data.filter(keep)
         data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box)
         data["points"] = uncrop_points(data["points"], crop_box)
