@@ -103,6 +103,68 @@ def test_per_head_form_matches_the_block_diagonal_product(module, threads, sides
         module.image_to_tokens(residual, tiles, pe, dense, bias, heads, values, norm_weight, norm_bias, 1e-6, out, None)
 
 
+@pytest.mark.parametrize(
+    "sides, prompts, channels, heads, tokens, length, dtype",
+    [
+        (1, 3, 256, 8, 7, 300, torch.float32),  # SAM's first pass: heads of 16 (a row's sums in one vector); partial last tile
+        (2, 4, 48, 4, 5, 70, torch.float32),  # heads of 6: the products' general form; two images
+        (1, 3, 256, 8, 7, 300, torch.bfloat16),  # bf16 image tokens: the factors stay fp32
+    ],
+)
+def test_factored_next_attention_matches_the_formed_tokens(module, threads, sides, prompts, channels, heads, tokens, length, dtype):
+    """`factored` (the first pass's next token -> image attention on the shared image side, from the pass's weights
+    and LayerNorm statistics) gives what that attention gives on the image tokens the pass forms."""
+    from sam_hf.configuration import SamHfMaskDecoderConfig
+
+    generator = torch.Generator().manual_seed(4)
+    config = SamHfMaskDecoderConfig(hidden_size=channels, num_attention_heads=heads, mlp_dim=64)
+    torch.manual_seed(4)
+    attention = decoder_attention.SamHfAttention(config, downsample_rate=2)
+    norm = torch.nn.LayerNorm(channels, eps=1e-6)
+    for parameter in (*attention.parameters(), *norm.parameters()):
+        torch.nn.init.normal_(parameter, std=0.5 if parameter.dim() == 1 else channels**-0.5, generator=generator)
+    attention.requires_grad_(False), norm.requires_grad_(False)
+    depth, n = attention.internal_dim, tokens * heads
+    residual, pe = torch.randn(sides, length, channels, generator=generator), torch.randn(length, channels, generator=generator)
+    tiles = decoder_attention.token_tiles(torch.randn(sides, length, depth, generator=generator))
+    keys = torch.randn(prompts, tokens, depth, generator=generator) / (depth // heads) ** 0.5
+    bias = torch.zeros(prompts, n)
+    bias[0, heads : 2 * heads] = float("-inf")  # prompt 0's token 1 is padding: no weight, no part in the factors
+    values = torch.randn(prompts, n, channels, generator=generator)
+    next_tokens = torch.randn(sides, prompts // sides, tokens, channels, generator=generator)
+    next_pe = torch.randn(sides, prompts // sides, tokens, channels, generator=generator)
+    # the reference: the formed tokens' attention in fp32, on the inputs as the dtype holds them
+    residual, pe, next_tokens, next_pe = (t.to(dtype).float() for t in (residual, pe, next_tokens, next_pe))
+    for parameter in (*attention.parameters(), *norm.parameters()):
+        parameter.copy_(parameter.to(dtype).float())
+    formed = torch.empty(prompts, length, channels)
+    mixed = module.image_to_tokens(residual, tiles, pe, keys, bias, heads, values, norm.weight, norm.bias, 1e-6, formed,
+                                   attention.folded_queries(next_tokens, next_pe))
+    expected = attention.attended_tokens(mixed, next_tokens.shape)
+
+    residual, pe, next_tokens, next_pe = (t.to(dtype) for t in (residual, pe, next_tokens, next_pe))
+    attention, norm = attention.to(dtype), norm.to(dtype)
+    operands = attention.factored_operands(None, residual[:, None], pe, norm, values, next_tokens, next_pe)
+    out = torch.empty(prompts, length, channels, dtype=dtype)
+    sums = module.image_to_tokens(residual, tiles, pe, keys, bias, heads, values, norm.weight.float(), norm.bias.float(), 1e-6, out,
+                                  factored=operands)
+    assert sums.shape == (prompts, heads * tokens, depth // heads + n + 1)
+    assert_close(out.float(), formed, rtol=2**-8 if dtype == torch.bfloat16 else 0.0, atol=2**-8 * float(formed.abs().max()) if dtype == torch.bfloat16 else 0.0)
+    got = attention.factored_values(sums, norm, values, next_tokens.shape)
+    assert got.dtype == dtype
+    scale = float(expected.abs().max())
+    if dtype == torch.float32:
+        assert_close(got, expected, rtol=1e-4, atol=1e-5 * scale)
+    else:  # the factors are fp32; the output projection is bf16
+        assert_close(got.float(), expected, rtol=0.0, atol=2**-7 * scale)
+    with pytest.raises(RuntimeError, match="next_queries and factored are two forms of one attention"):
+        module.image_to_tokens(residual, tiles, pe, keys, bias, heads, values, norm.weight.float(), norm.bias.float(), 1e-6, out,
+                               torch.zeros(prompts, 4, channels), factored=operands)
+    with pytest.raises(RuntimeError, match=r"factored mixing must be \(P, T' \* heads, N \+ 1\)"):
+        module.image_to_tokens(residual, tiles, pe, keys, bias, heads, values, norm.weight.float(), norm.bias.float(), 1e-6, out,
+                               factored=[*operands[:4], operands[4][..., 1:].contiguous()])
+
+
 def test_token_tiles_layout():
     rows = torch.arange(2 * 20 * 3, dtype=torch.float32).view(2, 20, 3)
     tiles = decoder_attention.token_tiles(rows)  # (2, 2, 3, 16)

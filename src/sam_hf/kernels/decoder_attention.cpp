@@ -137,38 +137,52 @@ void softmax_over_tokens_fast(float* row, const __m512* bias, int64_t n, int64_t
   for (int64_t i = 0; i < vectors; ++i) _mm512_mask_storeu_ps(row + 16 * i, lanes_below(n - 16 * i), _mm512_mul_ps(v[i], inverse));
 }
 
+// Where a tile's logits go: row t * t_stride + h * h_stride for token t and head h, rows `ld` floats apart (the tile's
+// 16 lanes at the row's start).
+struct TileRows {
+  int64_t t_stride, h_stride, ld;
+};
+
 // Logits of one tile of 16 image tokens against per-head keys, a chunk of kTokens tokens t0.. at a time: tile (D, 16),
-// D channel vectors of the 16 image tokens; keys (T, D), head h on columns [h*w, (h+1)*w); out (T*heads, 16), row
-// t*heads + h = bias (t, h) + a_h . k_(t,h) for the 16 image tokens. Only head h's w channels meet head h's keys.
+// D channel vectors of the 16 image tokens; keys (T, D), head h on columns [h*w, (h+1)*w); the row of (t, h) in
+// `out` (see TileRows) = bias (t, h) (zero without bias) + a_h . k_(t,h) for the 16 image tokens. Only head h's w
+// channels meet head h's keys.
 template <int kTokens>
-void head_logits_chunk(const float* tile, const float* keys, const float* bias, int64_t t0, int64_t heads, int64_t depth, float* out) {
+void head_logits_chunk(const float* tile, const float* keys, const float* bias, int64_t t0, int64_t heads, int64_t depth, float* out,
+                       TileRows layout) {
   const int64_t width = depth / heads;
   for (int64_t h = 0; h < heads; ++h) {
     __m512 acc[kTokens];
-    for (int t = 0; t < kTokens; ++t) acc[t] = _mm512_set1_ps(bias[(t0 + t) * heads + h]);
+    for (int t = 0; t < kTokens; ++t) acc[t] = bias == nullptr ? _mm512_setzero_ps() : _mm512_set1_ps(bias[(t0 + t) * heads + h]);
     for (int64_t c = h * width; c < (h + 1) * width; ++c) {
       const __m512 a = _mm512_loadu_ps(tile + c * 16);
       for (int t = 0; t < kTokens; ++t) acc[t] = _mm512_fmadd_ps(a, _mm512_set1_ps(keys[(t0 + t) * depth + c]), acc[t]);
     }
-    for (int t = 0; t < kTokens; ++t) _mm512_storeu_ps(out + ((t0 + t) * heads + h) * 16, acc[t]);
+    for (int t = 0; t < kTokens; ++t) _mm512_storeu_ps(out + ((t0 + t) * layout.t_stride + h * layout.h_stride) * layout.ld, acc[t]);
   }
 }
 
-// The logits of a tile for all T tokens (chunks of up to 8 held in registers), then each head's softmax over its T
-// tokens, lane by lane (-inf logits get weight exactly zero) -> out (T*heads, 16), rows (t, head).
-void head_softmax_tile(const float* tile, const float* keys, const float* bias, int64_t tokens, int64_t heads, int64_t depth, float* out) {
+// The logits of a tile for all T tokens, chunks of up to 8 held in registers.
+void head_logits(const float* tile, const float* keys, const float* bias, int64_t tokens, int64_t heads, int64_t depth, float* out,
+                 TileRows layout) {
   for (int64_t t0 = 0; t0 < tokens; t0 += 8) {
     switch (std::min<int64_t>(8, tokens - t0)) {
-      case 8: head_logits_chunk<8>(tile, keys, bias, t0, heads, depth, out); break;
-      case 7: head_logits_chunk<7>(tile, keys, bias, t0, heads, depth, out); break;
-      case 6: head_logits_chunk<6>(tile, keys, bias, t0, heads, depth, out); break;
-      case 5: head_logits_chunk<5>(tile, keys, bias, t0, heads, depth, out); break;
-      case 4: head_logits_chunk<4>(tile, keys, bias, t0, heads, depth, out); break;
-      case 3: head_logits_chunk<3>(tile, keys, bias, t0, heads, depth, out); break;
-      case 2: head_logits_chunk<2>(tile, keys, bias, t0, heads, depth, out); break;
-      default: head_logits_chunk<1>(tile, keys, bias, t0, heads, depth, out);
+      case 8: head_logits_chunk<8>(tile, keys, bias, t0, heads, depth, out, layout); break;
+      case 7: head_logits_chunk<7>(tile, keys, bias, t0, heads, depth, out, layout); break;
+      case 6: head_logits_chunk<6>(tile, keys, bias, t0, heads, depth, out, layout); break;
+      case 5: head_logits_chunk<5>(tile, keys, bias, t0, heads, depth, out, layout); break;
+      case 4: head_logits_chunk<4>(tile, keys, bias, t0, heads, depth, out, layout); break;
+      case 3: head_logits_chunk<3>(tile, keys, bias, t0, heads, depth, out, layout); break;
+      case 2: head_logits_chunk<2>(tile, keys, bias, t0, heads, depth, out, layout); break;
+      default: head_logits_chunk<1>(tile, keys, bias, t0, heads, depth, out, layout);
     }
   }
+}
+
+// The logits of a tile, rows (t, head), then each head's softmax over its T tokens, lane by lane (-inf logits get
+// weight exactly zero) -> out (T*heads, 16).
+void head_softmax_tile(const float* tile, const float* keys, const float* bias, int64_t tokens, int64_t heads, int64_t depth, float* out) {
+  head_logits(tile, keys, bias, tokens, heads, depth, out, TileRows{heads, 1, 16});
   for (int64_t h = 0; h < heads; ++h) softmax_lanes(out + h * 16, heads * 16, tokens, 0xFFFF, nullptr);
 }
 
@@ -351,6 +365,123 @@ class Attender {
   std::vector<BFloat16> rounded_probs_, values_;  // bf16 only
 };
 
+// out row t (16 values, row stride ldo) += sum_r p[t][r] values[r] over `rows` rows of 16 values (stride ldv), for
+// kCount rows t of weights p (row stride ldp), the sums held in registers.
+template <int kCount>
+void weighted_rows_chunk(const float* p, int64_t ldp, const float* values, int64_t ldv, int64_t rows, float* out, int64_t ldo) {
+  __m512 acc[kCount];
+  for (int t = 0; t < kCount; ++t) acc[t] = _mm512_loadu_ps(out + t * ldo);
+  for (int64_t r = 0; r < rows; ++r) {
+    const __m512 v = _mm512_loadu_ps(values + r * ldv);
+    for (int t = 0; t < kCount; ++t) acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(p[t * ldp + r]), v, acc[t]);
+  }
+  for (int t = 0; t < kCount; ++t) _mm512_storeu_ps(out + t * ldo, acc[t]);
+}
+
+void weighted_rows(int64_t count, const float* p, int64_t ldp, const float* values, int64_t ldv, int64_t rows, float* out, int64_t ldo) {
+  switch (count) {
+    case 8: return weighted_rows_chunk<8>(p, ldp, values, ldv, rows, out, ldo);
+    case 7: return weighted_rows_chunk<7>(p, ldp, values, ldv, rows, out, ldo);
+    case 6: return weighted_rows_chunk<6>(p, ldp, values, ldv, rows, out, ldo);
+    case 5: return weighted_rows_chunk<5>(p, ldp, values, ldv, rows, out, ldo);
+    case 4: return weighted_rows_chunk<4>(p, ldp, values, ldv, rows, out, ldo);
+    case 3: return weighted_rows_chunk<3>(p, ldp, values, ldv, rows, out, ldo);
+    case 2: return weighted_rows_chunk<2>(p, ldp, values, ldv, rows, out, ldo);
+    default: return weighted_rows_chunk<1>(p, ldp, values, ldv, rows, out, ldo);
+  }
+}
+
+// The first pass's next attention (tokens -> the new image tokens) in factored form, where the pass's residual is an
+// image side x shared by the prompts. Each new image token is y = r (z - mu) * g + b with z = x + sum_j u_j v_j (the
+// pass's softmax weights u over its N = T*heads value rows v_j, its LayerNorm's mean mu and 1 / std r, weight g, bias b),
+// so for the next attention's query row i = (h, t) (q_i: its head's query, Q_i = q_i W_k,h folded over C channels):
+//   logit_i(y + pe) = r (q_i . A_h + u . G_i - mu c_i) + q_i . E_h  (+ Q_i . b, the same for every image token)
+// with A = (x * g) W_k^T and E = pe W_k^T shared (per-head columns, D = C' wide), G_i,j = v_j . (g * Q_i), c_i = Q_i . g.
+// Its weighted sums, with p the softmax weights over image tokens, are kept as the factors of the value projection:
+//   sum p r B_h (B = (x * g) W_v^T, shared), sum p r [u, mu] (N + 1 wide)
+// from which the caller forms sum p y W_v,h^T exactly (`SamHfAttention.factored_values`). Per image token that is
+// about (2 w + 2 N) multiply-adds per query row instead of 2 C against the formed tokens (ViT-B: 144 vs 512).
+// Everything here is fp32, also next to bf16 image tokens.
+class FactoredAttender {
+ public:
+  FactoredAttender(int64_t tokens, int64_t heads, int64_t depth, int64_t rank)
+      : t_(tokens), heads_(heads), d_(depth), w_(depth / heads), n_(rank), m_(tokens * heads), width_(depth / heads + rank + 1),
+        logits_(m_ * kRows), positions_(m_ * kRows), mixed_(m_ * kRows), joined_(kRows * (rank + 1)), joined_t_((rank + 1) * kRows),
+        scale_(kRows) {}
+
+  // This prompt's queries q (T, D) and [G | -c] (M, N + 1), rows (h, t).
+  void set_prompt(const float* queries, const float* mixing) {
+    queries_ = queries;
+    mixing_ = mixing;
+  }
+
+  // One block of `rows` image tokens: their tiles of A and E ((ceil(rows/16), D, 16), as `token_tiles`), rows of B
+  // (rows, D), the pass's softmax weights u (rows, N) and LayerNorm statistics (rows, 2: mean, 1 / std).
+  void add_block(const float* a_tiles, const float* pe_tiles, const float* values, const float* weights, const float* stats, int64_t rows,
+                 Partial& state) {
+    const TileRows layout{1, t_, kRows};  // rows (h, t) of the block's logits, a column per image token
+    for (int64_t tile = 0; tile * 16 < rows; ++tile) {
+      head_logits(a_tiles + tile * d_ * 16, queries_, nullptr, t_, heads_, d_, logits_.data() + tile * 16, layout);
+      head_logits(pe_tiles + tile * d_ * 16, queries_, nullptr, t_, heads_, d_, positions_.data() + tile * 16, layout);
+    }
+    const int64_t k = n_ + 1;
+    for (int64_t r = 0; r < rows; ++r) {  // [u, mu] per image token, and 1 / std
+      std::copy(weights + r * n_, weights + (r + 1) * n_, joined_.data() + r * k);
+      joined_[r * k + n_] = stats[2 * r];
+      scale_[r] = stats[2 * r + 1];
+    }
+    transpose(joined_.data(), k, rows, k, joined_t_.data(), kRows);               // (N + 1, rows)
+    gemm(m_, rows, k, mixing_, k, joined_t_.data(), kRows, mixed_.data(), kRows, false);  // u . G_i - mu c_i: (M, rows)
+    for (int64_t i = 0; i < m_; ++i) {
+      float* l = logits_.data() + i * kRows;
+      const float* e = positions_.data() + i * kRows;
+      const float* g = mixed_.data() + i * kRows;
+      __m512 top = _mm512_set1_ps(state.top[i]);
+      for (int64_t r = 0; r < rows; r += 16) {
+        const __mmask16 lanes = lanes_below(rows - r);
+        const __m512 v = _mm512_fmadd_ps(_mm512_loadu_ps(scale_.data() + r), _mm512_add_ps(_mm512_loadu_ps(l + r), _mm512_loadu_ps(g + r)),
+                                         _mm512_loadu_ps(e + r));
+        _mm512_storeu_ps(l + r, v);
+        top = _mm512_mask_max_ps(top, lanes, top, v);
+      }
+      const float old = state.top[i], now = _mm512_reduce_max_ps(top);
+      const __m512 vnow = _mm512_set1_ps(now);
+      __m512 total = _mm512_setzero_ps();
+      for (int64_t r = 0; r < rows; r += 16) {  // the weights, then times 1 / std: the factors' weights
+        const __mmask16 lanes = lanes_below(rows - r);
+        const __m512 p = _mm512_maskz_mov_ps(lanes, exp16(_mm512_sub_ps(_mm512_loadu_ps(l + r), vnow)));
+        total = _mm512_add_ps(total, p);
+        _mm512_storeu_ps(l + r, _mm512_mul_ps(p, _mm512_loadu_ps(scale_.data() + r)));
+      }
+      const float factor = old == -kInf ? 0.0f : std::exp(old - now);
+      state.total[i] = state.total[i] * factor + _mm512_reduce_add_ps(total);
+      state.top[i] = now;
+      if (factor != 1.0f) {
+        float* acc = state.acc.data() + i * width_;
+        for (int64_t c = 0; c < width_; ++c) acc[c] *= factor;
+      }
+    }
+    if (w_ == 16) {  // sum p r B_h: a row's 16 values in one vector, up to 8 rows of a head at a time
+      for (int64_t h = 0; h < heads_; ++h)
+        for (int64_t t0 = 0; t0 < t_; t0 += 8)
+          weighted_rows(std::min<int64_t>(8, t_ - t0), logits_.data() + (h * t_ + t0) * kRows, kRows, values + h * 16, d_, rows,
+                        state.acc.data() + (h * t_ + t0) * width_, width_);
+    } else {
+      for (int64_t h = 0; h < heads_; ++h)
+        gemm(t_, w_, rows, logits_.data() + h * t_ * kRows, kRows, values + h * w_, d_, state.acc.data() + h * t_ * width_, width_, true);
+    }
+    gemm(m_, k, rows, logits_.data(), kRows, joined_.data(), k, state.acc.data() + w_, width_, true);  // sum p r [u, mu]
+  }
+
+  int64_t width() const { return width_; }
+
+ private:
+  int64_t t_, heads_, d_, w_, n_, m_, width_;
+  const float* queries_ = nullptr;
+  const float* mixing_ = nullptr;
+  std::vector<float> logits_, positions_, mixed_, joined_, joined_t_, scale_;
+};
+
 // Ranges of blocks per prompt: with fewer prompts than threads, each prompt's image tokens are split into
 // ranges whose partial softmax states are merged at the end.
 int64_t splits_for(int64_t prompts, int64_t blocks) {
@@ -413,20 +544,26 @@ std::optional<at::Tensor> image_to_tokens_typed(const at::Tensor& residual, cons
                                                 int64_t heads, const at::Tensor& values, const at::Tensor& norm_weight,
                                                 const at::Tensor& norm_bias, double eps, at::Tensor& out,
                                                 const std::optional<at::Tensor>& next_queries, T* weights_out, float* stats_out,
-                                                bool scale_weights) {
+                                                bool scale_weights, const std::vector<at::Tensor>& factored) {
   const int64_t sides = residual.size(0), length = residual.size(1), channels = residual.size(2);
   const bool tiled = logit_source && logit_source->dim() == 4;  // the per-head form
   const int64_t tiles = (length + 15) / 16;
   const int64_t prompts = logit_weight.size(0), n = tiled ? logit_weight.size(1) * heads : logit_weight.size(2);
   const int64_t depth = logit_source ? logit_source->size(2) : channels;
-  const int64_t m = next_queries ? next_queries->size(1) : 0;
+  const int64_t m = next_queries ? next_queries->size(1) : factored.empty() ? 0 : factored[4].size(1);
+  // the factored next attention (FactoredAttender): A and E tiles, B rows, queries, [G | -c]
+  const float* next_a = factored.empty() ? nullptr : factored[0].data_ptr<float>();
+  const float* next_pe = factored.empty() ? nullptr : factored[1].data_ptr<float>();
+  const float* next_values = factored.empty() ? nullptr : factored[2].data_ptr<float>();
+  const int64_t next_tokens = factored.empty() ? 0 : factored[3].size(1), next_depth = factored.empty() ? 0 : factored[3].size(2);
+  const int64_t width = factored.empty() ? channels : next_depth / heads + n + 1;
   const int64_t per_side = prompts / sides, blocks = (length + kRows - 1) / kRows, tokens = n / heads;
   const int64_t splits = splits_for(prompts, blocks), per_split = (blocks + splits - 1) / splits;
   const int64_t n_even = n + (n & 1);  // bf16: the update product's K, padded to even
   std::vector<Partial> partials;
-  if (next_queries) {
+  if (m > 0) {
     partials.reserve(prompts * splits);
-    for (int64_t i = 0; i < prompts * splits; ++i) partials.emplace_back(m, channels);
+    for (int64_t i = 0; i < prompts * splits; ++i) partials.emplace_back(m, width);
   }
   const T* res = residual.data_ptr<T>();
   const float* source = logit_source ? logit_source->data_ptr<float>() : nullptr;
@@ -441,6 +578,9 @@ std::optional<at::Tensor> image_to_tokens_typed(const at::Tensor& residual, cons
         packed_logit_weight(kBf16<T> && !tiled ? depth * n : 0);
     std::optional<Attender<T>> attender;
     if (next_queries) attender.emplace(m, channels, channels);
+    std::optional<FactoredAttender> factored_attender;
+    std::vector<float> block_stats(factored.empty() ? 0 : 2 * kRows);
+    if (!factored.empty()) factored_attender.emplace(next_tokens, heads, next_depth, n);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t p = item / splits, split = item % splits, side = p / per_side;
       const float* b = logit_bias.data_ptr<float>() + p * n;
@@ -455,6 +595,8 @@ std::optional<at::Tensor> image_to_tokens_typed(const at::Tensor& residual, cons
       if (fast)
         for (int64_t i = 0; i < (n + 15) / 16; ++i) bias[i] = _mm512_maskz_loadu_ps(lanes_below(n - 16 * i), b + 16 * i);
       if (attender) attender->set_queries(next_queries->data_ptr<float>() + p * m * channels, channels);
+      if (factored_attender)
+        factored_attender->set_prompt(factored[3].data_ptr<float>() + p * next_tokens * next_depth, factored[4].data_ptr<float>() + p * m * (n + 1));
       for (int64_t block = split * per_split; block < std::min(blocks, (split + 1) * per_split); ++block) {
         const int64_t row0 = block * kRows, rows = std::min(kRows, length - row0);
         const T* x = res + (side * length + row0) * channels;
@@ -487,18 +629,22 @@ std::optional<at::Tensor> image_to_tokens_typed(const at::Tensor& residual, cons
           gemm(rows, channels, n, logits.data(), n, prompt_values, channels, update.data(), channels, false);
         }
         T* y = dst + (p * length + row0) * channels;  // may be x itself: each row is read before it is written
+        float* row_stats = stats_out != nullptr ? stats_out + (p * length + row0) * 2 : factored_attender ? block_stats.data() : nullptr;
         residual_layer_norm_rows(update.data(), x, norm_weight.data_ptr<float>(), norm_bias.data_ptr<float>(), feps, y, rows, channels,
-                                 stats_out == nullptr ? nullptr : stats_out + (p * length + row0) * 2);
+                                 row_stats);
         if (weights_out != nullptr)  // the fp32 softmax weights (times the row's 1 / std), rounded once in bf16
           record_weights(logits.data(), rows, n, scale_weights ? stats_out + (p * length + row0) * 2 : nullptr,
                          weights_out + (p * length + row0) * n);
         if (attender) attender->add_block(y, channels, pos + row0 * channels, y, channels, rows, partials[item]);
+        if (factored_attender)
+          factored_attender->add_block(next_a + (side * tiles + row0 / 16) * next_depth * 16, next_pe + (row0 / 16) * next_depth * 16,
+                                       next_values + (side * length + row0) * next_depth, logits.data(), row_stats, rows, partials[item]);
       }
     }
     if constexpr (kBf16<T>) release(weights.data());
   });
-  if (!next_queries) return std::nullopt;
-  return merge(partials, prompts, splits, m, channels, out.options().dtype(at::kFloat));
+  if (m == 0) return std::nullopt;
+  return merge(partials, prompts, splits, m, width, out.options().dtype(at::kFloat));
 }
 
 // residual (S, L, C); logit_source (S, L, D) or none (then a = residual + pe, D = C); pe (L, C); logit_weight
@@ -509,6 +655,9 @@ std::optional<at::Tensor> image_to_tokens_typed(const at::Tensor& residual, cons
 // (the block-diagonal product, heads times fewer multiply-adds than the dense (D, N) form).
 // With next_queries (P, M, C): also the next attention of those query rows to the new image tokens, as
 // `tokens_to_image(next_queries, out, pe)`, in the same pass while each block of `out` is in cache -> (P, M, C) fp32.
+// With `factored` [A tiles (S, ceil(L/16), D', 16), E tiles (ceil(L/16), D', 16), B rows (S, L, D'), queries (P, T', D'),
+// mixing (P, M, N + 1)] instead: that attention in factored form (FactoredAttender; M = T' * heads rows (h, t)) ->
+// (P, M, D' / heads + N + 1) fp32, per row its weighted sums of r B_h, r u and r mu.
 // residual, pe and out: the image tokens' dtype, fp32 or bf16 (then C even and no 3-D logit_source); the rest fp32.
 // With weights_out (P, L, N) in the image tokens' dtype and stats_out (P, L, 2) fp32: each image token's softmax
 // weights (from fp32, rounded once in bf16), times its LayerNorm's 1 / std with `scale_weights` (which needs
@@ -519,7 +668,8 @@ std::optional<at::Tensor> image_to_tokens(const at::Tensor& residual, const std:
                                           int64_t heads, const at::Tensor& values, const at::Tensor& norm_weight,
                                           const at::Tensor& norm_bias, double eps, at::Tensor& out,
                                           const std::optional<at::Tensor>& next_queries, const std::optional<at::Tensor>& weights_out,
-                                          const std::optional<at::Tensor>& stats_out, bool scale_weights) {
+                                          const std::optional<at::Tensor>& stats_out, bool scale_weights,
+                                          const std::optional<std::vector<at::Tensor>>& factored) {
   const at::ScalarType dtype = token_dtype(residual, "residual");
   check_dense(residual, "decoder_attention", "residual", 3, dtype);
   check_dense(pe, "decoder_attention", "pe", 2, dtype);
@@ -558,6 +708,25 @@ std::optional<at::Tensor> image_to_tokens(const at::Tensor& residual, const std:
     check_float(*next_queries, "decoder_attention", "next_queries", 3);
     TORCH_CHECK(next_queries->size(0) == prompts && next_queries->size(2) == channels, "decoder_attention: next_queries must be (P, M, C)");
   }
+  std::vector<at::Tensor> next;  // the factored next attention's operands, checked
+  if (factored) {
+    TORCH_CHECK(!next_queries, "decoder_attention: next_queries and factored are two forms of one attention: give one");
+    TORCH_CHECK(factored->size() == 5, "decoder_attention: factored must hold 5 tensors (A tiles, E tiles, B rows, queries, mixing)");
+    const char* names[5] = {"factored A tiles", "factored E tiles", "factored B rows", "factored queries", "factored mixing"};
+    const int64_t dims[5] = {4, 3, 3, 3, 3};
+    for (int i = 0; i < 5; ++i) check_float((*factored)[i], "decoder_attention", names[i], dims[i]);
+    const at::Tensor &a = (*factored)[0], &e = (*factored)[1], &b = (*factored)[2], &q = (*factored)[3], &g = (*factored)[4];
+    const int64_t next_depth = q.size(2);
+    TORCH_CHECK(next_depth % heads == 0, "decoder_attention: the factored queries' D must be a multiple of heads");
+    TORCH_CHECK(a.size(0) == sides && a.size(1) == tiles && a.size(2) == next_depth && a.size(3) == 16,
+                "decoder_attention: factored A tiles must be (S, ceil(L/16), D, 16)");
+    TORCH_CHECK(e.size(0) == tiles && e.size(1) == next_depth && e.size(2) == 16, "decoder_attention: factored E tiles must be (ceil(L/16), D, 16)");
+    TORCH_CHECK(b.size(0) == sides && b.size(1) == length && b.size(2) == next_depth, "decoder_attention: factored B rows must be (S, L, D)");
+    TORCH_CHECK(q.size(0) == prompts, "decoder_attention: factored queries must be (P, T', D)");
+    TORCH_CHECK(g.size(0) == prompts && g.size(1) == q.size(1) * heads && g.size(2) == n + 1,
+                "decoder_attention: factored mixing must be (P, T' * heads, N + 1)");
+    next = *factored;
+  }
   float* stats_ptr = nullptr;
   if (weights_out) {
     check_dense(*weights_out, "decoder_attention", "weights_out", 3, dtype);
@@ -574,9 +743,9 @@ std::optional<at::Tensor> image_to_tokens(const at::Tensor& residual, const std:
   if (dtype == at::kBFloat16)
     return image_to_tokens_typed<BFloat16>(residual, logit_source, pe, logit_weight, logit_bias, heads, values, norm_weight, norm_bias, eps,
                                            out, next_queries, weights_out ? weights_out->data_ptr<BFloat16>() : nullptr, stats_ptr,
-                                           scale_weights);
+                                           scale_weights, next);
   return image_to_tokens_typed<float>(residual, logit_source, pe, logit_weight, logit_bias, heads, values, norm_weight, norm_bias, eps, out,
-                                      next_queries, weights_out ? weights_out->data_ptr<float>() : nullptr, stats_ptr, scale_weights);
+                                      next_queries, weights_out ? weights_out->data_ptr<float>() : nullptr, stats_ptr, scale_weights, next);
 }
 
 template <typename T>
@@ -691,7 +860,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
              pybind11::arg("logit_bias"), pybind11::arg("heads"), pybind11::arg("values"), pybind11::arg("norm_weight"),
              pybind11::arg("norm_bias"), pybind11::arg("eps"), pybind11::arg("out"), pybind11::arg("next_queries") = pybind11::none(),
              pybind11::arg("weights_out") = pybind11::none(), pybind11::arg("stats_out") = pybind11::none(),
-             pybind11::arg("scale_weights") = false);
+             pybind11::arg("scale_weights") = false, pybind11::arg("factored") = pybind11::none());
   module.def("head_attention", &head_attention, "query rows attend per head to projected image tokens they share (flash-style)",
              pybind11::arg("queries"), pybind11::arg("keys"), pybind11::arg("values"));
   module.def("tokens_to_image", &tokens_to_image, "a prompt's folded query rows attend to its image tokens (flash-style)",

@@ -338,8 +338,56 @@ class SamHfAttention(nn.Module):
         out = self._value_heads(mixed.view(batch * prompts, self.num_heads, length, -1)).view(batch, prompts, length, self.internal_dim)
         return self.out_proj(out + self.v_proj.bias)
 
+    def factored_operands(self, cache: dict | None, image: torch.Tensor, image_pe: torch.Tensor, norm: nn.LayerNorm, values: torch.Tensor,
+                          tokens: torch.Tensor, token_pe: torch.Tensor) -> list[torch.Tensor]:
+        """This token -> image attention's operands for the compiled kernel's factored form (`factored` of
+        `image_to_tokens`; see `FactoredAttender` in kernels/decoder_attention.cpp), where the image tokens it attends to
+        are `norm(x + sum_j u_j values_j)` of a shared image side x (B, 1, HW, C) that the same kernel pass forms:
+        values (B*P, N, C) fp32, that pass's value rows (t, h); tokens, token_pe (B, P, T, C) its queries' tokens.
+        -> [A tiles (B, ceil(HW/16), C', 16), E tiles (ceil(HW/16), C', 16), B rows (B, HW, C'), queries (B*P, T, C'),
+        mixing (B*P, h*T, N + 1)], all fp32: A = (x * g) W_k^T, E = pe W_k^T and B = (x * g) W_v^T are shared (cached for
+        the call), and row (h, t) of the mixing is [v_j . (g * Q_(h,t)) for each j, -Q_(h,t) . g] with Q = q_h W_k,h."""
+        batch, prompts, length, _ = tokens.shape
+        q = self.project(self.q_proj, tokens + token_pe) * self.scale  # (B, P, T, C')
+        folded = self._folded_queries(q).float()  # (B*P, h*T, C), rows (h, t)
+        gain = norm.weight.float()
+        mixing = torch.cat([torch.bmm(folded * gain, values.transpose(1, 2)), -(folded @ gain)[..., None]], dim=-1)
+        return [*self._factored_shared(cache, image, image_pe, gain), q.reshape(batch * prompts, length, -1).float().contiguous(),
+                mixing.contiguous()]
+
+    def _factored_shared(self, cache: dict | None, image: torch.Tensor, image_pe: torch.Tensor, gain: torch.Tensor):
+        """A tiles, E tiles and B rows of `factored_operands` for the image side (B, 1, HW, C), cached with it."""
+        key = (id(self), "factored")
+        entry = None if cache is None else cache.get(key)
+        if entry is None or entry[0] is not image:  # products in the image's dtype (bf16: at the bf16 rate), kept in fp32
+            width = self.internal_dim
+            weight = torch.cat([self.k_proj.weight, self.v_proj.weight]).float() * gain  # (2 C', C): (x * g) W^T = x (W * g)^T
+            both = (image[:, 0] @ weight.t().to(image.dtype)).float()  # (B, HW, 2 C')
+            positions = (image_pe @ self.k_proj.weight.t().to(image_pe.dtype)).float()  # (HW, C')
+            shared = (token_tiles(both[..., :width]), token_tiles(positions[None])[0], both[..., width:].contiguous())
+            entry = (image, shared)
+            if cache is not None:
+                cache[key] = entry
+        return entry[1]
+
+    def factored_values(self, sums: torch.Tensor, norm: nn.LayerNorm, values: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """The kernel's factored sums (B*P, h*T, d + N + 1) (`factored_operands`) -> this attention's output (B, P, T, C)
+        for tokens of `shape`: per row (h, t) with weights p over the image tokens y = r (z - mu) * g + b,
+        sum p y W_v,h^T = sum p r B_h + (sum p r u) (v (g * W_v,h)^T) - (sum p r mu) g W_v,h^T + b W_v,h^T (the weights
+        summing to one), then b_v and out_proj."""
+        batch, prompts, length, _ = shape
+        heads, width, rank = self.num_heads, self.internal_dim // self.num_heads, values.shape[1]
+        weight_v, gain, bias = self.v_proj.weight.float(), norm.weight.float(), norm.bias.float()
+        by_values = ((values * gain).flatten(0, 1) @ weight_v.t()).view(-1, rank, heads, width)  # (B*P, N, h, d): v (g * W_v)^T
+        weighted = sums[..., width:width + rank].reshape(-1, heads, length, rank)  # (B*P, h, T, N)
+        mixed = sums[..., :width].view(-1, heads, length, width) + torch.matmul(weighted, by_values.permute(0, 2, 1, 3))
+        mixed = mixed - sums[..., width + rank].view(-1, heads, length, 1) * (gain @ weight_v.t()).view(heads, 1, width)
+        mixed = mixed + (bias @ weight_v.t()).view(heads, 1, width)  # (B*P, h, T, d)
+        out = mixed.permute(0, 2, 1, 3).reshape(batch, prompts, length, self.internal_dim).to(self.v_proj.weight.dtype)
+        return self.out_proj(out + self.v_proj.bias)
+
     def normed_image_to_tokens(self, module, image, image_pe, tokens, token_pe, token_mask, norm: nn.LayerNorm, route: str, cache, out=None,
-                               next_queries=None, record: list | None = None):
+                               next_queries=None, record: list | None = None, factored_next: tuple | None = None):
         """`norm(image_to_tokens(...))` (B, P, HW, C) by the compiled kernel `module` (see `decoder_kernel`), written
         into `out` when given (which may be `image` itself where P' = P). Per image token x the kernel forms the
         logits a . w_(t,h) + b_(t,h), softmaxes each head's T tokens, adds sum_(t,h) w v_(t,h) to x and normalises,
@@ -348,7 +396,9 @@ class SamHfAttention(nn.Module):
         (zero elsewhere); on the others a = x + pe, w_(t,h) = k_(t,h) W_q,h and b_(t,h) = k_(t,h) . b_q,h.
         `next_queries` (B*P, M, C), a token -> image attention's `folded_queries`: that attention to the new image
         tokens runs in the same pass, while each block of them is in cache. Returns the new image tokens and, with
-        `next_queries`, that attention's weighted sums of them (B*P, M, C), else None. With `record` (a list): appends
+        `next_queries`, that attention's weighted sums of them (B*P, M, C), else None. `factored_next` (attention,
+        tokens, token_pe) instead, on a shared image side: that attention in factored form (`factored_operands`), whose
+        output (B, P, T, C) is returned in place of the sums. With `record` (a list): appends
         this attention's softmax weights per image token (B*P, HW, h*T) in the image tokens' dtype (from fp32, rounded once;
         the first recorded attention's times each token's LayerNorm 1 / std), that LayerNorm's mean and 1 / std (B*P, HW,
         2) in fp32, and the tokens' value projections (B*P, T, C'), for the folded mask upscaling
@@ -380,12 +430,19 @@ class SamHfAttention(nn.Module):
             weights_out = workspace(f"decoder_fold_weights{len(record)}", (*count, length * heads), dtype=image.dtype, device=image.device)
             stats_out = workspace(f"decoder_fold_stats{len(record)}", (*count, 2), dtype=torch.float32, device=image.device)
         values = values.float().contiguous()
+        factored = None
+        if factored_next is not None:
+            attention, next_tokens, next_pe = factored_next
+            factored = attention.factored_operands(cache, image, image_pe, norm, values, next_tokens, next_pe)
         # the image tokens in their dtype (fp32 or bf16), the small per-prompt operands in fp32 (the kernel rounds them)
         mixed = module.image_to_tokens(residual.contiguous(), source, image_pe.contiguous(), weight.float().contiguous(),
                                        bias.reshape(batch * prompts, -1).float().contiguous(), heads, values,
                                        norm.weight.float().contiguous(), norm.bias.float().contiguous(), norm.eps, flat_out,
                                        None if next_queries is None else next_queries.float().contiguous(), weights_out, stats_out,
-                                       record is not None and not record)  # the first recorded block's weights times r1
+                                       record is not None and not record,  # the first recorded block's weights times r1
+                                       factored)
+        if factored is not None:
+            mixed = attention.factored_values(mixed, norm, values, next_tokens.shape)
         if record is not None:
             record.append((weights_out, stats_out, projected.reshape(batch * prompts, length, self.internal_dim)))
         return flat_out.view(batch, prompts, tokens_hw, channels), mixed

@@ -153,11 +153,14 @@ class SamHfTwoWayTransformer(nn.Module):
                 rows = attention = None
             route = SamHfAttention.route(keys, queries.shape[1], cache, fold)
             buffer = SamHfAttention.scratch(cache, "decoder_image_tokens", (*queries.shape[:2], *keys.shape[2:]), keys, queries)
+            # the next block's token -> image attention on a shared image side: factored (FactoredAttender), its output
+            factored = following is not None and route == "shared" and keys.shape[1] == 1
             keys, mixed = layer.cross_attn_image_to_token.normed_image_to_tokens(
                 module, keys, image_pe, queries, tokens, token_mask, layer.layer_norm4, route, cache, out=buffer,
-                next_queries=None if rows is None else attention.folded_queries(rows, rows_pe), record=record)
+                next_queries=None if rows is None or factored else attention.folded_queries(rows, rows_pe), record=record,
+                factored_next=(attention, rows, rows_pe) if factored else None)
             if following is not None:
-                queries = following.token_update(rows, attention.attended_tokens(mixed, rows.shape))
+                queries = following.token_update(rows, mixed if factored else attention.attended_tokens(mixed, rows.shape))
             elif rows is not None:
                 final = (self.layer_norm_final_attn(rows + attention.attended_tokens(mixed, rows.shape)), None)
         if record is not None:
