@@ -165,6 +165,65 @@ def test_factored_next_attention_matches_the_formed_tokens(module, threads, side
                                factored=[*operands[:4], operands[4][..., 1:].contiguous()])
 
 
+@pytest.mark.parametrize(
+    "sides, prompts, channels, heads, tokens, length",
+    [
+        (1, 3, 256, 8, 7, 300),  # SAM's second pass on the first one's records; a partial last tile
+        (2, 4, 48, 4, 5, 70),  # any head count and width, two images
+    ],
+)
+def test_factored_source_matches_the_formed_tokens(module, threads, sides, prompts, channels, heads, tokens, length):
+    """`source_factors` (the second pass's logits from the first pass's records on a shared image side) gives the
+    second pass that the formed image tokens give, in fp32."""
+    from sam_hf.configuration import SamHfMaskDecoderConfig
+
+    generator = torch.Generator().manual_seed(5)
+    config = SamHfMaskDecoderConfig(hidden_size=channels, num_attention_heads=heads, mlp_dim=64)
+    torch.manual_seed(5)
+    first, second = (decoder_attention.SamHfAttention(config, downsample_rate=2) for _ in range(2))
+    norms = [torch.nn.LayerNorm(channels, eps=1e-6) for _ in range(2)]
+    modules = (first, second, *norms)
+    for parameter in (p for m in modules for p in m.parameters()):
+        torch.nn.init.normal_(parameter, std=0.5 if parameter.dim() == 1 else channels**-0.5, generator=generator)
+        parameter.requires_grad_(False)
+    depth, n = first.internal_dim, tokens * heads
+    image, pe = torch.randn(sides, length, channels, generator=generator), torch.randn(length, channels, generator=generator)
+    token_rows = torch.randn(sides, prompts // sides, tokens, channels, generator=generator)
+    token_pe = torch.randn(sides, prompts // sides, tokens, channels, generator=generator)
+    mask = torch.ones(sides, prompts // sides, tokens, dtype=torch.bool)
+    mask[0, 0, 1] = False  # prompt 0's token 1 is padding in both passes
+
+    # the first pass, recorded: the image's tokens attend to the tokens (its per-head form on a random query source)
+    first_keys = first.project(first.k_proj, token_rows + token_pe) * first.scale
+    bias = torch.zeros(prompts, tokens, heads).masked_fill(~mask.reshape(prompts, tokens, 1), float("-inf")).reshape(prompts, n)
+    projected = first.v_proj(token_rows)
+    weights, stats = torch.empty(prompts, length, n), torch.empty(prompts, length, 2)
+    formed = torch.empty(prompts, length, channels)
+    module.image_to_tokens(image, decoder_attention.token_tiles(torch.randn(sides, length, depth, generator=generator)), pe,
+                           first_keys.reshape(prompts, tokens, depth), bias, heads, first.value_rows(projected), norms[0].weight,
+                           norms[0].bias, 1e-6, formed, None, weights, stats, True)
+    record = (first, norms[0], (weights, stats, projected.reshape(prompts, tokens, depth)))
+
+    # the second pass on the formed tokens (the dense form, x + pe), and on the first pass's factors
+    keys = second.project(second.k_proj, token_rows + token_pe) * second.scale  # (S, P/S, T, C')
+    folded = second._per_head_product(keys, second.q_proj.weight).view(prompts, heads, tokens, channels)
+    dense = folded.permute(0, 3, 2, 1).reshape(prompts, channels, n)  # columns (t, h)
+    dense_bias = (keys.reshape(prompts, tokens, heads, -1) * second.q_proj.bias.view(heads, -1)).sum(-1)
+    dense_bias = dense_bias.masked_fill(~mask.reshape(prompts, tokens, 1), float("-inf")).reshape(prompts, n)
+    values = second.value_rows(second.v_proj(token_rows))
+    expected = torch.empty(prompts, length, channels)
+    module.image_to_tokens(formed, None, pe, dense, dense_bias, heads, values, norms[1].weight, norms[1].bias, 1e-6, expected)
+    operands, source_bias = second.source_operands(None, image[:, None], pe, record, keys)
+    source_bias = source_bias.masked_fill(~mask.reshape(prompts, tokens, 1), float("-inf")).reshape(prompts, n)
+    out = torch.empty(prompts, length, channels)
+    module.image_to_tokens(formed, None, pe, keys.reshape(prompts, tokens, depth), source_bias, heads, values, norms[1].weight,
+                           norms[1].bias, 1e-6, out, source_factors=operands)
+    assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(RuntimeError, match=r"source mixing must be \(P, N' \+ 1, N\)"):
+        module.image_to_tokens(formed, None, pe, keys.reshape(prompts, tokens, depth), source_bias, heads, values, norms[1].weight,
+                               norms[1].bias, 1e-6, out, source_factors=[*operands[:4], operands[4][:, 1:].contiguous()])
+
+
 def test_token_tiles_layout():
     rows = torch.arange(2 * 20 * 3, dtype=torch.float32).view(2, 20, 3)
     tiles = decoder_attention.token_tiles(rows)  # (2, 2, 3, 16)

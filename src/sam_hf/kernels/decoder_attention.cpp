@@ -544,12 +544,20 @@ std::optional<at::Tensor> image_to_tokens_typed(const at::Tensor& residual, cons
                                                 int64_t heads, const at::Tensor& values, const at::Tensor& norm_weight,
                                                 const at::Tensor& norm_bias, double eps, at::Tensor& out,
                                                 const std::optional<at::Tensor>& next_queries, T* weights_out, float* stats_out,
-                                                bool scale_weights, const std::vector<at::Tensor>& factored) {
+                                                bool scale_weights, const std::vector<at::Tensor>& factored,
+                                                const std::vector<at::Tensor>& source_factors) {
   const int64_t sides = residual.size(0), length = residual.size(1), channels = residual.size(2);
-  const bool tiled = logit_source && logit_source->dim() == 4;  // the per-head form
+  const bool factored_source = !source_factors.empty();  // the logits from the factors of the residual (see image_to_tokens)
+  const bool tiled = (logit_source && logit_source->dim() == 4) || factored_source;  // the per-head form
   const int64_t tiles = (length + 15) / 16;
   const int64_t prompts = logit_weight.size(0), n = tiled ? logit_weight.size(1) * heads : logit_weight.size(2);
-  const int64_t depth = logit_source ? logit_source->size(2) : channels;
+  const int64_t depth = factored_source ? source_factors[0].size(2) : logit_source ? logit_source->size(2) : channels;
+  const float* source_a = factored_source ? source_factors[0].data_ptr<float>() : nullptr;
+  const float* source_e = factored_source ? source_factors[1].data_ptr<float>() : nullptr;
+  const T* source_weights = factored_source ? source_factors[2].data_ptr<T>() : nullptr;
+  const float* source_stats = factored_source ? source_factors[3].data_ptr<float>() : nullptr;
+  const int64_t source_rank = factored_source ? source_factors[2].size(2) : 0, source_k = source_rank + 1;
+  const int64_t source_per_side = factored_source ? prompts / source_factors[0].size(0) : 1;  // prompts per shared image side
   const int64_t m = next_queries ? next_queries->size(1) : factored.empty() ? 0 : factored[4].size(1);
   // the factored next attention (FactoredAttender): A and E tiles, B rows, queries, [G | -c]
   const float* next_a = factored.empty() ? nullptr : factored[0].data_ptr<float>();
@@ -573,6 +581,9 @@ std::optional<at::Tensor> image_to_tokens_typed(const at::Tensor& residual, cons
   at::parallel_for(0, prompts * splits, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> a_rows(source ? 0 : kRows * channels);
     std::vector<float> logits(kRows * n), update(kRows * channels), tile_logits(tiled ? 16 * n : 0);
+    // factored source: the block's factors [r u, r mu] (rows, K), their 1 / std, and a tile's positional logits
+    std::vector<float> factors(factored_source ? kRows * source_k : 0), scales(factored_source ? kRows : 0),
+        tile_positions(factored_source ? 16 * n : 0);
     // bf16: the block's weights rounded (rows, n_even), and the prompt's values and (per_prompt form) logit weights in VNNI form
     std::vector<BFloat16> weights(kBf16<T> ? kRows * n_even : 0), packed_values(kBf16<T> ? n_even * channels : 0),
         packed_logit_weight(kBf16<T> && !tiled ? depth * n : 0);
@@ -601,7 +612,36 @@ std::optional<at::Tensor> image_to_tokens_typed(const at::Tensor& residual, cons
         const int64_t row0 = block * kRows, rows = std::min(kRows, length - row0);
         const T* x = res + (side * length + row0) * channels;
         // the block's weights (rows, N): softmaxed logits, rows (t, head)
-        if (tiled) {  // tile by tile (kRows is a multiple of 16), each tile's weights transposed into its rows
+        if (factored_source) {  // r (a_h . k) + a_pe,h . k per tile, transposed into the rows, then + [r u, r mu] . G, softmax
+          const T* w = source_weights + (p * length + row0) * source_rank;
+          const float* st = source_stats + (p * length + row0) * 2;
+          for (int64_t r = 0; r < rows; ++r) {
+            for (int64_t c = 0; c < source_rank; c += 16) {
+              const __mmask16 lanes = lanes_below(source_rank - c);
+              _mm512_mask_storeu_ps(factors.data() + r * source_k + c, lanes, load16(w + r * source_rank + c, lanes));
+            }
+            factors[r * source_k + source_rank] = st[2 * r] * st[2 * r + 1];
+            scales[r] = st[2 * r + 1];
+          }
+          for (int64_t tile = 0; tile * 16 < rows; ++tile) {
+            const TileRows layout{heads, 1, 16};
+            head_logits(source_a + (p / source_per_side * tiles + row0 / 16 + tile) * depth * 16, prompt_logit_weight, nullptr, tokens, heads, depth,
+                        tile_logits.data(), layout);
+            head_logits(source_e + (row0 / 16 + tile) * depth * 16, prompt_logit_weight, nullptr, tokens, heads, depth,
+                        tile_positions.data(), layout);
+            const __m512 scale = _mm512_maskz_loadu_ps(lanes_below(rows - tile * 16), scales.data() + tile * 16);
+            for (int64_t j = 0; j < n; ++j)
+              _mm512_storeu_ps(tile_logits.data() + j * 16, _mm512_fmadd_ps(_mm512_loadu_ps(tile_logits.data() + j * 16), scale,
+                                                                             _mm512_loadu_ps(tile_positions.data() + j * 16)));
+            transpose(tile_logits.data(), 16, n, 16, logits.data() + tile * 16 * n, n);
+          }
+          gemm(rows, n, source_k, factors.data(), source_k, source_factors[4].data_ptr<float>() + p * source_k * n, n, logits.data(), n, true);
+          if (fast) {
+            for (int64_t r = 0; r < rows; ++r) softmax_over_tokens_fast(logits.data() + r * n, bias, n, heads);
+          } else {
+            for (int64_t r = 0; r < rows; ++r) softmax_over_tokens(logits.data() + r * n, b, tokens, heads);
+          }
+        } else if (tiled) {  // tile by tile (kRows is a multiple of 16), each tile's weights transposed into its rows
           for (int64_t tile = 0; tile * 16 < rows; ++tile) {
             head_softmax_tile(source + (side * tiles + row0 / 16 + tile) * depth * 16, prompt_logit_weight, b, tokens, heads, depth,
                               tile_logits.data());
@@ -669,7 +709,8 @@ std::optional<at::Tensor> image_to_tokens(const at::Tensor& residual, const std:
                                           const at::Tensor& norm_bias, double eps, at::Tensor& out,
                                           const std::optional<at::Tensor>& next_queries, const std::optional<at::Tensor>& weights_out,
                                           const std::optional<at::Tensor>& stats_out, bool scale_weights,
-                                          const std::optional<std::vector<at::Tensor>>& factored) {
+                                          const std::optional<std::vector<at::Tensor>>& factored,
+                                          const std::optional<std::vector<at::Tensor>>& source_factors) {
   const at::ScalarType dtype = token_dtype(residual, "residual");
   check_dense(residual, "decoder_attention", "residual", 3, dtype);
   check_dense(pe, "decoder_attention", "pe", 2, dtype);
@@ -680,11 +721,29 @@ std::optional<at::Tensor> image_to_tokens(const at::Tensor& residual, const std:
   check_float(norm_bias, "decoder_attention", "norm_bias", 1);
   check_dense(out, "decoder_attention", "out", 3, dtype);
   const int64_t sides = residual.size(0), length = residual.size(1), channels = residual.size(2);
-  const bool tiled = logit_source && logit_source->dim() == 4;  // the per-head form
+  const bool tiled = (logit_source && logit_source->dim() == 4) || source_factors;  // the per-head form
   const int64_t tiles = (length + 15) / 16;
   const int64_t prompts = logit_weight.size(0), n = tiled ? logit_weight.size(1) * heads : logit_weight.size(2);
-  const int64_t depth = logit_source ? logit_source->size(2) : channels;
-  if (tiled) {
+  const int64_t depth = source_factors && !source_factors->empty() ? (*source_factors)[0].size(2) : logit_source ? logit_source->size(2) : channels;
+  if (source_factors) {
+    TORCH_CHECK(!logit_source, "decoder_attention: logit_source and source_factors are two forms of one logit source: give one");
+    TORCH_CHECK(source_factors->size() == 5, "decoder_attention: source_factors must hold 5 tensors (A tiles, E tiles, weights, stats, mixing)");
+    const at::Tensor &a = (*source_factors)[0], &e = (*source_factors)[1], &w = (*source_factors)[2], &st = (*source_factors)[3],
+                     &g = (*source_factors)[4];
+    check_float(a, "decoder_attention", "source A tiles", 4);
+    check_float(e, "decoder_attention", "source E tiles", 3);
+    check_dense(w, "decoder_attention", "source weights", 3, dtype);
+    check_float(st, "decoder_attention", "source stats", 3);
+    check_float(g, "decoder_attention", "source mixing", 3);
+    TORCH_CHECK(heads > 0 && depth % heads == 0, "decoder_attention: the source A tiles' D must be a multiple of heads");
+    TORCH_CHECK(a.size(0) > 0 && prompts % a.size(0) == 0 && a.size(1) == tiles && a.size(3) == 16,
+                "decoder_attention: source A tiles must be (S', ceil(L/16), D, 16), S' dividing the prompts");
+    TORCH_CHECK(e.size(0) == tiles && e.size(1) == depth && e.size(2) == 16, "decoder_attention: source E tiles must be (ceil(L/16), D, 16)");
+    TORCH_CHECK(w.size(0) == prompts && w.size(1) == length, "decoder_attention: source weights must be (P, L, N')");
+    TORCH_CHECK(st.size(0) == prompts && st.size(1) == length && st.size(2) == 2, "decoder_attention: source stats must be (P, L, 2)");
+    TORCH_CHECK(g.size(0) == prompts && g.size(1) == w.size(2) + 1 && g.size(2) == n, "decoder_attention: source mixing must be (P, N' + 1, N)");
+  }
+  if (tiled && !source_factors) {
     check_float(*logit_source, "decoder_attention", "logit_source", 4);
     TORCH_CHECK(logit_source->size(0) == sides && logit_source->size(1) == tiles && logit_source->size(3) == 16,
                 "decoder_attention: tiled logit_source must be (S, ceil(L/16), D, 16)");
@@ -743,9 +802,10 @@ std::optional<at::Tensor> image_to_tokens(const at::Tensor& residual, const std:
   if (dtype == at::kBFloat16)
     return image_to_tokens_typed<BFloat16>(residual, logit_source, pe, logit_weight, logit_bias, heads, values, norm_weight, norm_bias, eps,
                                            out, next_queries, weights_out ? weights_out->data_ptr<BFloat16>() : nullptr, stats_ptr,
-                                           scale_weights, next);
+                                           scale_weights, next, source_factors.value_or(std::vector<at::Tensor>{}));
   return image_to_tokens_typed<float>(residual, logit_source, pe, logit_weight, logit_bias, heads, values, norm_weight, norm_bias, eps, out,
-                                      next_queries, weights_out ? weights_out->data_ptr<float>() : nullptr, stats_ptr, scale_weights, next);
+                                      next_queries, weights_out ? weights_out->data_ptr<float>() : nullptr, stats_ptr, scale_weights, next,
+                                      source_factors.value_or(std::vector<at::Tensor>{}));
 }
 
 template <typename T>
@@ -860,7 +920,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
              pybind11::arg("logit_bias"), pybind11::arg("heads"), pybind11::arg("values"), pybind11::arg("norm_weight"),
              pybind11::arg("norm_bias"), pybind11::arg("eps"), pybind11::arg("out"), pybind11::arg("next_queries") = pybind11::none(),
              pybind11::arg("weights_out") = pybind11::none(), pybind11::arg("stats_out") = pybind11::none(),
-             pybind11::arg("scale_weights") = false, pybind11::arg("factored") = pybind11::none());
+             pybind11::arg("scale_weights") = false, pybind11::arg("factored") = pybind11::none(),
+             pybind11::arg("source_factors") = pybind11::none());
   module.def("head_attention", &head_attention, "query rows attend per head to projected image tokens they share (flash-style)",
              pybind11::arg("queries"), pybind11::arg("keys"), pybind11::arg("values"));
   module.def("tokens_to_image", &tokens_to_image, "a prompt's folded query rows attend to its image tokens (flash-style)",

@@ -338,6 +338,45 @@ class SamHfAttention(nn.Module):
         out = self._value_heads(mixed.view(batch * prompts, self.num_heads, length, -1)).view(batch, prompts, length, self.internal_dim)
         return self.out_proj(out + self.v_proj.bias)
 
+    def value_rows(self, projected: torch.Tensor) -> torch.Tensor:
+        """The tokens' value projections (B, P, T, C') -> the rows v_(t,h) = projected_(t,h) W_o,h + b_o / h (B*P, T*h, C) in fp32,
+        rows (t, h): what the image tokens of this image -> token attention add, weighted."""
+        batch, prompts, length, _ = projected.shape
+        values = self._per_head_product(projected, self.out_proj.weight.t(), self.out_proj.bias / self.num_heads)  # (B, P, h*T, C)
+        values = values.view(batch * prompts, self.num_heads, length, -1).transpose(1, 2).reshape(batch * prompts, length * self.num_heads, -1)
+        return values.float().contiguous()
+
+    def source_operands(self, cache: dict | None, image: torch.Tensor, image_pe: torch.Tensor, first, k: torch.Tensor):
+        """This image -> token attention's logits for the compiled kernel's factored source (`source_factors` of
+        `image_to_tokens`), where its image tokens are those a first pass formed from a shared image side x (B, 1, HW, C):
+        y = r (x + sum_j u_j v_j - mu) * g + b (`first`: that pass's attention, its LayerNorm, and its record: the weights
+        r u, the statistics (mu, r) and the value projections). Per image token, with Q_(t,h) = k_(t,h) W_q,h (k: the scaled
+        keys (B, P, T, C')), the logit (y + pe) . Q_(t,h) + k . b_q,h is
+        r (A_h . k_(t,h)) + E_h . k_(t,h) + [r u, r mu] . G_(t,h) + (k . b_q,h + Q_(t,h) . b)
+        with A = x (W_q * g)^T and E = pe W_q^T shared (cached), G_(t,h) = [v_j . (g * Q_(t,h)) for each j, -g . Q_(t,h)].
+        -> ([A tiles (B, ceil(HW/16), C', 16), E tiles (ceil(HW/16), C', 16), weights, stats, G (B*P, N' + 1, T*h)], the
+        logit bias (B*P, T, h))."""
+        attention, norm, (weights, stats, projected) = first
+        batch, prompts, length, _ = k.shape
+        heads = self.num_heads
+        gain, shift = norm.weight.float(), norm.bias.float()
+        key = (id(self), "source_factors")
+        entry = None if cache is None else cache.get(key)
+        if entry is None or entry[0] is not image:  # products in the image's dtype (bf16: at the bf16 rate), kept in fp32
+            weight = self.q_proj.weight.float()
+            shared = (token_tiles((image[:, 0] @ (weight * gain).t().to(image.dtype)).float()),
+                      token_tiles((image_pe @ self.q_proj.weight.t().to(image_pe.dtype)).float()[None])[0])
+            entry = (image, shared)
+            if cache is not None:
+                cache[key] = entry
+        folded = self._per_head_product(k, self.q_proj.weight).float()  # (B, P, h*T, C), rows (h, t)
+        folded = folded.view(batch * prompts, heads, length, -1).transpose(1, 2).reshape(batch * prompts, length * heads, -1)  # rows (t, h)
+        values = attention.value_rows(projected.view(batch, prompts, *projected.shape[1:]))  # (B*P, N', C)
+        mixing = torch.cat([torch.bmm(values, (folded * gain).transpose(1, 2)), -(folded @ gain)[:, None, :]], dim=1)
+        by_head = k.reshape(batch * prompts, length, heads, -1)
+        bias = (by_head * self.q_proj.bias.view(heads, -1)).sum(-1).float() + (folded @ shift).view(batch * prompts, length, heads)
+        return [*entry[1], weights, stats, mixing.contiguous()], bias
+
     def factored_operands(self, cache: dict | None, image: torch.Tensor, image_pe: torch.Tensor, norm: nn.LayerNorm, values: torch.Tensor,
                           tokens: torch.Tensor, token_pe: torch.Tensor) -> list[torch.Tensor]:
         """This token -> image attention's operands for the compiled kernel's factored form (`factored` of
@@ -387,7 +426,8 @@ class SamHfAttention(nn.Module):
         return self.out_proj(out + self.v_proj.bias)
 
     def normed_image_to_tokens(self, module, image, image_pe, tokens, token_pe, token_mask, norm: nn.LayerNorm, route: str, cache, out=None,
-                               next_queries=None, record: list | None = None, factored_next: tuple | None = None):
+                               next_queries=None, record: list | None = None, factored_next: tuple | None = None,
+                               factored_source: tuple | None = None):
         """`norm(image_to_tokens(...))` (B, P, HW, C) by the compiled kernel `module` (see `decoder_kernel`), written
         into `out` when given (which may be `image` itself where P' = P). Per image token x the kernel forms the
         logits a . w_(t,h) + b_(t,h), softmaxes each head's T tokens, adds sum_(t,h) w v_(t,h) to x and normalises,
@@ -398,7 +438,9 @@ class SamHfAttention(nn.Module):
         tokens runs in the same pass, while each block of them is in cache. Returns the new image tokens and, with
         `next_queries`, that attention's weighted sums of them (B*P, M, C), else None. `factored_next` (attention,
         tokens, token_pe) instead, on a shared image side: that attention in factored form (`factored_operands`), whose
-        output (B, P, T, C) is returned in place of the sums. With `record` (a list): appends
+        output (B, P, T, C) is returned in place of the sums. `factored_source` (x, first) on the image tokens a first pass
+        formed from a shared image side x and recorded (`first`: see `source_operands`): the logits from those factors.
+        With `record` (a list): appends
         this attention's softmax weights per image token (B*P, HW, h*T) in the image tokens' dtype (from fp32, rounded once;
         the first recorded attention's times each token's LayerNorm 1 / std), that LayerNorm's mean and 1 / std (B*P, HW,
         2) in fp32, and the tokens' value projections (B*P, T, C'), for the folded mask upscaling
@@ -407,7 +449,12 @@ class SamHfAttention(nn.Module):
         heads, head_dim = self.num_heads, self.internal_dim // self.num_heads
         sides, tokens_hw, channels = batch * image.shape[1], image.shape[2], image.shape[3]
         k = self.project(self.k_proj, tokens + token_pe) * self.scale  # (B, P, T, C')
-        if route == "shared":  # the kernel's per-head form: head h's columns of the source meet only head h's keys
+        source_factors = None
+        if factored_source is not None:  # the per-head form on the first pass's factors
+            source = None
+            source_factors, bias = self.source_operands(cache, factored_source[0], image_pe, factored_source[1], k)
+            weight = k.reshape(batch * prompts, length, self.internal_dim)  # (B*P, T, C')
+        elif route == "shared":  # the kernel's per-head form: head h's columns of the source meet only head h's keys
             source = self.shared_tiles(cache, image, image_pe)  # (B, ceil(HW/16), C', 16)
             weight = k.reshape(batch * prompts, length, self.internal_dim)  # (B*P, T, C')
             bias = k.new_zeros(batch * prompts, length, heads)
@@ -420,8 +467,7 @@ class SamHfAttention(nn.Module):
         if token_mask is not None:
             bias = bias.masked_fill(~token_mask.reshape(batch * prompts, length, 1), float("-inf"))
         projected = self.v_proj(tokens)  # (B, P, T, C')
-        values = self._per_head_product(projected, self.out_proj.weight.t(), self.out_proj.bias / heads)  # (B, P, h*T, C)
-        values = values.view(batch * prompts, heads, length, channels).transpose(1, 2).reshape(batch * prompts, length * heads, channels)
+        values = self.value_rows(projected)  # (B*P, T*h, C)
         residual = image.reshape(sides, tokens_hw, channels)
         flat_out = image.new_empty(batch * prompts, tokens_hw, channels) if out is None else out.view(batch * prompts, tokens_hw, channels)
         weights_out = stats_out = None
@@ -429,7 +475,6 @@ class SamHfAttention(nn.Module):
             count = (batch * prompts, tokens_hw)
             weights_out = workspace(f"decoder_fold_weights{len(record)}", (*count, length * heads), dtype=image.dtype, device=image.device)
             stats_out = workspace(f"decoder_fold_stats{len(record)}", (*count, 2), dtype=torch.float32, device=image.device)
-        values = values.float().contiguous()
         factored = None
         if factored_next is not None:
             attention, next_tokens, next_pe = factored_next
@@ -440,7 +485,7 @@ class SamHfAttention(nn.Module):
                                        norm.weight.float().contiguous(), norm.bias.float().contiguous(), norm.eps, flat_out,
                                        None if next_queries is None else next_queries.float().contiguous(), weights_out, stats_out,
                                        record is not None and not record,  # the first recorded block's weights times r1
-                                       factored)
+                                       factored, source_factors)
         if factored is not None:
             mixed = attention.factored_values(mixed, norm, values, next_tokens.shape)
         if record is not None:

@@ -137,7 +137,11 @@ class SamHfTwoWayTransformer(nn.Module):
         before the pass (the next block's self-attention comes first)."""
         # what the folded mask upscaling reads (`SamHfMaskDecoder.folded_operands`), where the decoder asked for it: two
         # blocks, the first one's image side shared by the prompts
-        record = [] if cache.get("fold_upscaling") and len(self.layers) == 2 and image.shape[1] == 1 else None
+        fold_upscaling = bool(cache.get("fold_upscaling")) and len(self.layers) == 2 and image.shape[1] == 1
+        # on a shared image side (and not the "fold" route) the first pass's records also give the second pass its logits
+        # (`SamHfAttention.source_operands`) and its following token -> image attention is factored (`factored_operands`)
+        factor = not fold and image.shape[1] == 1 and len(self.layers) > 1
+        record = [] if fold_upscaling or factor else None
         first = self.layers[0]
         queries, _ = first.token_attention(tokens, tokens, token_mask)
         attended, _ = first.cross_attn_token_to_image.tokens_to_image(queries, tokens, image, image_pe, False, cache, fold)
@@ -153,17 +157,18 @@ class SamHfTwoWayTransformer(nn.Module):
                 rows = attention = None
             route = SamHfAttention.route(keys, queries.shape[1], cache, fold)
             buffer = SamHfAttention.scratch(cache, "decoder_image_tokens", (*queries.shape[:2], *keys.shape[2:]), keys, queries)
-            # the next block's token -> image attention on a shared image side: factored (FactoredAttender), its output
-            factored = following is not None and route == "shared" and keys.shape[1] == 1
+            factored = factor and index == 0 and following is not None and route == "shared"
+            source = (image, (first.cross_attn_image_to_token, first.layer_norm4, record[0])) if factor and index == 1 else None
             keys, mixed = layer.cross_attn_image_to_token.normed_image_to_tokens(
                 module, keys, image_pe, queries, tokens, token_mask, layer.layer_norm4, route, cache, out=buffer,
-                next_queries=None if rows is None or factored else attention.folded_queries(rows, rows_pe), record=record,
-                factored_next=(attention, rows, rows_pe) if factored else None)
+                next_queries=None if rows is None or factored else attention.folded_queries(rows, rows_pe),
+                record=record if index == 0 or fold_upscaling else None,
+                factored_next=(attention, rows, rows_pe) if factored else None, factored_source=source)
             if following is not None:
                 queries = following.token_update(rows, mixed if factored else attention.attended_tokens(mixed, rows.shape))
             elif rows is not None:
                 final = (self.layer_norm_final_attn(rows + attention.attended_tokens(mixed, rows.shape)), None)
-        if record is not None:
+        if fold_upscaling:
             cache["upscaling_record"] = (image, record)  # the shared image side and both blocks' records, for this group
         return queries, keys, (), fold, final
 
