@@ -202,7 +202,7 @@ def test_factored_source_matches_the_formed_tokens(module, threads, sides, promp
     module.image_to_tokens(image, decoder_attention.token_tiles(torch.randn(sides, length, depth, generator=generator)), pe,
                            first_keys.reshape(prompts, tokens, depth), bias, heads, first.value_rows(projected), norms[0].weight,
                            norms[0].bias, 1e-6, formed, None, weights, stats, True)
-    record = (first, norms[0], (weights, stats, projected.reshape(prompts, tokens, depth)))
+    record = (norms[0], (weights, stats, projected.reshape(prompts, tokens, depth), first.value_rows(projected)))
 
     # the second pass on the formed tokens (the dense form, x + pe), and on the first pass's factors
     keys = second.project(second.k_proj, token_rows + token_pe) * second.scale  # (S, P/S, T, C')

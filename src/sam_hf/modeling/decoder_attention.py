@@ -18,6 +18,7 @@ In fp32 or bf16 on CPU inside a decoder call, where autograd records nothing, th
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..configuration import SamHfMaskDecoderConfig
@@ -349,33 +350,37 @@ class SamHfAttention(nn.Module):
     def source_operands(self, cache: dict | None, image: torch.Tensor, image_pe: torch.Tensor, first, k: torch.Tensor):
         """This image -> token attention's logits for the compiled kernel's factored source (`source_factors` of
         `image_to_tokens`), where its image tokens are those a first pass formed from a shared image side x (B, 1, HW, C):
-        y = r (x + sum_j u_j v_j - mu) * g + b (`first`: that pass's attention, its LayerNorm, and its record: the weights
-        r u, the statistics (mu, r) and the value projections). Per image token, with Q_(t,h) = k_(t,h) W_q,h (k: the scaled
+        y = r (x + sum_j u_j v_j - mu) * g + b (`first`: that pass's LayerNorm and its record: the weights r u, the
+        statistics (mu, r), the tokens' value projections and the value rows v). Per image token, with Q_(t,h) = k_(t,h) W_q,h (k: the scaled
         keys (B, P, T, C')), the logit (y + pe) . Q_(t,h) + k . b_q,h is
         r (A_h . k_(t,h)) + E_h . k_(t,h) + [r u, r mu] . G_(t,h) + (k . b_q,h + Q_(t,h) . b)
         with A = x (W_q * g)^T and E = pe W_q^T shared (cached), G_(t,h) = [v_j . (g * Q_(t,h)) for each j, -g . Q_(t,h)].
         -> ([A tiles (B, ceil(HW/16), C', 16), E tiles (ceil(HW/16), C', 16), weights, stats, G (B*P, N' + 1, T*h)], the
         logit bias (B*P, T, h))."""
-        attention, norm, (weights, stats, projected) = first
+        norm, (weights, stats, _, values) = first
         batch, prompts, length, _ = k.shape
         heads = self.num_heads
         gain, shift = norm.weight.float(), norm.bias.float()
         key = (id(self), "source_factors")
         entry = None if cache is None else cache.get(key)
         if entry is None or entry[0] is not image:  # products in the image's dtype (bf16: at the bf16 rate), kept in fp32
-            weight = self.q_proj.weight.float()
-            shared = (token_tiles((image[:, 0] @ (weight * gain).t().to(image.dtype)).float()),
-                      token_tiles((image_pe @ self.q_proj.weight.t().to(image_pe.dtype)).float()[None])[0])
+            weight = (self.q_proj.weight.float() * gain).to(image.dtype)
+            shared = (token_tiles(F.linear(image[:, 0], weight).float()), token_tiles(F.linear(image_pe, self.q_proj.weight)[None].float())[0])
             entry = (image, shared)
             if cache is not None:
                 cache[key] = entry
-        folded = self._per_head_product(k, self.q_proj.weight).float()  # (B, P, h*T, C), rows (h, t)
-        folded = folded.view(batch * prompts, heads, length, -1).transpose(1, 2).reshape(batch * prompts, length * heads, -1)  # rows (t, h)
-        values = attention.value_rows(projected.view(batch, prompts, *projected.shape[1:]))  # (B*P, N', C)
-        mixing = torch.cat([torch.bmm(values, (folded * gain).transpose(1, 2)), -(folded @ gain)[:, None, :]], dim=1)
-        by_head = k.reshape(batch * prompts, length, heads, -1)
-        bias = (by_head * self.q_proj.bias.view(heads, -1)).sum(-1).float() + (folded @ shift).view(batch * prompts, length, heads)
+        # Q_(t,h) . w = k_(t,h) . (w W_q,h^T): the products go through the C' columns, head by head
+        by_head = k.reshape(batch * prompts, length, heads, -1).float()  # (B*P, T, h, d)
+        weight = self.q_proj.weight.float()
+        rows = (values * gain) @ weight.t()  # (B*P, N', C'): (v_j * g) W_q^T
+        mixing = torch.matmul(rows.view(batch * prompts, -1, heads, by_head.shape[-1]).transpose(1, 2), by_head.permute(0, 2, 3, 1))  # (B*P, h, N', T)
+        mixing = torch.cat([mixing.permute(0, 2, 3, 1).flatten(2), -self._head_dots(by_head, gain @ weight.t())[:, None]], dim=1)
+        bias = self._head_dots(by_head, self.q_proj.bias.float() + shift @ weight.t()).view(batch * prompts, length, heads)
         return [*entry[1], weights, stats, mixing.contiguous()], bias
+
+    def _head_dots(self, rows: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+        """rows (N, T, h, d) . a vector (h*d,) head by head -> (N, T*h), columns (t, h)."""
+        return (rows * vector.view(self.num_heads, -1)).sum(-1).flatten(1)
 
     def factored_operands(self, cache: dict | None, image: torch.Tensor, image_pe: torch.Tensor, norm: nn.LayerNorm, values: torch.Tensor,
                           tokens: torch.Tensor, token_pe: torch.Tensor) -> list[torch.Tensor]:
@@ -388,9 +393,12 @@ class SamHfAttention(nn.Module):
         the call), and row (h, t) of the mixing is [v_j . (g * Q_(h,t)) for each j, -Q_(h,t) . g] with Q = q_h W_k,h."""
         batch, prompts, length, _ = tokens.shape
         q = self.project(self.q_proj, tokens + token_pe) * self.scale  # (B, P, T, C')
-        folded = self._folded_queries(q).float()  # (B*P, h*T, C), rows (h, t)
-        gain = norm.weight.float()
-        mixing = torch.cat([torch.bmm(folded * gain, values.transpose(1, 2)), -(folded @ gain)[..., None]], dim=-1)
+        gain, weight = norm.weight.float(), self.k_proj.weight.float()
+        by_head = q.reshape(batch * prompts, length, self.num_heads, -1).float().transpose(1, 2)  # (B*P, h, T, d)
+        rows = ((values * gain) @ weight.t()).view(batch * prompts, -1, self.num_heads, by_head.shape[-1])  # (B*P, N, h, d): (v_j * g) W_k^T
+        mixing = torch.matmul(by_head, rows.permute(0, 2, 3, 1)).flatten(1, 2)  # (B*P, h*T, N): Q_(h,t) . (g * v_j)
+        centre = self._head_dots(by_head.transpose(1, 2), gain @ weight.t()).view(batch * prompts, length, -1).transpose(1, 2)
+        mixing = torch.cat([mixing, -centre.reshape(batch * prompts, -1, 1)], dim=-1)  # rows (h, t)
         return [*self._factored_shared(cache, image, image_pe, gain), q.reshape(batch * prompts, length, -1).float().contiguous(),
                 mixing.contiguous()]
 
@@ -399,11 +407,9 @@ class SamHfAttention(nn.Module):
         key = (id(self), "factored")
         entry = None if cache is None else cache.get(key)
         if entry is None or entry[0] is not image:  # products in the image's dtype (bf16: at the bf16 rate), kept in fp32
-            width = self.internal_dim
-            weight = torch.cat([self.k_proj.weight, self.v_proj.weight]).float() * gain  # (2 C', C): (x * g) W^T = x (W * g)^T
-            both = (image[:, 0] @ weight.t().to(image.dtype)).float()  # (B, HW, 2 C')
-            positions = (image_pe @ self.k_proj.weight.t().to(image_pe.dtype)).float()  # (HW, C')
-            shared = (token_tiles(both[..., :width]), token_tiles(positions[None])[0], both[..., width:].contiguous())
+            scaled = [(layer.weight.float() * gain).to(image.dtype) for layer in (self.k_proj, self.v_proj)]  # (x * g) W^T = x (W * g)^T
+            shared = (token_tiles(F.linear(image[:, 0], scaled[0]).float()), token_tiles(F.linear(image_pe, self.k_proj.weight)[None].float())[0],
+                      F.linear(image[:, 0], scaled[1]).float().contiguous())
             entry = (image, shared)
             if cache is not None:
                 cache[key] = entry
@@ -443,8 +449,8 @@ class SamHfAttention(nn.Module):
         With `record` (a list): appends
         this attention's softmax weights per image token (B*P, HW, h*T) in the image tokens' dtype (from fp32, rounded once;
         the first recorded attention's times each token's LayerNorm 1 / std), that LayerNorm's mean and 1 / std (B*P, HW,
-        2) in fp32, and the tokens' value projections (B*P, T, C'), for the folded mask upscaling
-        (`SamHfMaskDecoder.folded_operands`)."""
+        2) in fp32, the tokens' value projections (B*P, T, C') and this attention's value rows (B*P, T*h, C) in fp32, for the
+        folded mask upscaling (`SamHfMaskDecoder.folded_operands`) and the next pass's `source_operands`."""
         batch, prompts, length, _ = tokens.shape
         heads, head_dim = self.num_heads, self.internal_dim // self.num_heads
         sides, tokens_hw, channels = batch * image.shape[1], image.shape[2], image.shape[3]
@@ -489,5 +495,5 @@ class SamHfAttention(nn.Module):
         if factored is not None:
             mixed = attention.factored_values(mixed, norm, values, next_tokens.shape)
         if record is not None:
-            record.append((weights_out, stats_out, projected.reshape(batch * prompts, length, self.internal_dim)))
+            record.append((weights_out, stats_out, projected.reshape(batch * prompts, length, self.internal_dim), values))
         return flat_out.view(batch, prompts, tokens_hw, channels), mixed

@@ -174,7 +174,7 @@ class SamHfMaskDecoder(nn.Module):
         entry = None if cache is None else cache.pop("upscaling_record", None)
         if entry is None:
             return None
-        image_side, ((first, stats1, projected1), (second, stats2, projected2)) = entry
+        image_side, ((first, stats1, projected1, _), (second, stats2, projected2, _)) = entry
         weights = cache.get("upscale_fold_weights")  # from the parameters only: once per call, or per kept cache
         if weights is None:
             norm1, norm2 = (layer.layer_norm4 for layer in self.transformer.layers)

@@ -158,7 +158,7 @@ class SamHfTwoWayTransformer(nn.Module):
             route = SamHfAttention.route(keys, queries.shape[1], cache, fold)
             buffer = SamHfAttention.scratch(cache, "decoder_image_tokens", (*queries.shape[:2], *keys.shape[2:]), keys, queries)
             factored = factor and index == 0 and following is not None and route == "shared"
-            source = (image, (first.cross_attn_image_to_token, first.layer_norm4, record[0])) if factor and index == 1 else None
+            source = (image, (first.layer_norm4, record[0])) if factor and index == 1 else None
             keys, mixed = layer.cross_attn_image_to_token.normed_image_to_tokens(
                 module, keys, image_pe, queries, tokens, token_mask, layer.layer_norm4, route, cache, out=buffer,
                 next_queries=None if rows is None or factored else attention.folded_queries(rows, rows_pe),
