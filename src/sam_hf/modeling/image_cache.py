@@ -4,9 +4,10 @@ Every decoder call on an image first does work that no prompt changes: the image
 channels-last tokens, and the projections of them and of their positional encoding that all prompts share
 (`decoder_attention.py`). A call computes them once for all its prompts; a caller that prompts the same
 embeddings many times (segment everything: 1,024 points per crop, in calls of 16 to 64) passes one dict as `image_cache`
-to every call, and only the first computes them (ViT-B, 2 Zen 4 cores: about 14 ms per call; the dict then holds
-26 MB beyond the embeddings (the factored passes' projections included), and 4.5 MB more once a call without a mask IoU threshold took the folded mask upscaling,
-whose product of the shared image side is kept here too: `SamHfMaskDecoder.folded_operands`).
+to every call, and only the first computes them (ViT-B, 2 Zen 4 cores: about 14 ms per call, plus about 6 ms for the
+factored passes' projections since session 16; the dict then holds 26 MB beyond the embeddings, and 4.5 MB more once a
+call without a mask IoU threshold took the folded mask upscaling, whose product of the shared image side is kept here
+too: `SamHfMaskDecoder.folded_operands`).
 
 The dict holds tensors computed from the embeddings, the positional encoding and the decoder's weights. It is
 emptied and refilled whenever a call brings other embeddings (another tensor, or the same one changed in place:
