@@ -10,7 +10,7 @@ from torch.testing import assert_close
 from references import randomize, transformers_from_ours
 from sam_hf import SamHfModel, config_for_variant, kernels
 from sam_hf.kernels import loader
-from sam_hf.modeling import decoder_attention, prompt_groups
+from sam_hf.modeling import decoder_attention, factored_passes, kernel_inputs, prompt_groups
 
 KERNEL = "decoder_attention"  # the `module` fixture (conftest.py) builds it
 
@@ -91,7 +91,7 @@ def test_per_head_form_matches_the_block_diagonal_product(module, threads, sides
     norm_weight, norm_bias = torch.randn(channels, generator=generator), torch.randn(channels, generator=generator)
     next_queries = torch.randn(prompts, 4, channels, generator=generator) / channels**0.5
     expected = _image_to_tokens_reference(residual, source, pe, dense, bias, heads, values, norm_weight, norm_bias, prompts)
-    tiles = decoder_attention.token_tiles(source)
+    tiles = kernel_inputs.token_tiles(source)
     assert tiles.shape == (sides, -(-length // 16), depth, 16)
     out = torch.empty(prompts, length, channels)
     mixed = module.image_to_tokens(residual, tiles, pe, keys, bias, heads, values, norm_weight, norm_bias, 1e-6, out, next_queries)
@@ -126,7 +126,7 @@ def test_factored_next_attention_matches_the_formed_tokens(module, threads, side
     attention.requires_grad_(False), norm.requires_grad_(False)
     depth, n = attention.internal_dim, tokens * heads
     residual, pe = torch.randn(sides, length, channels, generator=generator), torch.randn(length, channels, generator=generator)
-    tiles = decoder_attention.token_tiles(torch.randn(sides, length, depth, generator=generator))
+    tiles = kernel_inputs.token_tiles(torch.randn(sides, length, depth, generator=generator))
     keys = torch.randn(prompts, tokens, depth, generator=generator) / (depth // heads) ** 0.5
     bias = torch.zeros(prompts, n)
     bias[0, heads : 2 * heads] = float("-inf")  # prompt 0's token 1 is padding: no weight, no part in the factors
@@ -144,13 +144,13 @@ def test_factored_next_attention_matches_the_formed_tokens(module, threads, side
 
     residual, pe, next_tokens, next_pe = (t.to(dtype) for t in (residual, pe, next_tokens, next_pe))
     attention, norm = attention.to(dtype), norm.to(dtype)
-    operands = attention.factored_operands(None, residual[:, None], pe, norm, values, next_tokens, next_pe)
+    operands = factored_passes.next_attention_operands(attention, None, residual[:, None], pe, norm, values, next_tokens, next_pe)
     out = torch.empty(prompts, length, channels, dtype=dtype)
     sums = module.image_to_tokens(residual, tiles, pe, keys, bias, heads, values, norm.weight.float(), norm.bias.float(), 1e-6, out,
                                   factored=operands)
     assert sums.shape == (prompts, heads * tokens, depth // heads + n + 1)
     assert_close(out.float(), formed, rtol=2**-8 if dtype == torch.bfloat16 else 0.0, atol=2**-8 * float(formed.abs().max()) if dtype == torch.bfloat16 else 0.0)
-    got = attention.factored_values(sums, norm, values, next_tokens.shape)
+    got = factored_passes.next_attention_output(attention, sums, norm, values, next_tokens.shape)
     assert got.dtype == dtype
     scale = float(expected.abs().max())
     if dtype == torch.float32:
@@ -199,7 +199,7 @@ def test_factored_source_matches_the_formed_tokens(module, threads, sides, promp
     projected = first.v_proj(token_rows)
     weights, stats = torch.empty(prompts, length, n), torch.empty(prompts, length, 2)
     formed = torch.empty(prompts, length, channels)
-    module.image_to_tokens(image, decoder_attention.token_tiles(torch.randn(sides, length, depth, generator=generator)), pe,
+    module.image_to_tokens(image, kernel_inputs.token_tiles(torch.randn(sides, length, depth, generator=generator)), pe,
                            first_keys.reshape(prompts, tokens, depth), bias, heads, first.value_rows(projected), norms[0].weight,
                            norms[0].bias, 1e-6, formed, None, weights, stats, True)
     record = (norms[0], (weights, stats, projected.reshape(prompts, tokens, depth), first.value_rows(projected)))
@@ -213,7 +213,7 @@ def test_factored_source_matches_the_formed_tokens(module, threads, sides, promp
     values = second.value_rows(second.v_proj(token_rows))
     expected = torch.empty(prompts, length, channels)
     module.image_to_tokens(formed, None, pe, dense, dense_bias, heads, values, norms[1].weight, norms[1].bias, 1e-6, expected)
-    operands, source_bias = second.source_operands(None, image[:, None], pe, record, keys)
+    operands, source_bias = factored_passes.source_operands(second, None, image[:, None], pe, record, keys)
     source_bias = source_bias.masked_fill(~mask.reshape(prompts, tokens, 1), float("-inf")).reshape(prompts, n)
     out = torch.empty(prompts, length, channels)
     module.image_to_tokens(formed, None, pe, keys.reshape(prompts, tokens, depth), source_bias, heads, values, norms[1].weight,
@@ -226,7 +226,7 @@ def test_factored_source_matches_the_formed_tokens(module, threads, sides, promp
 
 def test_token_tiles_layout():
     rows = torch.arange(2 * 20 * 3, dtype=torch.float32).view(2, 20, 3)
-    tiles = decoder_attention.token_tiles(rows)  # (2, 2, 3, 16)
+    tiles = kernel_inputs.token_tiles(rows)  # (2, 2, 3, 16)
     assert tiles.shape == (2, 2, 3, 16) and tiles.is_contiguous()
     assert torch.equal(tiles[1, 0, 2], rows[1, :16, 2]) and torch.equal(tiles[0, 1, 1, :4], rows[0, 16:, 1])
     assert torch.equal(tiles[:, 1, :, 4:], torch.zeros(2, 3, 12))  # zero past L
@@ -311,7 +311,7 @@ def _calls(monkeypatch, module):
 
             return call
 
-    monkeypatch.setattr(decoder_attention, "kernel_for", lambda name, dtype: None if loader.kernel_for(name, dtype) is None else Spy())
+    monkeypatch.setattr(kernel_inputs, "kernel_for", lambda name, dtype: None if loader.kernel_for(name, dtype) is None else Spy())
     return counts
 
 
@@ -330,7 +330,7 @@ def test_sam_sized_decoder_equals_pytorch_path_and_transformers(module, sam_deco
     # mask tokens' final attention after the threshold, of the image side each prompt has by then
     assert counts["tokens_to_image"] == (3 if prompts == 1 else groups) and counts.get("head_attention", 0) == (0 if prompts == 1 else 2 * groups)
     with monkeypatch.context() as patch:
-        patch.setattr(decoder_attention, "kernel_for", lambda name, dtype: None)
+        patch.setattr(kernel_inputs, "kernel_for", lambda name, dtype: None)
         plain = _decode(sam_decoder, prompts)
     reference = _decode(transformers_from_ours(sam_decoder), prompts)
     # random ViT-B weights give mask logits of a few hundred: fp32 rounding differs by ~1e-3 between any two of

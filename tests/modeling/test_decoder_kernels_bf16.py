@@ -10,7 +10,7 @@ from torch.testing import assert_close
 from references import random_mask_decoder, randomize
 from sam_hf import SamHfModel, config_for_variant, kernels
 from sam_hf.kernels import loader
-from sam_hf.modeling import decoder_attention, mask_decoder
+from sam_hf.modeling import kernel_inputs, mask_decoder
 
 BF16 = torch.bfloat16
 
@@ -64,7 +64,7 @@ def test_image_to_tokens_bf16_matches_fp32(attention, threads, sides, prompts, c
     (residual, pe), (residual32, pe32) = _bf16(torch.randn(sides, length, channels, generator=generator),
                                                torch.randn(length, channels, generator=generator))
     depth = channels // 2 if tiled else channels
-    source = decoder_attention.token_tiles(torch.randn(sides, length, depth, generator=generator)) if tiled else None
+    source = kernel_inputs.token_tiles(torch.randn(sides, length, depth, generator=generator)) if tiled else None
     weight = torch.randn(prompts, *((tokens, depth) if tiled else (depth, n)), generator=generator) / depth**0.5
     bias = torch.randn(prompts, n, generator=generator)
     bias[0, heads : 2 * heads] = float("-inf")  # prompt 0's token 1 is padding: exactly no weight
@@ -141,7 +141,7 @@ def test_bf16_decoder_uses_both_kernels_and_stays_near_fp32(attention, upscaling
     embeddings = torch.randn(1, 256, 64, 64, generator=generator).to(BF16)
     points = torch.rand(1, 6, 1, 2, generator=generator) * 1024
     calls = []
-    monkeypatch.setattr(decoder_attention, "kernel_for", lambda name, dtype: calls.append((name, dtype)) or loader.kernel_for(name, dtype))
+    monkeypatch.setattr(kernel_inputs, "kernel_for", lambda name, dtype: calls.append((name, dtype)) or loader.kernel_for(name, dtype))
     monkeypatch.setattr(mask_decoder, "kernel_for", lambda name, dtype: calls.append((name, dtype)) or loader.kernel_for(name, dtype))
     ours = model(image_embeddings=embeddings, input_points=points, multimask_output=True)
     assert ("decoder_attention", BF16) in calls and ("mask_upscaling", BF16) in calls

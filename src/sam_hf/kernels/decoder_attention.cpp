@@ -399,7 +399,7 @@ void weighted_rows(int64_t count, const float* p, int64_t ldp, const float* valu
 // with A = (x * g) W_k^T and E = pe W_k^T shared (per-head columns, D = C' wide), G_i,j = v_j . (g * Q_i), c_i = Q_i . g.
 // Its weighted sums, with p the softmax weights over image tokens, are kept as the factors of the value projection:
 //   sum p r B_h (B = (x * g) W_v^T, shared), sum p r [u, mu] (N + 1 wide)
-// from which the caller forms sum p y W_v,h^T exactly (`SamHfAttention.factored_values`). Per image token that is
+// from which the caller forms sum p y W_v,h^T exactly (`modeling/factored_passes.py`, `next_attention_output`). Per image token that is
 // about (2 w + 2 N) multiply-adds per query row instead of 2 C against the formed tokens (ViT-B: 144 vs 512).
 // Everything here is fp32, also next to bf16 image tokens.
 class FactoredAttender {

@@ -18,41 +18,18 @@ In fp32 or bf16 on CPU inside a decoder call, where autograd records nothing, th
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..configuration import SamHfMaskDecoderConfig
-from ..kernels import kernel_for
 from .attention import attention
+from .factored_passes import next_attention_operands, next_attention_output, source_operands
+from .kernel_inputs import decoder_kernel, token_tiles
 from .layers import SamHfLinear, add_matmul_nt_, linear_activation, matmul_add_shared, matmul_nn, records_nothing, workspace
 
 
 # Prompts per image up to which a decoder call takes the "fold" route: one (HW, C) x (C, C') projection costs
 # about as many multiply-adds as the folded products of two prompts (ViT-B: 134M vs 2 x 59M).
 FOLD_UP_TO_PROMPTS = 2
-
-
-def decoder_kernel(cache: dict | None, output_attentions: bool, image: torch.Tensor, *tensors: torch.Tensor, head_width: int | None = None):
-    """The compiled `decoder_attention` module (`sam_hf.kernels`) for an attention over the image tokens `image`
-    (B, P', HW, C) inside a decoder call (`cache` given), when it may take it: on CPU, no attention weights asked
-    for, autograd recording nothing on `image` and `tensors` (every other input and parameter involved), and either
-    fp32 or bf16 throughout (`image` and `tensors`) where the CPU runs oneDNN's bf16 products, with an even C and
-    `head_width` (the attention's C' / heads); else None, and the PyTorch path runs."""
-    if cache is None or output_attentions or image.device.type != "cpu" or image.dtype not in (torch.float32, torch.bfloat16):
-        return None
-    if image.dtype == torch.bfloat16:
-        if any(t.dtype != image.dtype for t in tensors) or image.shape[-1] % 2 or (head_width or 0) % 2:
-            return None
-    return kernel_for("decoder_attention", image.dtype) if records_nothing(image, *tensors) else None
-
-
-def token_tiles(rows: torch.Tensor) -> torch.Tensor:
-    """rows (S, L, D) -> (S, ceil(L/16), D, 16): tiles of 16 rows, channel-major (each channel's 16 values
-    contiguous), zero past L; the compiled kernel's per-head logit source (`decoder_attention.image_to_tokens`)."""
-    sides, length, depth = rows.shape
-    tiles = -(-length // 16)
-    padded = rows if length == 16 * tiles else torch.nn.functional.pad(rows, (0, 0, 0, 16 * tiles - length))
-    return padded.reshape(sides, tiles, 16, depth).transpose(2, 3).contiguous()
 
 
 class SamHfAttention(nn.Module):
@@ -347,90 +324,6 @@ class SamHfAttention(nn.Module):
         values = values.view(batch * prompts, self.num_heads, length, -1).transpose(1, 2).reshape(batch * prompts, length * self.num_heads, -1)
         return values.float().contiguous()
 
-    def source_operands(self, cache: dict | None, image: torch.Tensor, image_pe: torch.Tensor, first, k: torch.Tensor):
-        """This image -> token attention's logits for the compiled kernel's factored source (`source_factors` of
-        `image_to_tokens`), where its image tokens are those a first pass formed from a shared image side x (B, 1, HW, C):
-        y = r (x + sum_j u_j v_j - mu) * g + b (`first`: that pass's LayerNorm and its record: the weights r u, the
-        statistics (mu, r), the tokens' value projections and the value rows v). Per image token, with Q_(t,h) = k_(t,h) W_q,h (k: the scaled
-        keys (B, P, T, C')), the logit (y + pe) . Q_(t,h) + k . b_q,h is
-        r (A_h . k_(t,h)) + E_h . k_(t,h) + [r u, r mu] . G_(t,h) + (k . b_q,h + Q_(t,h) . b)
-        with A = x (W_q * g)^T and E = pe W_q^T shared (cached), G_(t,h) = [v_j . (g * Q_(t,h)) for each j, -g . Q_(t,h)].
-        -> ([A tiles (B, ceil(HW/16), C', 16), E tiles (ceil(HW/16), C', 16), weights, stats, G (B*P, N' + 1, T*h)], the
-        logit bias (B*P, T, h))."""
-        norm, (weights, stats, _, values) = first
-        batch, prompts, length, _ = k.shape
-        heads = self.num_heads
-        gain, shift = norm.weight.float(), norm.bias.float()
-        key = (id(self), "source_factors")
-        entry = None if cache is None else cache.get(key)
-        if entry is None or entry[0] is not image:  # products in the image's dtype (bf16: at the bf16 rate), kept in fp32
-            weight = (self.q_proj.weight.float() * gain).to(image.dtype)
-            shared = (token_tiles(F.linear(image[:, 0], weight).float()), token_tiles(F.linear(image_pe, self.q_proj.weight)[None].float())[0])
-            entry = (image, shared)
-            if cache is not None:
-                cache[key] = entry
-        # Q_(t,h) . w = k_(t,h) . (w W_q,h^T): the products go through the C' columns, head by head
-        by_head = k.reshape(batch * prompts, length, heads, -1).float()  # (B*P, T, h, d)
-        weight = self.q_proj.weight.float()
-        rows = (values * gain) @ weight.t()  # (B*P, N', C'): (v_j * g) W_q^T
-        mixing = torch.matmul(rows.view(batch * prompts, -1, heads, by_head.shape[-1]).transpose(1, 2), by_head.permute(0, 2, 3, 1))  # (B*P, h, N', T)
-        mixing = torch.cat([mixing.permute(0, 2, 3, 1).flatten(2), -self._head_dots(by_head, gain @ weight.t())[:, None]], dim=1)
-        bias = self._head_dots(by_head, self.q_proj.bias.float() + shift @ weight.t()).view(batch * prompts, length, heads)
-        return [*entry[1], weights, stats, mixing.contiguous()], bias
-
-    def _head_dots(self, rows: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
-        """rows (N, T, h, d) . a vector (h*d,) head by head -> (N, T*h), columns (t, h)."""
-        return (rows * vector.view(self.num_heads, -1)).sum(-1).flatten(1)
-
-    def factored_operands(self, cache: dict | None, image: torch.Tensor, image_pe: torch.Tensor, norm: nn.LayerNorm, values: torch.Tensor,
-                          tokens: torch.Tensor, token_pe: torch.Tensor) -> list[torch.Tensor]:
-        """This token -> image attention's operands for the compiled kernel's factored form (`factored` of
-        `image_to_tokens`; see `FactoredAttender` in kernels/decoder_attention.cpp), where the image tokens it attends to
-        are `norm(x + sum_j u_j values_j)` of a shared image side x (B, 1, HW, C) that the same kernel pass forms:
-        values (B*P, N, C) fp32, that pass's value rows (t, h); tokens, token_pe (B, P, T, C) its queries' tokens.
-        -> [A tiles (B, ceil(HW/16), C', 16), E tiles (ceil(HW/16), C', 16), B rows (B, HW, C'), queries (B*P, T, C'),
-        mixing (B*P, h*T, N + 1)], all fp32: A = (x * g) W_k^T, E = pe W_k^T and B = (x * g) W_v^T are shared (cached for
-        the call), and row (h, t) of the mixing is [v_j . (g * Q_(h,t)) for each j, -Q_(h,t) . g] with Q = q_h W_k,h."""
-        batch, prompts, length, _ = tokens.shape
-        q = self.project(self.q_proj, tokens + token_pe) * self.scale  # (B, P, T, C')
-        gain, weight = norm.weight.float(), self.k_proj.weight.float()
-        by_head = q.reshape(batch * prompts, length, self.num_heads, -1).float().transpose(1, 2)  # (B*P, h, T, d)
-        rows = ((values * gain) @ weight.t()).view(batch * prompts, -1, self.num_heads, by_head.shape[-1])  # (B*P, N, h, d): (v_j * g) W_k^T
-        mixing = torch.matmul(by_head, rows.permute(0, 2, 3, 1)).flatten(1, 2)  # (B*P, h*T, N): Q_(h,t) . (g * v_j)
-        centre = self._head_dots(by_head.transpose(1, 2), gain @ weight.t()).view(batch * prompts, length, -1).transpose(1, 2)
-        mixing = torch.cat([mixing, -centre.reshape(batch * prompts, -1, 1)], dim=-1)  # rows (h, t)
-        return [*self._factored_shared(cache, image, image_pe, gain), q.reshape(batch * prompts, length, -1).float().contiguous(),
-                mixing.contiguous()]
-
-    def _factored_shared(self, cache: dict | None, image: torch.Tensor, image_pe: torch.Tensor, gain: torch.Tensor):
-        """A tiles, E tiles and B rows of `factored_operands` for the image side (B, 1, HW, C), cached with it."""
-        key = (id(self), "factored")
-        entry = None if cache is None else cache.get(key)
-        if entry is None or entry[0] is not image:  # products in the image's dtype (bf16: at the bf16 rate), kept in fp32
-            scaled = [(layer.weight.float() * gain).to(image.dtype) for layer in (self.k_proj, self.v_proj)]  # (x * g) W^T = x (W * g)^T
-            shared = (token_tiles(F.linear(image[:, 0], scaled[0]).float()), token_tiles(F.linear(image_pe, self.k_proj.weight)[None].float())[0],
-                      F.linear(image[:, 0], scaled[1]).float().contiguous())
-            entry = (image, shared)
-            if cache is not None:
-                cache[key] = entry
-        return entry[1]
-
-    def factored_values(self, sums: torch.Tensor, norm: nn.LayerNorm, values: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        """The kernel's factored sums (B*P, h*T, d + N + 1) (`factored_operands`) -> this attention's output (B, P, T, C)
-        for tokens of `shape`: per row (h, t) with weights p over the image tokens y = r (z - mu) * g + b,
-        sum p y W_v,h^T = sum p r B_h + (sum p r u) (v (g * W_v,h)^T) - (sum p r mu) g W_v,h^T + b W_v,h^T (the weights
-        summing to one), then b_v and out_proj."""
-        batch, prompts, length, _ = shape
-        heads, width, rank = self.num_heads, self.internal_dim // self.num_heads, values.shape[1]
-        weight_v, gain, bias = self.v_proj.weight.float(), norm.weight.float(), norm.bias.float()
-        by_values = ((values * gain).flatten(0, 1) @ weight_v.t()).view(-1, rank, heads, width)  # (B*P, N, h, d): v (g * W_v)^T
-        weighted = sums[..., width:width + rank].reshape(-1, heads, length, rank)  # (B*P, h, T, N)
-        mixed = sums[..., :width].view(-1, heads, length, width) + torch.matmul(weighted, by_values.permute(0, 2, 1, 3))
-        mixed = mixed - sums[..., width + rank].view(-1, heads, length, 1) * (gain @ weight_v.t()).view(heads, 1, width)
-        mixed = mixed + (bias @ weight_v.t()).view(heads, 1, width)  # (B*P, h, T, d)
-        out = mixed.permute(0, 2, 1, 3).reshape(batch, prompts, length, self.internal_dim).to(self.v_proj.weight.dtype)
-        return self.out_proj(out + self.v_proj.bias)
-
     def normed_image_to_tokens(self, module, image, image_pe, tokens, token_pe, token_mask, norm: nn.LayerNorm, route: str, cache, out=None,
                                next_queries=None, record: list | None = None, factored_next: tuple | None = None,
                                factored_source: tuple | None = None):
@@ -443,14 +336,14 @@ class SamHfAttention(nn.Module):
         `next_queries` (B*P, M, C), a token -> image attention's `folded_queries`: that attention to the new image
         tokens runs in the same pass, while each block of them is in cache. Returns the new image tokens and, with
         `next_queries`, that attention's weighted sums of them (B*P, M, C), else None. `factored_next` (attention,
-        tokens, token_pe) instead, on a shared image side: that attention in factored form (`factored_operands`), whose
-        output (B, P, T, C) is returned in place of the sums. `factored_source` (x, first) on the image tokens a first pass
-        formed from a shared image side x and recorded (`first`: see `source_operands`): the logits from those factors.
-        With `record` (a list): appends
-        this attention's softmax weights per image token (B*P, HW, h*T) in the image tokens' dtype (from fp32, rounded once;
-        the first recorded attention's times each token's LayerNorm 1 / std), that LayerNorm's mean and 1 / std (B*P, HW,
-        2) in fp32, the tokens' value projections (B*P, T, C') and this attention's value rows (B*P, T*h, C) in fp32, for the
-        folded mask upscaling (`SamHfMaskDecoder.folded_operands`) and the next pass's `source_operands`."""
+        tokens, token_pe) instead, on a shared image side: that attention in factored form (factored_passes.py), whose
+        output (B, P, T, C) is returned in place of the sums. `factored_source` (x, first), on the image tokens that a
+        first pass formed from a shared image side x and recorded (`first`: see `factored_passes.source_operands`): the
+        logits from those factors. With `record` (a list): appends this attention's softmax weights per image token
+        (B*P, HW, h*T) in the image tokens' dtype (from fp32, rounded once; the first recorded attention's times each
+        token's LayerNorm 1 / std), that LayerNorm's mean and 1 / std (B*P, HW, 2) in fp32, the tokens' value projections
+        (B*P, T, C') and this attention's value rows (B*P, T*h, C) in fp32, for the folded mask upscaling
+        (`SamHfMaskDecoder.folded_operands`) and the next pass's factored logits."""
         batch, prompts, length, _ = tokens.shape
         heads, head_dim = self.num_heads, self.internal_dim // self.num_heads
         sides, tokens_hw, channels = batch * image.shape[1], image.shape[2], image.shape[3]
@@ -458,7 +351,7 @@ class SamHfAttention(nn.Module):
         source_factors = None
         if factored_source is not None:  # the per-head form on the first pass's factors
             source = None
-            source_factors, bias = self.source_operands(cache, factored_source[0], image_pe, factored_source[1], k)
+            source_factors, bias = source_operands(self, cache, factored_source[0], image_pe, factored_source[1], k)
             weight = k.reshape(batch * prompts, length, self.internal_dim)  # (B*P, T, C')
         elif route == "shared":  # the kernel's per-head form: head h's columns of the source meet only head h's keys
             source = self.shared_tiles(cache, image, image_pe)  # (B, ceil(HW/16), C', 16)
@@ -484,7 +377,7 @@ class SamHfAttention(nn.Module):
         factored = None
         if factored_next is not None:
             attention, next_tokens, next_pe = factored_next
-            factored = attention.factored_operands(cache, image, image_pe, norm, values, next_tokens, next_pe)
+            factored = next_attention_operands(attention, cache, image, image_pe, norm, values, next_tokens, next_pe)
         # the image tokens in their dtype (fp32 or bf16), the small per-prompt operands in fp32 (the kernel rounds them)
         mixed = module.image_to_tokens(residual.contiguous(), source, image_pe.contiguous(), weight.float().contiguous(),
                                        bias.reshape(batch * prompts, -1).float().contiguous(), heads, values,
@@ -493,7 +386,7 @@ class SamHfAttention(nn.Module):
                                        record is not None and not record,  # the first recorded block's weights times r1
                                        factored, source_factors)
         if factored is not None:
-            mixed = attention.factored_values(mixed, norm, values, next_tokens.shape)
+            mixed = next_attention_output(attention, mixed, norm, values, next_tokens.shape)
         if record is not None:
             record.append((weights_out, stats_out, projected.reshape(batch * prompts, length, self.internal_dim), values))
         return flat_out.view(batch, prompts, tokens_hw, channels), mixed

@@ -19,7 +19,8 @@ from __future__ import annotations
 from torch import nn
 
 from ..configuration import SamHfMaskDecoderConfig
-from .decoder_attention import FOLD_UP_TO_PROMPTS, SamHfAttention, decoder_kernel
+from .decoder_attention import FOLD_UP_TO_PROMPTS, SamHfAttention
+from .kernel_inputs import decoder_kernel
 from .layers import SamHfMLPBlock, layer_norm_into
 
 
@@ -139,7 +140,7 @@ class SamHfTwoWayTransformer(nn.Module):
         # blocks, the first one's image side shared by the prompts
         fold_upscaling = bool(cache.get("fold_upscaling")) and len(self.layers) == 2 and image.shape[1] == 1
         # on a shared image side (and not the "fold" route) the first pass's records also give the second pass its logits
-        # (`SamHfAttention.source_operands`) and its following token -> image attention is factored (`factored_operands`)
+        # and its following token -> image attention is factored (modeling/factored_passes.py)
         factor = not fold and image.shape[1] == 1 and len(self.layers) > 1
         record = [] if fold_upscaling or factor else None
         first = self.layers[0]
