@@ -307,6 +307,9 @@ def _calls(monkeypatch, module):
         def __getattr__(self, name):
             def call(*args, **kwargs):
                 counts[name] = counts.get(name, 0) + 1
+                if name == "image_to_tokens":  # the factored forms taken (positional: factored, source_factors)
+                    for form, index in (("factored", 15), ("source_factors", 16)):
+                        counts[form] = counts.get(form, 0) + (len(args) > index and args[index] is not None)
                 return getattr(module, name)(*args, **kwargs)
 
             return call
@@ -329,6 +332,8 @@ def test_sam_sized_decoder_equals_pytorch_path_and_transformers(module, sam_deco
     # the first token -> image attention: of one prompt's image side ("fold"), or of the shared one, per head; the
     # mask tokens' final attention after the threshold, of the image side each prompt has by then
     assert counts["tokens_to_image"] == (3 if prompts == 1 else groups) and counts.get("head_attention", 0) == (0 if prompts == 1 else 2 * groups)
+    # on the shared image side: the first pass's next attention and the second pass's logits factored, in both calls
+    assert counts["factored"] == counts["source_factors"] == (0 if prompts == 1 else 2 * groups)
     with monkeypatch.context() as patch:
         patch.setattr(kernel_inputs, "kernel_for", lambda name, dtype: None)
         plain = _decode(sam_decoder, prompts)
