@@ -166,15 +166,16 @@ def test_factored_next_attention_matches_the_formed_tokens(module, threads, side
 
 
 @pytest.mark.parametrize(
-    "sides, prompts, channels, heads, tokens, length",
+    "sides, prompts, channels, heads, tokens, length, dtype",
     [
-        (1, 3, 256, 8, 7, 300),  # SAM's second pass on the first one's records; a partial last tile
-        (2, 4, 48, 4, 5, 70),  # any head count and width, two images
+        (1, 3, 256, 8, 7, 300, torch.float32),  # SAM's second pass on the first one's records; a partial last tile
+        (2, 4, 48, 4, 5, 70, torch.float32),  # any head count and width, two images
+        (1, 3, 256, 8, 7, 300, torch.bfloat16),  # bf16 image tokens and records
     ],
 )
-def test_factored_source_matches_the_formed_tokens(module, threads, sides, prompts, channels, heads, tokens, length):
+def test_factored_source_matches_the_formed_tokens(module, threads, sides, prompts, channels, heads, tokens, length, dtype):
     """`source_factors` (the second pass's logits from the first pass's records on a shared image side) gives the
-    second pass that the formed image tokens give, in fp32."""
+    second pass that the formed image tokens give."""
     from sam_hf.configuration import SamHfMaskDecoderConfig
 
     generator = torch.Generator().manual_seed(5)
@@ -192,35 +193,42 @@ def test_factored_source_matches_the_formed_tokens(module, threads, sides, promp
     token_pe = torch.randn(sides, prompts // sides, tokens, channels, generator=generator)
     mask = torch.ones(sides, prompts // sides, tokens, dtype=torch.bool)
     mask[0, 0, 1] = False  # prompt 0's token 1 is padding in both passes
+    image, pe = image.to(dtype), pe.to(dtype)
+    first, second = first.to(dtype), second.to(dtype)
+    token_rows, token_pe = token_rows.to(dtype), token_pe.to(dtype)
+    norms = [norm.float() for norm in norms]
 
     # the first pass, recorded: the image's tokens attend to the tokens (its per-head form on a random query source)
     first_keys = first.project(first.k_proj, token_rows + token_pe) * first.scale
     bias = torch.zeros(prompts, tokens, heads).masked_fill(~mask.reshape(prompts, tokens, 1), float("-inf")).reshape(prompts, n)
     projected = first.v_proj(token_rows)
-    weights, stats = torch.empty(prompts, length, n), torch.empty(prompts, length, 2)
-    formed = torch.empty(prompts, length, channels)
+    weights, stats = torch.empty(prompts, length, n, dtype=dtype), torch.empty(prompts, length, 2)
+    formed = torch.empty(prompts, length, channels, dtype=dtype)
     module.image_to_tokens(image, kernel_inputs.token_tiles(torch.randn(sides, length, depth, generator=generator)), pe,
-                           first_keys.reshape(prompts, tokens, depth), bias, heads, first.value_rows(projected), norms[0].weight,
+                           first_keys.reshape(prompts, tokens, depth).float(), bias, heads, first.value_rows(projected), norms[0].weight,
                            norms[0].bias, 1e-6, formed, None, weights, stats, True)
     record = (norms[0], (weights, stats, projected.reshape(prompts, tokens, depth), first.value_rows(projected)))
 
     # the second pass on the formed tokens (the dense form, x + pe), and on the first pass's factors
     keys = second.project(second.k_proj, token_rows + token_pe) * second.scale  # (S, P/S, T, C')
     folded = second._per_head_product(keys, second.q_proj.weight).view(prompts, heads, tokens, channels)
-    dense = folded.permute(0, 3, 2, 1).reshape(prompts, channels, n)  # columns (t, h)
-    dense_bias = (keys.reshape(prompts, tokens, heads, -1) * second.q_proj.bias.view(heads, -1)).sum(-1)
+    dense = folded.permute(0, 3, 2, 1).reshape(prompts, channels, n).float()  # columns (t, h)
+    dense_bias = (keys.reshape(prompts, tokens, heads, -1) * second.q_proj.bias.view(heads, -1)).sum(-1).float()
     dense_bias = dense_bias.masked_fill(~mask.reshape(prompts, tokens, 1), float("-inf")).reshape(prompts, n)
     values = second.value_rows(second.v_proj(token_rows))
-    expected = torch.empty(prompts, length, channels)
+    expected = torch.empty(prompts, length, channels, dtype=dtype)
     module.image_to_tokens(formed, None, pe, dense, dense_bias, heads, values, norms[1].weight, norms[1].bias, 1e-6, expected)
     operands, source_bias = factored_passes.source_operands(second, None, image[:, None], pe, record, keys)
     source_bias = source_bias.masked_fill(~mask.reshape(prompts, tokens, 1), float("-inf")).reshape(prompts, n)
-    out = torch.empty(prompts, length, channels)
-    module.image_to_tokens(formed, None, pe, keys.reshape(prompts, tokens, depth), source_bias, heads, values, norms[1].weight,
+    out = torch.empty(prompts, length, channels, dtype=dtype)
+    module.image_to_tokens(formed, None, pe, keys.reshape(prompts, tokens, depth).float(), source_bias, heads, values, norms[1].weight,
                            norms[1].bias, 1e-6, out, source_factors=operands)
-    assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    if dtype == torch.float32:
+        assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    else:  # the formed path's logits read bf16 tokens through bf16 products; the factors' are fp32: a few bf16 steps
+        assert_close(out.float(), expected.float(), rtol=0.0, atol=4 * 2**-8 * float(expected.float().abs().max()))
     with pytest.raises(RuntimeError, match=r"source mixing must be \(P, N' \+ 1, N\)"):
-        module.image_to_tokens(formed, None, pe, keys.reshape(prompts, tokens, depth), source_bias, heads, values, norms[1].weight,
+        module.image_to_tokens(formed, None, pe, keys.reshape(prompts, tokens, depth).float(), source_bias, heads, values, norms[1].weight,
                                norms[1].bias, 1e-6, out, source_factors=[*operands[:4], operands[4][:, 1:].contiguous()])
 
 

@@ -53,7 +53,7 @@ def next_attention_operands(attention, cache: dict | None, image: torch.Tensor, 
 
     def shared():  # (x * g) W^T = x (W * g)^T, in the image's dtype (bf16: at the bf16 rate)
         scaled_k, scaled_v = ((layer.weight.float() * gain).to(image.dtype) for layer in (attention.k_proj, attention.v_proj))
-        return (_tiles(F.linear(image[:, 0], scaled_k)), _tiles(F.linear(image_pe, attention.k_proj.weight)[None])[0],
+        return (_tiles(F.linear(image[:, 0], scaled_k)), _tiles(F.linear(image_pe, attention.k_proj.weight.to(image_pe.dtype))[None])[0],
                 F.linear(image[:, 0], scaled_v).float().contiguous())
 
     q = attention.project(attention.q_proj, tokens + token_pe) * attention.scale  # (B, P, T, C')
@@ -99,7 +99,7 @@ def source_operands(attention, cache: dict | None, image: torch.Tensor, image_pe
     heads, gain, shift, weight = attention.num_heads, norm.weight.float(), norm.bias.float(), attention.q_proj.weight.float()
 
     def shared():  # in the image's dtype (bf16: at the bf16 rate)
-        return (_tiles(F.linear(image[:, 0], (weight * gain).to(image.dtype))), _tiles(F.linear(image_pe, attention.q_proj.weight)[None])[0])
+        return (_tiles(F.linear(image[:, 0], (weight * gain).to(image.dtype))), _tiles(F.linear(image_pe, attention.q_proj.weight.to(image_pe.dtype))[None])[0])
 
     by_head = k.reshape(batch * prompts, length, heads, -1).float()  # (B*P, T, h, d)
     # Q_(t,h) . w = k_(t,h) . (w W_q,h^T): through the C' columns, head by head
