@@ -401,18 +401,22 @@ void weighted_rows(int64_t count, const float* p, int64_t ldp, const float* valu
 //   sum p r B_h (B = (x * g) W_v^T, shared), sum p r [u, mu] (N + 1 wide)
 // from which the caller forms sum p y W_v,h^T exactly (`modeling/factored_passes.py`, `next_attention_output`). Per image token that is
 // about (2 w + 2 N) multiply-adds per query row instead of 2 C against the formed tokens (ViT-B: 144 vs 512).
-// Everything here is fp32, also next to bf16 image tokens.
+// The factors, logits, softmax and sums are fp32; next to bf16 image tokens (T) the two products with the weights u
+// (u . G and sum p r [u, mu]) take bf16 operands, rounded once, as the formed form's products do.
+template <typename T>
 class FactoredAttender {
  public:
   FactoredAttender(int64_t tokens, int64_t heads, int64_t depth, int64_t rank)
       : t_(tokens), heads_(heads), d_(depth), w_(depth / heads), n_(rank), m_(tokens * heads), width_(depth / heads + rank + 1),
         logits_(m_ * kRows), positions_(m_ * kRows), mixed_(m_ * kRows), joined_(kRows * (rank + 1)), joined_t_((rank + 1) * kRows),
-        scale_(kRows) {}
+        scale_(kRows), mixing_b_(kBf16<T> ? m_ * even(rank + 1) : 0), joined_b_(kBf16<T> ? even(kRows) * (rank + 1) : 0),
+        joined_t_b_(kBf16<T> ? even(rank + 1) * kRows : 0), weights_b_(kBf16<T> ? m_ * even(kRows) : 0) {}
 
   // This prompt's queries q (T, D) and [G | -c] (M, N + 1), rows (h, t).
   void set_prompt(const float* queries, const float* mixing) {
     queries_ = queries;
     mixing_ = mixing;
+    if constexpr (kBf16<T>) round_rows(mixing, m_, n_ + 1, n_ + 1, mixing_b_.data(), even(n_ + 1));
   }
 
   // One block of `rows` image tokens: their tiles of A and E ((ceil(rows/16), D, 16), as `token_tiles`), rows of B
@@ -430,8 +434,15 @@ class FactoredAttender {
       joined_[r * k + n_] = stats[2 * r];
       scale_[r] = stats[2 * r + 1];
     }
-    transpose(joined_.data(), k, rows, k, joined_t_.data(), kRows);               // (N + 1, rows)
-    gemm(m_, rows, k, mixing_, k, joined_t_.data(), kRows, mixed_.data(), kRows, false);  // u . G_i - mu c_i: (M, rows)
+    if constexpr (kBf16<T>) {  // u . G_i - mu c_i: (M, rows), K = N + 1 padded to even
+      pack_vnni(joined_.data(), rows, k, k, joined_b_.data());  // for the sums below: (rows, N + 1), K = rows
+      transpose(joined_.data(), k, rows, k, joined_t_.data(), kRows);  // (N + 1, rows)
+      pack_vnni(joined_t_.data(), k, rows, kRows, joined_t_b_.data());
+      gemm(m_, rows, even(k), mixing_b_.data(), even(k), joined_t_b_.data(), rows, mixed_.data(), kRows, false);
+    } else {
+      transpose(joined_.data(), k, rows, k, joined_t_.data(), kRows);  // (N + 1, rows)
+      gemm(m_, rows, k, mixing_, k, joined_t_.data(), kRows, mixed_.data(), kRows, false);  // u . G_i - mu c_i: (M, rows)
+    }
     for (int64_t i = 0; i < m_; ++i) {
       float* l = logits_.data() + i * kRows;
       const float* e = positions_.data() + i * kRows;
@@ -470,7 +481,12 @@ class FactoredAttender {
       for (int64_t h = 0; h < heads_; ++h)
         gemm(t_, w_, rows, logits_.data() + h * t_ * kRows, kRows, values + h * w_, d_, state.acc.data() + h * t_ * width_, width_, true);
     }
-    gemm(m_, k, rows, logits_.data(), kRows, joined_.data(), k, state.acc.data() + w_, width_, true);  // sum p r [u, mu]
+    if constexpr (kBf16<T>) {  // sum p r [u, mu], K = rows padded to even
+      round_rows(logits_.data(), m_, rows, kRows, weights_b_.data(), even(rows));
+      gemm(m_, k, even(rows), weights_b_.data(), even(rows), joined_b_.data(), k, state.acc.data() + w_, width_, true);
+    } else {
+      gemm(m_, k, rows, logits_.data(), kRows, joined_.data(), k, state.acc.data() + w_, width_, true);  // sum p r [u, mu]
+    }
   }
 
   int64_t width() const { return width_; }
@@ -480,6 +496,8 @@ class FactoredAttender {
   const float* queries_ = nullptr;
   const float* mixing_ = nullptr;
   std::vector<float> logits_, positions_, mixed_, joined_, joined_t_, scale_;
+  std::vector<BFloat16> mixing_b_, joined_b_, joined_t_b_, weights_b_;  // bf16 only: the products' operands
+  static int64_t even(int64_t count) { return count + (count & 1); }
 };
 
 // Ranges of blocks per prompt: with fewer prompts than threads, each prompt's image tokens are split into
@@ -589,7 +607,7 @@ std::optional<at::Tensor> image_to_tokens_typed(const at::Tensor& residual, cons
         packed_logit_weight(kBf16<T> && !tiled ? depth * n : 0);
     std::optional<Attender<T>> attender;
     if (next_queries) attender.emplace(m, channels, channels);
-    std::optional<FactoredAttender> factored_attender;
+    std::optional<FactoredAttender<T>> factored_attender;
     std::vector<float> block_stats(factored.empty() ? 0 : 2 * kRows);
     if (!factored.empty()) factored_attender.emplace(next_tokens, heads, next_depth, n);
     for (int64_t item = begin; item < end; ++item) {
