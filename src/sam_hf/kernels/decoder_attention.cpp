@@ -399,8 +399,9 @@ void weighted_rows(int64_t count, const float* p, int64_t ldp, const float* valu
 // with A = (x * g) W_k^T and E = pe W_k^T shared (per-head columns, D = C' wide), G_i,j = v_j . (g * Q_i), c_i = Q_i . g.
 // Its weighted sums, with p the softmax weights over image tokens, are kept as the factors of the value projection:
 //   sum p r B_h (B = (x * g) W_v^T, shared), sum p r [u, mu] (N + 1 wide)
-// from which the caller forms sum p y W_v,h^T exactly (`modeling/factored_passes.py`, `next_attention_output`). Per image token that is
-// about (2 w + 2 N) multiply-adds per query row instead of 2 C against the formed tokens (ViT-B: 144 vs 512).
+// from which the caller forms sum p y W_v,h^T exactly (`modeling/factored_passes.py`, `next_attention_output`). Per
+// image token that is about (2 w + 2 N) multiply-adds per query row instead of 2 C against the formed tokens (ViT-B:
+// 144 vs 512).
 // The factors, logits, softmax and sums are fp32; next to bf16 image tokens (T) the two products with the weights u
 // (u . G and sum p r [u, mu]) take bf16 operands, rounded once, as the formed form's products do.
 template <typename T>
@@ -488,8 +489,6 @@ class FactoredAttender {
       gemm(m_, k, rows, logits_.data(), kRows, joined_.data(), k, state.acc.data() + w_, width_, true);  // sum p r [u, mu]
     }
   }
-
-  int64_t width() const { return width_; }
 
  private:
   int64_t t_, heads_, d_, w_, n_, m_, width_;
@@ -623,6 +622,13 @@ std::optional<at::Tensor> image_to_tokens_typed(const at::Tensor& residual, cons
       const bool fast = 16 % heads == 0 && n <= 16 * kMaxVectors;
       if (fast)
         for (int64_t i = 0; i < (n + 15) / 16; ++i) bias[i] = _mm512_maskz_loadu_ps(lanes_below(n - 16 * i), b + 16 * i);
+      const auto softmax_rows = [&](int64_t rows) {  // each row's softmax over each head's tokens, after the bias, in place
+        if (fast) {
+          for (int64_t r = 0; r < rows; ++r) softmax_over_tokens_fast(logits.data() + r * n, bias, n, heads);
+        } else {
+          for (int64_t r = 0; r < rows; ++r) softmax_over_tokens(logits.data() + r * n, b, tokens, heads);
+        }
+      };
       if (attender) attender->set_queries(next_queries->data_ptr<float>() + p * m * channels, channels);
       if (factored_attender)
         factored_attender->set_prompt(factored[3].data_ptr<float>() + p * next_tokens * next_depth, factored[4].data_ptr<float>() + p * m * (n + 1));
@@ -654,11 +660,7 @@ std::optional<at::Tensor> image_to_tokens_typed(const at::Tensor& residual, cons
             transpose(tile_logits.data(), 16, n, 16, logits.data() + tile * 16 * n, n);
           }
           gemm(rows, n, source_k, factors.data(), source_k, source_factors[4].data_ptr<float>() + p * source_k * n, n, logits.data(), n, true);
-          if (fast) {
-            for (int64_t r = 0; r < rows; ++r) softmax_over_tokens_fast(logits.data() + r * n, bias, n, heads);
-          } else {
-            for (int64_t r = 0; r < rows; ++r) softmax_over_tokens(logits.data() + r * n, b, tokens, heads);
-          }
+          softmax_rows(rows);
         } else if (tiled) {  // tile by tile (kRows is a multiple of 16), each tile's weights transposed into its rows
           for (int64_t tile = 0; tile * 16 < rows; ++tile) {
             head_softmax_tile(source + (side * tiles + row0 / 16 + tile) * depth * 16, prompt_logit_weight, b, tokens, heads, depth,
@@ -674,11 +676,7 @@ std::optional<at::Tensor> image_to_tokens_typed(const at::Tensor& residual, cons
             const float* a = source ? source + (side * length + row0) * depth : a_rows.data();
             gemm(rows, n, depth, a, depth, prompt_logit_weight, n, logits.data(), n, false);
           }
-          if (fast) {
-            for (int64_t r = 0; r < rows; ++r) softmax_over_tokens_fast(logits.data() + r * n, bias, n, heads);
-          } else {
-            for (int64_t r = 0; r < rows; ++r) softmax_over_tokens(logits.data() + r * n, b, tokens, heads);
-          }
+          softmax_rows(rows);
         }
         if constexpr (kBf16<T>) {
           round_rows(logits.data(), rows, n, n, weights.data(), n_even);
@@ -716,6 +714,11 @@ std::optional<at::Tensor> image_to_tokens_typed(const at::Tensor& residual, cons
 // With `factored` [A tiles (S, ceil(L/16), D', 16), E tiles (ceil(L/16), D', 16), B rows (S, L, D'), queries (P, T', D'),
 // mixing (P, M, N + 1)] instead: that attention in factored form (FactoredAttender; M = T' * heads rows (h, t)) ->
 // (P, M, D' / heads + N + 1) fp32, per row its weighted sums of r B_h, r u and r mu.
+// With `source_factors` [A tiles (S', ceil(L/16), D, 16), E tiles (ceil(L/16), D, 16), weights (P, L, N') in the image
+// tokens' dtype, stats (P, L, 2), mixing (P, N' + 1, N)] instead of a logit source, where the residual is the image
+// tokens a first pass formed from S' shared sides and recorded (weights r u, stats mu and r): the logits per head from
+// those factors, r (A_h . k) + E_h . k + [r u, r mu] . G + bias, with logit_weight the per-head keys (P, T, D)
+// (`modeling/factored_passes.py`, `source_operands`).
 // residual, pe and out: the image tokens' dtype, fp32 or bf16 (then C even and no 3-D logit_source); the rest fp32.
 // With weights_out (P, L, N) in the image tokens' dtype and stats_out (P, L, 2) fp32: each image token's softmax
 // weights (from fp32, rounded once in bf16), times its LayerNorm's 1 / std with `scale_weights` (which needs

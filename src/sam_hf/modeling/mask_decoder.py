@@ -150,8 +150,9 @@ class SamHfMaskDecoder(nn.Module):
         convolution of the image, kept in `image_cache` when one is given) costs about what two prompts save, and a
         single click gains nothing measurable from it (ViT-B, one Zen 4 core, a kept cache: fp32 29-31 against 31-33 ms
         per click, bf16 20 against 20, the first click 6-8 ms slower). With a threshold (segment everything) it is not
-        taken: every prompt's attention passes would record what the fold reads (about 1.8 MB per ViT-B prompt in fp32
-        written), and only the prompts above the threshold are upscaled."""
+        taken: every prompt's second attention pass would also record what the fold reads (the first pass records on a
+        shared image side anyway, for the second pass's factored logits: `factored_passes.py`; about 0.9 MB per ViT-B
+        prompt in fp32 each), and only the prompts above the threshold are upscaled."""
         if image.shape[0] != 1 or image.shape[1] != 1 or len(self.transformer.layers) != 2:
             return False
         if any(p.dtype != image.dtype for p in self.upscale_parameters()) or kernel_for("mask_upscaling", image.dtype) is None:
