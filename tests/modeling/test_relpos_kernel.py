@@ -215,6 +215,40 @@ def test_failed_build_falls_back(monkeypatch, tmp_path):
     assert kernels.unavailable_reason(NAME) == "build failed: RuntimeError: Error building extension 'relpos_attention'"
 
 
+def test_build_all_runs_the_missing_builds_side_by_side(monkeypatch):
+    """`build_all()` (`python -m sam_hf.kernels`, setup.sh): the builds it needs run at once, each kernel is built once,
+    and kernels that cannot be used here come back None with their reason."""
+    import threading
+
+    monkeypatch.setattr(loader, "_LOADED", {})
+    monkeypatch.setattr(loader, "_REASONS", {})
+    monkeypatch.setattr(loader, "_why_not", lambda name: "this CPU lacks avx512f" if name == "mask_upscaling" else None)
+    both_building = threading.Barrier(2, timeout=20)  # broken (so the build fails) unless two builds overlap
+    built = []
+
+    class Served:
+        @staticmethod
+        def brgemm_usable():
+            return True
+
+    def build(name):
+        built.append(name)
+        both_building.wait()
+        return Served
+
+    monkeypatch.setattr(loader, "_build", build)
+    with kernels.disabled():
+        assert kernels.build_all() == {name: None for name in sorted(loader.REQUIREMENTS)} and built == []
+    modules = kernels.build_all()
+    assert modules == {"decoder_attention": Served, "mask_upscaling": None, "relpos_attention": Served}
+    assert sorted(built) == ["decoder_attention", "relpos_attention"]
+    assert kernels.unavailable_reason("mask_upscaling") == "this CPU lacks avx512f"
+    assert kernels.unavailable_reason(NAME) is None and kernels.kernel(NAME) is Served
+    assert kernels.build_all([NAME]) == {NAME: Served} and len(built) == 2  # loaded once, never rebuilt
+    with pytest.raises(ValueError, match=r"names must be among .*got \['flash'\]"):
+        kernels.build_all([NAME, "flash"])
+
+
 def test_built_kernel_whose_runtime_check_fails_is_not_used(monkeypatch):
     monkeypatch.setattr(loader, "_LOADED", {})
     monkeypatch.setattr(loader, "_REASONS", {})

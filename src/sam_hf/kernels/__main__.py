@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import torch
 
-from .loader import REQUIREMENTS, cache_dir, kernel, kernel_for, unavailable_reason
+from .loader import build_all, cache_dir, kernel_for, unavailable_reason
 
 
 def main() -> None:
-    for name in sorted(REQUIREMENTS):
-        module = kernel(name)
+    for name, module in build_all().items():  # the missing builds side by side
         if module is None:
             status = f"not used: {unavailable_reason(name)}"
         else:

@@ -6,7 +6,8 @@ The kernels are C++ sources shipped in this folder, compiled once per machine on
 which holds the copy of the source that is compiled (so every checkout shares one build).
 Everything works without them: when a kernel cannot be used (other CPU, no compiler, a failed build, or
 `SAM_HF_KERNELS=0`), `kernel(...)` returns None, callers take their PyTorch path, and the reason is
-logged once and kept in `unavailable_reason(...)`. `python -m sam_hf.kernels` builds and reports.
+logged once and kept in `unavailable_reason(...)`. `build_all()` builds the missing ones side by side (about 45 s
+for the three on two cores, against 85 s one after another); `python -m sam_hf.kernels` calls it and reports.
 """
 
 from __future__ import annotations
@@ -158,21 +159,54 @@ def kernel(name: str) -> ModuleType | None:
         return _LOADED[name]
     with _LOCK:
         if name not in _LOADED:
-            reason = _why_not(name)
-            module = None
-            if reason is None:
-                try:
-                    module = _build(name)
-                except Exception as error:  # noqa: BLE001 - any build failure means: use the PyTorch path
-                    reason = f"build failed: {type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
-                check = REQUIREMENTS[name].get("runtime_check")
-                if module is not None and check is not None and not getattr(module, check)():
-                    reason, module = f"built, but its check {check}() says this CPU is not served", None
-            if reason is not None:
-                logger.info(f"sam_hf: the {name} kernel is not used ({reason}); PyTorch's path is taken")
-                _REASONS[name] = reason
-            _LOADED[name] = module
+            _remember(name, *_load(name))
     return _LOADED[name]
+
+
+def build_all(names: list[str] | tuple[str, ...] | None = None) -> dict[str, ModuleType | None]:
+    """`kernel(name)` for each of `names` (default: every kernel), the missing builds run side by side (one
+    compiler per kernel: on two cores the three take about 45 s instead of 85 s). Returns {name: module or None}."""
+    names = sorted(REQUIREMENTS) if names is None else list(names)
+    unknown = [name for name in names if name not in REQUIREMENTS]
+    if unknown:
+        raise ValueError(f"names must be among {sorted(REQUIREMENTS)}, got {unknown}")
+    if getattr(_THIS_THREAD, "disabled", False):
+        return {name: None for name in names}
+    with _LOCK:
+        missing = [name for name in dict.fromkeys(names) if name not in _LOADED]
+        if missing:
+            from concurrent.futures import ThreadPoolExecutor
+
+            # each build waits on its own compiler process, so threads suffice; the lock keeps kernel() out meanwhile
+            with ThreadPoolExecutor(max_workers=len(missing)) as pool:
+                loaded = list(pool.map(_load, missing))
+            for name, (module, reason) in zip(missing, loaded):
+                _remember(name, module, reason)
+    return {name: _LOADED[name] for name in names}
+
+
+def _load(name: str) -> tuple[ModuleType | None, str | None]:
+    """Build and check kernel `name`: (module, None) when it can be used, else (None, why not)."""
+    reason = _why_not(name)
+    if reason is not None:
+        return None, reason
+    try:
+        module = _build(name)
+    except Exception as error:  # noqa: BLE001 - any build failure means: use the PyTorch path
+        message = str(error).strip()
+        return None, f"build failed: {type(error).__name__}: {message.splitlines()[-1] if message else ''}"
+    check = REQUIREMENTS[name].get("runtime_check")
+    if check is not None and not getattr(module, check)():
+        return None, f"built, but its check {check}() says this CPU is not served"
+    return module, None
+
+
+def _remember(name: str, module: ModuleType | None, reason: str | None) -> None:
+    """Record `_load`'s answer (the caller holds `_LOCK`); a reason is logged once."""
+    if reason is not None:
+        logger.info(f"sam_hf: the {name} kernel is not used ({reason}); PyTorch's path is taken")
+        _REASONS[name] = reason
+    _LOADED[name] = module
 
 
 def unavailable_reason(name: str) -> str | None:
