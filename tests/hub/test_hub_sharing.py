@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import sam_hf
+from sam_hf import kernels
 from hub.clients import client_env, closed_port_url, run_client
 from hub.fake_hub import FakeHub
 from references import randomize
@@ -105,6 +106,9 @@ for source in sys.argv[3:]:  # a local folder, then a repo id on the fake Hub
     check(run_model(model, processor), expected)
     check(run_pipeline(pipeline("mask-generation", model=source, trust_remote_code=True)), expected)
     report[source] = [type(model).__module__, type(processor).__module__]
+# the compiled kernels' C++ sources are not in the repo: the loader says so and the PyTorch paths ran above
+loader = next(m for name, m in sys.modules.items() if name.endswith(".sam_hf_kernels_loader"))
+report["kernel"] = [loader.kernel("decoder_attention") is None, loader.unavailable_reason("decoder_attention")]
 try:
     import sam_hf
     raise SystemExit("sam_hf was importable")
@@ -200,6 +204,9 @@ def test_remote_code_loads_without_sam_hf(published):
     out = run_client(REMOTE, env=client_env(hub_url=hub.url, hf_home=root / "remote_home"), cwd=root,
                      args=[src, published["expected"], local, REMOTE_REPO])
     report = json.loads(out.strip().splitlines()[-1])
+    kernel_missing, reason = report.pop("kernel")
+    here = kernels.loader._why_not("decoder_attention")  # what the installed package says on this machine
+    assert kernel_missing and (reason == here if here is not None else reason.startswith("its source decoder_attention.cpp is not in"))
     assert len(report) == 2
     for model_module, processor_module in report.values():
         assert model_module.startswith("transformers_modules.") and model_module.endswith(".modeling_sam_hf")

@@ -249,6 +249,54 @@ def test_build_all_runs_the_missing_builds_side_by_side(monkeypatch):
         kernels.build_all([NAME, "flash"])
 
 
+def test_a_first_build_compiles_the_other_missing_kernels_alongside(monkeypatch, tmp_path):
+    """`kernel(name)` when `name` must be compiled: the other kernels usable here and not in the cache are compiled at
+    the same time; a kernel already in the cache is loaded alone."""
+    import threading
+
+    monkeypatch.setenv("SAM_HF_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(loader, "_LOADED", {})
+    monkeypatch.setattr(loader, "_REASONS", {})
+    monkeypatch.setattr(loader, "_why_not", lambda name: "this CPU lacks avx512f" if name == "mask_upscaling" else None)
+    both_building = threading.Barrier(2, timeout=20)
+    built = []
+
+    class Served:
+        @staticmethod
+        def brgemm_usable():
+            return True
+
+    def build(name):
+        built.append(name)
+        both_building.wait()
+        return Served
+
+    monkeypatch.setattr(loader, "_build", build)
+    assert kernels.kernel(NAME) is Served and sorted(built) == ["decoder_attention", NAME]
+    assert kernels.kernel("decoder_attention") is Served and kernels.kernel("mask_upscaling") is None and len(built) == 2
+
+    monkeypatch.setattr(loader, "_LOADED", {})
+    monkeypatch.setattr(loader, "_build", lambda name: built.append(name) or Served)  # no barrier
+    build_dir = loader._build_dir(NAME)
+    build_dir.mkdir(parents=True)
+    (build_dir / f"{NAME}.so").write_bytes(b"")  # NAME in the cache, decoder_attention not
+    assert kernels.kernel(NAME) is Served and built[2:] == [NAME]
+
+
+def test_kernel_without_its_source_is_not_built(monkeypatch, tmp_path):
+    """sam_hf's modules loaded as a Hub repository's remote code have no C++ sources next to them: PyTorch's path."""
+    monkeypatch.setattr(loader, "_LOADED", {})
+    monkeypatch.setattr(loader, "_REASONS", {})
+    monkeypatch.setattr(loader, "_cpu_flags", lambda: {f for spec in loader.REQUIREMENTS.values() for f in spec["cpu_flags"]})
+    monkeypatch.setattr(loader.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(loader.platform, "machine", lambda: "x86_64")
+    monkeypatch.delenv("SAM_HF_KERNELS", raising=False)
+    monkeypatch.setattr(loader, "SOURCES", tmp_path)
+    monkeypatch.setattr(loader, "_build", lambda name: pytest.fail(f"{name} was built without its source"))
+    assert kernels.kernel(NAME) is None
+    assert kernels.unavailable_reason(NAME) == f"its source {NAME}.cpp is not in {tmp_path}"
+
+
 def test_built_kernel_whose_runtime_check_fails_is_not_used(monkeypatch):
     monkeypatch.setattr(loader, "_LOADED", {})
     monkeypatch.setattr(loader, "_REASONS", {})
