@@ -1,6 +1,7 @@
 """Segment everything (automatic mask generation) end to end: sam_hf's `SamHfAutomaticMaskGenerator` vs
 transformers' stock `pipeline("mask-generation")` on its `SamModel` vs Meta's `SamAutomaticMaskGenerator`,
-same weights, same image, fp32 and bf16.
+same weights, same image, fp32 and bf16. `sam_hf_stock` is transformers' stock pipeline on sam_hf's model and
+image processor: what `pipeline("mask-generation", model=<a sam_hf folder>)` runs without `pipeline_class`.
 
     nice -n 10 python benchmarks/bench_segment_everything.py --variant vit_b --runs 1
     nice -n 10 python benchmarks/bench_segment_everything.py --model models/sam-hf-shapes-352 --image-size 192 160 \\
@@ -114,6 +115,8 @@ def transformers_mask_pipeline(model, settings):
     return transformers.pipeline("mask-generation", model=model, image_processor=image_processor, device="cpu")
 
 
+STOCK = "sam_hf_stock"  # transformers' stock pipeline class on sam_hf's model and image processor
+SEGMENT_IMPLS = (*IMPLS, STOCK)
 MIXED = "bf16+fp32"  # sam_hf's mixed precision: bf16 vision encoder, fp32 prompt encoder and mask decoder
 
 
@@ -128,6 +131,18 @@ def make_runner(impl: str, model, dtype: str, image: np.ndarray, args, processor
             pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh,
         )
         return lambda: [record["segmentation"] for record in generator.generate(image)]
+    if impl == STOCK:
+        import transformers
+        from PIL import Image
+        from sam_hf import SamHfImageProcessor
+
+        image_processor = getattr(processor, "image_processor", None) or SamHfImageProcessor(longest_edge=size)
+        pipe = transformers.pipeline("mask-generation", model=model, image_processor=image_processor, device="cpu")
+        picture = Image.fromarray(image)
+        kwargs = dict(points_per_batch=args.points_per_batch, points_per_crop=args.points_per_side, crops_n_layers=0,
+                      pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh,
+                      crops_nms_thresh=0.7)
+        return lambda: [np.asarray(mask) for mask in pipe(picture, **kwargs)["masks"]]
     if impl == "transformers":
         from PIL import Image
 
@@ -158,7 +173,7 @@ def make_runner(impl: str, model, dtype: str, image: np.ndarray, args, processor
                 return [record["segmentation"] for record in generator.generate(image)]
 
         return run
-    raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    raise ValueError(f"impl must be one of {SEGMENT_IMPLS}, got {impl!r}")
 
 
 def failure(error: Exception) -> str:
@@ -201,7 +216,7 @@ def build(impl: str, dtype: str, args, config, paths: dict, processor, settings,
     """`make_runner` for one (implementation, dtype) on the saved weights."""
     if dtype == MIXED and impl != "sam_hf":
         raise ValueError(f"{MIXED!r} is a sam_hf mode, got impl {impl!r}")
-    model = load_model(impl, args.variant, paths["fp32" if dtype == MIXED else dtype], config=config)
+    model = load_model("sam_hf" if impl == STOCK else impl, args.variant, paths["fp32" if dtype == MIXED else dtype], config=config)
     if dtype == MIXED:
         model.mixed_precision(torch.bfloat16)
     return make_runner(impl, model, dtype, image, args, processor, settings)
@@ -223,7 +238,7 @@ def main() -> None:
     parser.add_argument("--image-size", nargs=2, type=int, default=[1024, 683], metavar=("W", "H"))
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES) + [MIXED],
                         help=f"{MIXED!r}: sam_hf's SamHfModel.mixed_precision() (bf16 encoder, fp32 decoder) on the fp32 weights, sam_hf only")
-    parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
+    parser.add_argument("--impls", nargs="+", default=list(SEGMENT_IMPLS), choices=SEGMENT_IMPLS)
     parser.add_argument("--points-per-side", type=int, default=32)
     parser.add_argument("--points-per-batch", type=int, default=64)
     parser.add_argument("--pred-iou-thresh", type=float, default=0.88)

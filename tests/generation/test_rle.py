@@ -60,6 +60,21 @@ def test_crop_offset_equals_padding(offset, size):
     assert rles == amg.mask_to_rle_pytorch(padded)
 
 
+def test_counts_as_arrays_hold_the_same_runs():
+    """`counts_as_arrays=True` (the stock pipeline's per-batch RLEs): int64 arrays with the lists' values, masks
+    ending in a run of 1s included, and they decode the same."""
+    masks = _masks(3)
+    masks[4] = False
+    masks[4, -1, -1] = True  # ends with a 1: no trailing run of 0s
+    as_lists = boundaries_to_rles(*run_boundaries(masks), masks.shape[-2:])
+    as_arrays = boundaries_to_rles(*run_boundaries(masks), masks.shape[-2:], counts_as_arrays=True)
+    assert len(as_lists) == len(as_arrays) == len(masks)
+    for listed, array, mask in zip(as_lists, as_arrays, masks):
+        assert isinstance(array["counts"], np.ndarray) and array["counts"].dtype == np.int64
+        assert array["counts"].tolist() == listed["counts"] and array["size"] == listed["size"]
+        np.testing.assert_array_equal(rle_to_mask(array), mask.numpy())
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="masks must be a \\(B, H, W\\)"):
         mask_to_rle(torch.zeros(4, 4, dtype=torch.bool))

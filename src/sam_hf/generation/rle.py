@@ -101,10 +101,13 @@ def boundaries_to_rles(
     per_mask: torch.Tensor | np.ndarray,
     image_size: tuple[int, int],
     select: Sequence[int] | torch.Tensor | np.ndarray | None = None,
+    *,
+    counts_as_arrays: bool = False,
 ) -> list[dict[str, Any]]:
     """Uncompressed RLEs from `run_boundaries` output (moved to the host here, once).
 
-    `select`: indices of the masks to encode, in the order wanted (default: all, in order).
+    `select`: indices of the masks to encode, in the order wanted (default: all, in order). `counts` are lists of
+    ints (Meta's form), or int64 numpy arrays with `counts_as_arrays`.
     """
     img_h, img_w = int(image_size[0]), int(image_size[1])
     total = img_h * img_w
@@ -118,10 +121,10 @@ def boundaries_to_rles(
         pieces = [pieces[i] for i in torch.as_tensor(select).cpu().tolist()]
     rles = []
     for bounds in pieces:
-        counts = np.diff(np.concatenate([[0], bounds, [total]])).tolist()
+        counts = np.diff(np.concatenate([[0], bounds, [total]]).astype(np.int64, copy=False))
         if len(counts) > 1 and counts[-1] == 0:
-            counts.pop()  # the mask ends with a run of 1s: no trailing empty run of 0s
-        rles.append({"size": [img_h, img_w], "counts": counts})
+            counts = counts[:-1]  # the mask ends with a run of 1s: no trailing empty run of 0s
+        rles.append({"size": [img_h, img_w], "counts": counts if counts_as_arrays else counts.tolist()})
     return rles
 
 
