@@ -8,7 +8,9 @@ import pytest
 
 SCRIPT = """
 import resource, sys, torch
-from sam_hf.allocator import keep_freed_memory
+import sam_hf  # the README's spelling: sam_hf.allocator.keep_freed_memory(); importing sam_hf changes nothing
+
+keep_freed_memory = sam_hf.allocator.keep_freed_memory
 
 def faults_of_second_allocation():
     torch.ones(8 * 2**20)  # 32 MiB, written then freed

@@ -13,7 +13,7 @@ from transformers import (
     AutoProcessor,
 )
 
-from . import hub, training
+from . import allocator, hub, training  # allocator: keep_freed_memory(), which importing does not call
 from .checkpoints import convert_meta_state_dict, convert_to_meta_state_dict, infer_meta_config
 from .configuration import SamHfConfig, SamHfMaskDecoderConfig, SamHfPromptEncoderConfig, SamHfVisionConfig
 from .modeling.layers import clear_workspace
