@@ -215,36 +215,44 @@ def test_failed_build_falls_back(monkeypatch, tmp_path):
     assert kernels.unavailable_reason(NAME) == "build failed: RuntimeError: Error building extension 'relpos_attention'"
 
 
-def test_build_all_runs_the_missing_builds_side_by_side(monkeypatch):
-    """`build_all()` (`python -m sam_hf.kernels`, setup.sh): the builds it needs run at once, each kernel is built once,
-    and kernels that cannot be used here come back None with their reason."""
+class _Served:  # a built module whose runtime check says yes
+    @staticmethod
+    def brgemm_usable():
+        return True
+
+
+def _builds_that_must_overlap(monkeypatch) -> list[str]:
+    """Fresh loader state; mask_upscaling unusable here; `_build` records each name and waits for a second build to
+    start (a broken barrier, so a failed build, unless two run at once). Returns the list of names built."""
     import threading
 
     monkeypatch.setattr(loader, "_LOADED", {})
     monkeypatch.setattr(loader, "_REASONS", {})
     monkeypatch.setattr(loader, "_why_not", lambda name: "this CPU lacks avx512f" if name == "mask_upscaling" else None)
-    both_building = threading.Barrier(2, timeout=20)  # broken (so the build fails) unless two builds overlap
+    both_building = threading.Barrier(2, timeout=20)
     built = []
-
-    class Served:
-        @staticmethod
-        def brgemm_usable():
-            return True
 
     def build(name):
         built.append(name)
         both_building.wait()
-        return Served
+        return _Served
 
     monkeypatch.setattr(loader, "_build", build)
+    return built
+
+
+def test_build_all_runs_the_missing_builds_side_by_side(monkeypatch):
+    """`build_all()` (`python -m sam_hf.kernels`, setup.sh): the builds it needs run at once, each kernel is built once,
+    and kernels that cannot be used here come back None with their reason."""
+    built = _builds_that_must_overlap(monkeypatch)
     with kernels.disabled():
         assert kernels.build_all() == {name: None for name in sorted(loader.REQUIREMENTS)} and built == []
     modules = kernels.build_all()
-    assert modules == {"decoder_attention": Served, "mask_upscaling": None, "relpos_attention": Served}
+    assert modules == {"decoder_attention": _Served, "mask_upscaling": None, "relpos_attention": _Served}
     assert sorted(built) == ["decoder_attention", "relpos_attention"]
     assert kernels.unavailable_reason("mask_upscaling") == "this CPU lacks avx512f"
-    assert kernels.unavailable_reason(NAME) is None and kernels.kernel(NAME) is Served
-    assert kernels.build_all([NAME]) == {NAME: Served} and len(built) == 2  # loaded once, never rebuilt
+    assert kernels.unavailable_reason(NAME) is None and kernels.kernel(NAME) is _Served
+    assert kernels.build_all([NAME]) == {NAME: _Served} and len(built) == 2  # loaded once, never rebuilt
     with pytest.raises(ValueError, match=r"names must be among .*got \['flash'\]"):
         kernels.build_all([NAME, "flash"])
 
@@ -252,35 +260,17 @@ def test_build_all_runs_the_missing_builds_side_by_side(monkeypatch):
 def test_a_first_build_compiles_the_other_missing_kernels_alongside(monkeypatch, tmp_path):
     """`kernel(name)` when `name` must be compiled: the other kernels usable here and not in the cache are compiled at
     the same time; a kernel already in the cache is loaded alone."""
-    import threading
-
     monkeypatch.setenv("SAM_HF_KERNEL_CACHE", str(tmp_path))
-    monkeypatch.setattr(loader, "_LOADED", {})
-    monkeypatch.setattr(loader, "_REASONS", {})
-    monkeypatch.setattr(loader, "_why_not", lambda name: "this CPU lacks avx512f" if name == "mask_upscaling" else None)
-    both_building = threading.Barrier(2, timeout=20)
-    built = []
-
-    class Served:
-        @staticmethod
-        def brgemm_usable():
-            return True
-
-    def build(name):
-        built.append(name)
-        both_building.wait()
-        return Served
-
-    monkeypatch.setattr(loader, "_build", build)
-    assert kernels.kernel(NAME) is Served and sorted(built) == ["decoder_attention", NAME]
-    assert kernels.kernel("decoder_attention") is Served and kernels.kernel("mask_upscaling") is None and len(built) == 2
+    built = _builds_that_must_overlap(monkeypatch)
+    assert kernels.kernel(NAME) is _Served and sorted(built) == ["decoder_attention", NAME]
+    assert kernels.kernel("decoder_attention") is _Served and kernels.kernel("mask_upscaling") is None and len(built) == 2
 
     monkeypatch.setattr(loader, "_LOADED", {})
-    monkeypatch.setattr(loader, "_build", lambda name: built.append(name) or Served)  # no barrier
+    monkeypatch.setattr(loader, "_build", lambda name: built.append(name) or _Served)  # no barrier
     build_dir = loader._build_dir(NAME)
     build_dir.mkdir(parents=True)
     (build_dir / f"{NAME}.so").write_bytes(b"")  # NAME in the cache, decoder_attention not
-    assert kernels.kernel(NAME) is Served and built[2:] == [NAME]
+    assert kernels.kernel(NAME) is _Served and built[2:] == [NAME]
 
 
 def test_kernel_without_its_source_is_not_built(monkeypatch, tmp_path):
