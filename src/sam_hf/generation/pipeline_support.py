@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..processing.thresholds import greater
 from .crops import build_all_layer_point_grids, generate_crop_boxes
 from .filters import batched_mask_to_box, is_box_near_crop_edge, stability_score
 from .nms import batched_nms
-from ..processing.thresholds import greater
 from .rle import boundaries_to_rles, rle_to_mask, run_boundaries
 
 
@@ -119,5 +119,7 @@ class MaskGenerationSupportMixin:
     def post_process_for_mask_generation(self, all_masks, all_scores, all_boxes, crops_nms_thresh):
         """NMS (pure torch) over every mask; returns (binary masks, scores, RLEs, boxes) of the kept."""
         keep = batched_nms(all_boxes.float(), all_scores, torch.zeros(len(all_scores), device=all_scores.device), crops_nms_thresh)
-        rles = [{"size": list(all_masks[i]["size"]), "counts": np.asarray(all_masks[i]["counts"]).tolist()} for i in keep.tolist()]
+        # Meta's form (lists) for the kept: filter_masks leaves the counts as arrays
+        rles = [{"size": list(all_masks[i]["size"]), "counts": np.asarray(all_masks[i]["counts"]).tolist()}
+                for i in keep.tolist()]
         return [rle_to_mask(rle) for rle in rles], all_scores[keep], rles, all_boxes[keep]
