@@ -92,18 +92,26 @@ def image_settings(config, processor) -> tuple[int, list[float], list[float]]:
     return config.vision_config.image_size, mean, std
 
 
-def transformers_mask_pipeline(model, settings):
-    """transformers' stock `pipeline("mask-generation")` on its SamModel with our image settings; without
-    torchvision, transformers' own final step runs past its torchvision check with the NMS stand-in."""
+def transformers_image_processor(settings):
+    """transformers' SAM image processor with our image settings (its Pil class where torchvision is missing)."""
     import transformers
 
     size, mean, std = settings
     processor_class = (transformers.SamImageProcessor if importlib.util.find_spec("torchvision") is not None
                        else transformers.SamImageProcessorPil)  # the class SamImageProcessor falls back to
-    image_processor = processor_class(
+    return processor_class(
         size={"longest_edge": size}, pad_size={"height": size, "width": size},
         image_mean=[m / 255 for m in mean], image_std=[s / 255 for s in std],
     )
+
+
+def transformers_mask_pipeline(model, settings):
+    """transformers' stock `pipeline("mask-generation")` on its SamModel with our image settings; without
+    torchvision, transformers' own final step runs past its torchvision check with the NMS stand-in."""
+    import transformers
+
+    image_processor = transformers_image_processor(settings)
+    processor_class = type(image_processor)
     if importlib.util.find_spec("torchvision") is None:
         body = processor_class.post_process_for_mask_generation.__wrapped__
 
