@@ -90,18 +90,22 @@ def upscale_and_crop(logits: torch.Tensor, pad_size: int, height: int, width: in
     """F.interpolate(logits, (S, S), bilinear)[..., :height, :width], computing only the rows kept.
 
     Bit-exact: with an integer scale s = S / L, the upscaled rows below `height` read only the first
-    k = `_needed(L, s, height)` low-res rows, and upscaling those k rows to k * s rows uses the same ratio, hence
-    the same source rows and weights. (Columns are not cut the same way: the kernel's vectorised loop then
-    rounds the last columns differently, by about 1e-7.) A landscape 1024 x 683 image skips a third of the work.
+    k = `_needed(L, s, height)` low-res rows, and upscaling those k rows with the same scale gives the same source
+    rows and weights; the kernel is asked for `height` rows at scale s (its explicit-scale form), so nothing past the
+    image is computed and a landscape result needs no copy. (Columns are not cut the same way: the kernel's vectorised
+    loop then rounds the last columns differently, by about 1e-7.) A landscape 1024 x 683 image skips a third of the
+    work.
     """
     low_h, low_w = logits.shape[-2:]
     if pad_size % low_h or pad_size % low_w:
         upscaled = F.interpolate(logits, (pad_size, pad_size), mode="bilinear", align_corners=False)
         return upscaled[..., :height, :width]
-    scale = pad_size // low_h
-    rows = _needed(low_h, scale, height)
-    upscaled = F.interpolate(logits[..., :rows, :], (rows * scale, pad_size), mode="bilinear", align_corners=False)
-    return upscaled[..., :height, :width]
+    scale_h, scale_w = pad_size // low_h, pad_size // low_w
+    rows = _needed(low_h, scale_h, height)
+    # rows * scale_h >= height output rows at scale_h; the first `height` of them, each computed as in the full upscaling
+    kept = logits[..., :rows, :]
+    upscaled = torch.ops.aten.upsample_bilinear2d.default(kept, [height, pad_size], False, float(scale_h), float(scale_w))
+    return upscaled[..., :width]
 
 
 def masks_to_low_res(
