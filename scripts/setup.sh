@@ -9,6 +9,6 @@ fi
 .venv/bin/python -m pip install -q torch==2.13.0
 .venv/bin/python -m pip install -q -e ".[test]"
 # the optional compiled CPU kernels (attention and mask upscaling on CPUs with AVX-512): built now, side by side (about
-# 45 s on two cores, once per machine), rather than one by one inside the first test or run that needs them; prints
+# 45 s on two cores, once per environment), rather than one by one inside the first test or run that needs them; prints
 # which ones this machine uses
 .venv/bin/python -m sam_hf.kernels

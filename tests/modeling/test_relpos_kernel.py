@@ -351,3 +351,13 @@ def test_the_build_folder_follows_the_shared_header(monkeypatch, tmp_path):
     monkeypatch.setattr(loader, "_headers", lambda: [header])
     loader._build(NAME)
     assert calls[0] != calls[1]
+
+
+def test_each_torch_installation_has_its_own_build_folder(monkeypatch, tmp_path):
+    """Two environments (their torch include paths differ, so do the compile commands) must not share a folder:
+    ninja would rebuild the kernel every time the other environment runs. The same one keeps its folder."""
+    monkeypatch.setenv("SAM_HF_KERNEL_CACHE", str(tmp_path))
+    here = loader._build_dir(NAME)
+    assert loader._build_dir(NAME) == here
+    monkeypatch.setattr(loader, "_installation", lambda: "/other/venv/lib/python3.11/site-packages/torch\n/usr/include/python3.11")
+    assert loader._build_dir(NAME) != here and loader._build_dir(NAME).parent == here.parent

@@ -1,9 +1,10 @@
 """Building and loading sam_hf's optional compiled CPU kernels.
 
-The kernels are C++ sources shipped in this folder, compiled once per machine on first use with
+The kernels are C++ sources shipped in this folder, compiled once per torch installation on first use with
 `torch.utils.cpp_extension` (a C++ compiler and ninja are needed; about 30 s) and cached under
-`$SAM_HF_KERNEL_CACHE` (default `~/.cache/sam_hf/kernels`), one folder per torch version and source hash,
-which holds the copy of the source that is compiled (so every checkout shares one build).
+`$SAM_HF_KERNEL_CACHE` (default `~/.cache/sam_hf/kernels`), one folder per torch installation and source hash,
+which holds the copy of the source that is compiled (so every checkout with that torch shares one build, and
+switching environments rebuilds nothing).
 Everything works without them: when a kernel cannot be used (other CPU, no compiler, a failed build, or
 `SAM_HF_KERNELS=0`), `kernel(...)` returns None, callers take their PyTorch path, and the reason is
 logged once and kept in `unavailable_reason(...)`. `build_all()` builds the missing ones side by side (about 45 s
@@ -16,6 +17,7 @@ import contextlib
 import hashlib
 import os
 import platform
+import sysconfig
 import threading
 from pathlib import Path
 from types import ModuleType
@@ -110,11 +112,18 @@ def _staged_source(name: str, build_dir: Path) -> Path:
     return _stage(SOURCES / f"{name}.cpp", build_dir)
 
 
+def _installation() -> str:
+    """Where the build's include paths come from: this torch package and this Python's headers. ninja rebuilds when a
+    build's command changes, so two environments sharing one build folder would rebuild it in turn (30-45 s each time
+    the other one runs); each installation gets its own folder."""
+    return "\n".join([os.path.dirname(os.path.abspath(torch.__file__)), sysconfig.get_paths()["include"]])
+
+
 def _build_dir(name: str) -> Path:
-    """The cache folder of this kernel's source, headers and flags under this torch."""
+    """The cache folder of this kernel's source, headers and flags under this torch installation."""
     code = (SOURCES / f"{name}.cpp").read_bytes() + b"".join(header.read_bytes() for header in _headers())
-    digest = hashlib.sha256(code + " ".join(REQUIREMENTS[name]["cflags"]).encode()).hexdigest()[:16]
-    return cache_dir() / f"{name}-torch{torch.__version__}-{digest}"
+    key = code + " ".join(REQUIREMENTS[name]["cflags"]).encode() + _installation().encode()
+    return cache_dir() / f"{name}-torch{torch.__version__}-{hashlib.sha256(key).hexdigest()[:16]}"
 
 
 def _is_built(name: str) -> bool:
