@@ -8,6 +8,7 @@ from torch.testing import assert_close
 from references import randomize
 from sam_hf import SamHfModel, config_for_variant
 from sam_hf.meta_reference import build_meta_sam
+from sam_hf.modeling.image_cache import _KEY as _CACHE_KEY
 from sam_hf.predictor import SamHfPredictor
 from sam_hf.processing import SamHfImageProcessor, SamHfProcessor
 
@@ -131,20 +132,36 @@ def test_bgr_and_other_image_forms(models, image):
 
 
 def test_image_cache_follows_the_image(models, image):
-    """predict keeps the decoder's image work in `image_cache` between calls; set_image starts it afresh."""
+    """set_image fills `image_cache` with the decoder's image work on the new embeddings; predict reuses it as it is."""
     predictor = SamHfPredictor(models[0])
     predictor.set_image(image)
+    assert predictor.image_cache[_CACHE_KEY][0] is predictor.features  # made by set_image, for these embeddings
+    made = {name: value for name, value in predictor.image_cache.items()}
     prompt = dict(point_coords=np.array([[60.0, 40.0], [20.0, 80.0]]), point_labels=np.array([1, 0]))
     first = predictor.predict(**prompt)
-    assert predictor.image_cache  # filled by the first call
+    assert all(predictor.image_cache[name] is value for name, value in made.items())  # nothing made again
     for ours, again in zip(first, predictor.predict(**prompt)):
         assert np.array_equal(ours, again)
     predictor.set_image(image[::-1].copy())
-    assert predictor.image_cache == {}
+    assert predictor.image_cache[_CACHE_KEY][0] is predictor.features
+    assert predictor.image_cache["tokens"] is not made["tokens"]  # the new embeddings' own work (channels-last tokens)
     fresh = SamHfPredictor(models[0])
     fresh.set_image(image[::-1].copy())
     for ours, theirs in zip(predictor.predict(**prompt), fresh.predict(**prompt)):
         assert np.array_equal(ours, theirs)
+
+
+def test_kept_image_work_gives_the_masks_of_a_call_without_it(models, image):
+    """A click on the kept image work (the "shared" route) gives the model's own result without a cache ("fold")."""
+    predictor = SamHfPredictor(models[0])
+    predictor.set_image(image)
+    coords = torch.tensor([[[30.0, 50.0], [90.0, 20.0]]])  # (1, N, 2) in the model-input frame
+    labels = torch.tensor([[1, 0]])
+    masks, scores, low_res = predictor.predict_torch(coords, labels, return_logits=True)
+    with torch.no_grad():
+        alone = models[0](image_embeddings=predictor.features, input_points=coords[None], input_labels=labels[None])
+    assert_close(low_res, alone.pred_masks[0], rtol=1e-4, atol=1e-5)
+    assert_close(scores, alone.iou_scores[0], rtol=1e-4, atol=1e-5)
 
 
 def test_reset_and_errors_before_set_image(models):

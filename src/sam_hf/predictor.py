@@ -145,7 +145,19 @@ class SamHfPredictor:
         self.features = self.model.get_image_embeddings(pixel_values.to(self.model.dtype))  # (1, C, g, g)
         self.original_size = original
         self.input_size = shape[2:]
+        self._prepare_image_cache()
         self.is_image_set = True
+
+    def _prepare_image_cache(self) -> None:
+        """The decoder's prompt-independent work on the new embeddings, made now, while the image is set: one decoder
+        call on a point at the image's centre (its result dropped) fills `image_cache`, so that every click, the first
+        one too, only does its own prompt's work (ViT-B, two Zen 4 cores, fp32: about 33 ms here, next to seconds for
+        the embedding, against a first click 16 ms slower than the next ones)."""
+        height, width = self.input_size
+        point = torch.tensor([[[[width / 2, height / 2]]]], dtype=torch.float32, device=self.device)  # (1, 1, 1, 2)
+        label = torch.ones(1, 1, 1, dtype=torch.int64, device=self.device)
+        self.model(image_embeddings=self.features, input_points=point, input_labels=label, multimask_output=False,
+                   image_cache=self.image_cache)
 
     def predict(
         self,

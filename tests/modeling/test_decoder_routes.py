@@ -13,11 +13,11 @@ from sam_hf.modeling.decoder_attention import FOLD_UP_TO_PROMPTS, SamHfAttention
 pytestmark = pytest.mark.usefixtures("decoder_path")  # with and without the compiled decoder kernel
 
 
-def _decode(model, embeddings, prompts, masks=None, seed=0):
+def _decode(model, embeddings, prompts, masks=None, seed=0, image_cache=None):
     generator = torch.Generator().manual_seed(seed)
     points = torch.rand(embeddings.shape[0], prompts, 2, 2, generator=generator) * 128
     labels = torch.randint(0, 2, (embeddings.shape[0], prompts, 2), generator=generator)
-    return model(image_embeddings=embeddings, input_points=points, input_labels=labels, input_masks=masks)
+    return model(image_embeddings=embeddings, input_points=points, input_labels=labels, input_masks=masks, image_cache=image_cache)
 
 
 @pytest.mark.parametrize("prompts", [1, 2, 3, 5])
@@ -45,7 +45,7 @@ def test_prompts_decoded_alone_equal_the_batch_with_per_prompt_masks(tiny_model)
         assert_close(alone.iou_scores, batch.iou_scores[:, p : p + 1], rtol=1e-4, atol=1e-5)
 
 
-def _routes(monkeypatch, model, prompts, group=None):
+def _routes(monkeypatch, model, prompts, group=None, image_cache=None):
     """The routes the decoder's attentions take, in call order (two per block, then the final attention)."""
     taken, route = [], SamHfAttention.route
 
@@ -58,7 +58,7 @@ def _routes(monkeypatch, model, prompts, group=None):
         for budget_name in ("_TEMPORARY_BUDGET", "_KERNEL_TEMPORARY_BUDGET", "_FOLD_TEMPORARY_BUDGET"):
             monkeypatch.setattr(prompt_groups, budget_name, group * 8 * 8 * 32 * 4)
     with torch.no_grad():
-        _decode(model, torch.randn(1, 32, 8, 8), prompts)
+        _decode(model, torch.randn(1, 32, 8, 8), prompts, image_cache=image_cache)
     return taken
 
 
@@ -69,6 +69,8 @@ def test_routes_are_taken_where_meant(tiny_model, monkeypatch, decoder_path):
     # attention that follows it (the next block's or the final one) in its own streaming form, with no route.
     attentions = 2 * layers + 1 if decoder_path == "pytorch" else layers + 1
     assert _routes(monkeypatch, tiny_model, FOLD_UP_TO_PROMPTS) == ["fold"] * attentions
+    # a kept image cache: the shared projections serve the later calls on the image, so a small call shares them too
+    assert _routes(monkeypatch, tiny_model, 1, image_cache={}) == ["shared", "shared"] + ["per_prompt"] * (attentions - 2)
     # several prompts: the decoder's own image side projected once, then each prompt's own image side folded
     assert _routes(monkeypatch, tiny_model, 5) == ["shared", "shared"] + ["per_prompt"] * (attentions - 2)
     # groups of one prompt in a call of five: a prompt's own image side (P' = P = 1) is not projected as if shared

@@ -182,10 +182,10 @@ def _spy(monkeypatch):
 @torch.no_grad()
 def test_decoder_folds_where_it_pays_and_gives_the_same_masks(module, sam_decoder, monkeypatch):
     """Six prompts: the fold, the same masks and scores as the plain kernel path; with the mask IoU threshold no fold.
-    One prompt: no fold (the shared product would cost more than it saves). With `image_cache`: the shared product
-    kept for the next call on the same embeddings, made again for other embeddings."""
+    One prompt: no fold (the shared product would cost more than it saves), but with a kept `image_cache`. With
+    `image_cache`: the shared product kept for the next call on the same embeddings, made again for other embeddings."""
     with monkeypatch.context() as patch:
-        patch.setattr(SamHfMaskDecoder, "_folds_upscaling", lambda self, image, prompts: False)
+        patch.setattr(SamHfMaskDecoder, "_folds_upscaling", lambda self, image, prompts, cache: False)
         plain = _decode(sam_decoder, 6)
     counts = _spy(monkeypatch)
     folded = _decode(sam_decoder, 6)
@@ -197,8 +197,12 @@ def test_decoder_folds_where_it_pays_and_gives_the_same_masks(module, sam_decode
     _decode(sam_decoder, 6, mask_iou_threshold=float(plain.iou_scores.median()))
     assert counts == {"upscale_masks": 1}  # the prompts above it, by index
     counts.clear()
-    _decode(sam_decoder, 1, image_cache={})
+    _decode(sam_decoder, 1)
     assert counts == {"upscale_masks": 1}
+    counts.clear()
+    one = _decode(sam_decoder, 1, image_cache={})  # kept: the shared product serves the later calls on the image
+    assert counts == {"upscale_masks_folded": 1}
+    assert_close(one.pred_masks, plain.pred_masks[:, :1], rtol=1e-4, atol=1e-5 * scale)
     counts.clear()
     image_cache = {}
     three = _decode(sam_decoder, 3, image_cache=image_cache)

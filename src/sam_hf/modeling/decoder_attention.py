@@ -9,7 +9,7 @@ shared image side once per decoder call; "per_prompt" folds each prompt's tokens
 (`(q_h W_k,h) . x`) and projects only the positional encoding, once per call; "fold" (calls of at most
 `FOLD_UP_TO_PROMPTS` prompts per image) folds the positional encoding too (`(q_h W_k,h) . (x + pe) + q_h . b_k,h`),
 so a single prompt projects nothing of size HW: those projections are prompt-independent work that only pays
-when several prompts share it.
+when several prompts share it, or when a caller's kept `image_cache` holds them for later calls (`folds`).
 
 In fp32 or bf16 on CPU inside a decoder call, where autograd records nothing, the compiled kernel (`sam_hf.kernels`,
 "decoder_attention", see `decoder_kernel`) runs these attentions in streaming passes over the image tokens.
@@ -22,6 +22,7 @@ from torch import nn
 
 from ..configuration import SamHfMaskDecoderConfig
 from .attention import attention
+from .image_cache import kept
 from .factored_passes import next_attention_operands, next_attention_output, source_operands
 from .kernel_inputs import decoder_kernel, token_tiles
 from .layers import SamHfLinear, add_matmul_nt_, linear_activation, matmul_add_shared, matmul_nn, records_nothing, workspace
@@ -30,6 +31,14 @@ from .layers import SamHfLinear, add_matmul_nt_, linear_activation, matmul_add_s
 # Prompts per image up to which a decoder call takes the "fold" route: one (HW, C) x (C, C') projection costs
 # about as many multiply-adds as the folded products of two prompts (ViT-B: 134M vs 2 x 59M).
 FOLD_UP_TO_PROMPTS = 2
+
+
+def folds(prompts: int, cache: dict | None) -> bool:
+    """Whether a decoder call with `prompts` prompts per image takes the "fold" route: at most `FOLD_UP_TO_PROMPTS`,
+    and its prompt-independent projections made for this call only. In a caller's kept `image_cache` they are made
+    once per image and serve every later call (a predictor's clicks), so such calls take the "shared" route: ViT-B,
+    two Zen 4 cores, fp32, one-point clicks after the first, same process: 23.5 vs 19.0 ms each (bf16 19.0 vs 17.4)."""
+    return prompts <= FOLD_UP_TO_PROMPTS and not kept(cache)
 
 
 class SamHfAttention(nn.Module):

@@ -21,7 +21,7 @@ from ..kernels import kernel_for
 from .image_cache import cached, call_cache
 from .layers import SamHfFeedForward, SamHfLayerNorm2d, linear_activation, matmul_nt, records_nothing
 from .prompt_groups import prompt_group
-from .decoder_attention import FOLD_UP_TO_PROMPTS
+from .decoder_attention import folds
 from .two_way_transformer import SamHfTwoWayTransformer
 
 
@@ -143,21 +143,22 @@ class SamHfMaskDecoder(nn.Module):
             return None
         return kernel_for("mask_upscaling", image.dtype)
 
-    def _folds_upscaling(self, image: torch.Tensor, prompts: int) -> bool:
+    def _folds_upscaling(self, image: torch.Tensor, prompts: int, cache: dict) -> bool:
         """Whether a decoder call on the compiled kernels without `mask_iou_threshold` takes the folded first convolution
         (`folded_operands`): one image, its side shared by the prompts (no mask inputs), two blocks, the upscaling
-        kernel usable for this dtype, and more prompts than the "fold" route's. The shared product (one C x C
-        convolution of the image, kept in `image_cache` when one is given) costs about what two prompts save, and a
-        single click gains nothing measurable from it (ViT-B, one Zen 4 core, a kept cache: fp32 29-31 against 31-33 ms
-        per click, bf16 20 against 20, the first click 6-8 ms slower). With a threshold (segment everything) it is not
-        taken: every prompt's second attention pass would also record what the fold reads (the first pass records on a
-        shared image side anyway, for the second pass's factored logits: `factored_passes.py`; about 0.9 MB per ViT-B
-        prompt in fp32 each), and only the prompts above the threshold are upscaled."""
+        kernel usable for this dtype, and not the "fold" route (`folds`: more prompts than its, or a kept
+        `image_cache`). The shared product (one C x C convolution of the image, kept in `image_cache` when one is given)
+        costs about what two prompts save; kept, it serves every later call (ViT-B, two Zen 4 cores, a kept cache,
+        one-point clicks, same process: fp32 20.9 against 19.0 ms per click; bf16 17.4 against 18.3, within the noise).
+        With a threshold (segment everything) it is not taken: every prompt's second attention pass would also record
+        what the fold reads (the first pass records on a shared image side anyway, for the second pass's factored
+        logits: `factored_passes.py`; about 0.9 MB per ViT-B prompt in fp32 each), and only the prompts above the
+        threshold are upscaled."""
         if image.shape[0] != 1 or image.shape[1] != 1 or len(self.transformer.layers) != 2:
             return False
         if any(p.dtype != image.dtype for p in self.upscale_parameters()) or kernel_for("mask_upscaling", image.dtype) is None:
             return False
-        return prompts > FOLD_UP_TO_PROMPTS
+        return not folds(prompts, cache)
 
     def folded_operands(self, cache: dict | None, dtype: torch.dtype) -> dict | None:
         """The operands of the folded first convolution for the group the two-way transformer just ran (the record it
@@ -295,7 +296,7 @@ class SamHfMaskDecoder(nn.Module):
         # exact, and much faster on CPU than touching fresh half-gigabyte buffers (see prompt_groups.py).
         per_prompt = batch * grid * grid * channels * image.element_size()
         kernel = self.transformer.kernel_for(image, tokens, pe, output_attentions) is not None
-        cache["fold_upscaling"] = kernel and mask_iou_threshold is None and self._folds_upscaling(image, prompts)
+        cache["fold_upscaling"] = kernel and mask_iou_threshold is None and self._folds_upscaling(image, prompts, cache)
         cache.pop("upscaling_record", None)  # only this call's groups leave records (a failed call's must not be read)
         group = prompts if output_attentions else prompt_group(per_prompt, image.device, kernel=kernel, fold=cache["fold_upscaling"])
         # one image's groups write their masks straight into the output (no concatenation of B x P x M x 4g x 4g logits)

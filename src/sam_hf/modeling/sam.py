@@ -135,9 +135,11 @@ class SamHfModel(SamHfPreTrainedModel):
             always computed. Segment-everything uses it with its `pred_iou_thresh` (an exact shortcut there).
         image_cache (`dict`, optional): with `image_embeddings`, a dict (empty at first) that the caller passes to every
             call on the same embeddings: the decoder's prompt-independent work on the image (its tokens channels-last,
-            the projections all prompts share) is computed in the first call and kept there. Refilled when the
-            embeddings, positional encoding or decoder weights change; used only where autograd records nothing.
-            Segment everything passes one per crop (see `modeling/image_cache.py`).
+            the projections all prompts share) is computed in the first call and kept there; calls of one or two
+            prompts then take these projections too (without a kept cache they fold the prompts into them instead).
+            Refilled when the embeddings, positional encoding or decoder weights change; used only where autograd
+            records nothing. Segment everything passes one per crop, the predictor one per image, filled by
+            `set_image` (see `modeling/image_cache.py`).
         """
         unknown = set(kwargs) - {"original_sizes", "reshaped_input_sizes", "prompt_mask"}
         if unknown:

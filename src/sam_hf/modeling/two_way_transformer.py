@@ -19,7 +19,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..configuration import SamHfMaskDecoderConfig
-from .decoder_attention import FOLD_UP_TO_PROMPTS, SamHfAttention
+from .decoder_attention import SamHfAttention, folds
 from .kernel_inputs import decoder_kernel
 from .layers import SamHfMLPBlock, layer_norm_into
 
@@ -92,7 +92,7 @@ class SamHfTwoWayTransformer(nn.Module):
         it, on CPU where autograd records nothing, the image tokens returned live in this thread's workspace
         (see `layers.workspace`) and are overwritten by the next decoder call's groups.
         `cache["prompts"]` (set by the decoder: prompts per image in the whole call, else this call's P) picks the
-        "fold" route for calls of at most `FOLD_UP_TO_PROMPTS` prompts.
+        "fold" route for calls of at most `FOLD_UP_TO_PROMPTS` prompts without a kept `image_cache` (`folds`).
         `output_tokens` (indices into T): only these tokens leave the final attention, in that order. Exact:
         the final attention and LayerNorm treat each token on its own, so the tokens nobody reads (the prompt
         tokens, an unused mask token) are not attended with.
@@ -109,7 +109,7 @@ class SamHfTwoWayTransformer(nn.Module):
         `final_rows` (indices or a slice into T), what `final` gives for those rows: (tokens (B, P, T', C), weights),
         else None. Inside a decoder call in fp32 or bf16 on CPU with autograd recording nothing, the compiled kernel runs
         them (see `_kernel_blocks`)."""
-        fold = (tokens.shape[1] if cache is None else cache.get("prompts", tokens.shape[1])) <= FOLD_UP_TO_PROMPTS
+        fold = folds(tokens.shape[1] if cache is None else cache.get("prompts", tokens.shape[1]), cache)
         if cache is not None:
             cache["image"] = image  # the decoder passes the same shared image side for every group of prompts
         module = self.kernel_for(image, tokens, image_pe, output_attentions) if cache is not None else None
