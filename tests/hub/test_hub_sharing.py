@@ -12,6 +12,7 @@ clients), server-side validation, rate limits, or anything the emulator answers 
 """
 
 import json
+import os
 
 import pytest
 import torch
@@ -106,9 +107,11 @@ for source in sys.argv[3:]:  # a local folder, then a repo id on the fake Hub
     check(run_model(model, processor), expected)
     check(run_pipeline(pipeline("mask-generation", model=source, trust_remote_code=True)), expected)
     report[source] = [type(model).__module__, type(processor).__module__]
-# the compiled kernels' C++ sources are not in the repo: the loader says so and the PyTorch paths ran above
+# the compiled kernels' C++ sources are written into the repo's modules: the loader builds (or finds) them from those
 loader = next(m for name, m in sys.modules.items() if name.endswith(".sam_hf_kernels_loader"))
-report["kernel"] = [loader.kernel("decoder_attention") is None, loader.unavailable_reason("decoder_attention")]
+module = loader.kernel("decoder_attention")
+report["kernel"] = [module is not None, loader.unavailable_reason("decoder_attention"),
+                    None if module is None else os.path.dirname(module.__file__)]
 try:
     import sam_hf
     raise SystemExit("sam_hf was importable")
@@ -191,7 +194,8 @@ def test_same_loads_offline_from_the_cache(published, online_report):
 
 def test_remote_code_loads_without_sam_hf(published):
     """With sam_hf not importable, AutoModel / AutoProcessor / pipeline with trust_remote_code=True load the
-    generated code from a local folder and from the repo id, and give the publishing model's outputs.
+    generated code from a local folder and from the repo id, and give the publishing model's outputs; the compiled
+    kernels build from the C++ sources written into that code (here: the package's own build, found).
 
     Proves the generated modules are self-contained (only torch, numpy, PIL, transformers from site-packages) and
     that transformers 5.23's dynamic-module loader resolves their flat imports, locally and from a Hub repo.
@@ -204,9 +208,11 @@ def test_remote_code_loads_without_sam_hf(published):
     out = run_client(REMOTE, env=client_env(hub_url=hub.url, hf_home=root / "remote_home"), cwd=root,
                      args=[src, published["expected"], local, REMOTE_REPO])
     report = json.loads(out.strip().splitlines()[-1])
-    kernel_missing, reason = report.pop("kernel")
-    here = kernels.loader._why_not("decoder_attention")  # what the installed package says on this machine
-    assert kernel_missing and (reason == here if here is not None else reason.startswith("its source decoder_attention.cpp is not in"))
+    remote_kernel, reason, folder = report.pop("kernel")
+    here = kernels.kernel("decoder_attention")  # what the installed package gives on this machine
+    assert remote_kernel == (here is not None) and reason == kernels.unavailable_reason("decoder_attention")
+    if here is not None:  # the same sources, the same torch: the package's build, found by the remote code
+        assert folder == os.path.dirname(here.__file__)
     assert len(report) == 2
     for model_module, processor_module in report.values():
         assert model_module.startswith("transformers_modules.") and model_module.endswith(".modeling_sam_hf")

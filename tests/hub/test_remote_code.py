@@ -113,3 +113,15 @@ def test_push_to_hub_checks_its_arguments():
         sam_hf.hub.push_to_hub(model=model, repo_id="org/x", model_card="# card")
     with pytest.raises(TypeError, match="remote_code must be a bool"):
         sam_hf.hub.push_to_hub(model=model, repo_id="org/x", model_card=ModelCard("---\n---\n"), remote_code="yes")
+
+
+def test_kernel_sources_are_written_into_the_remote_code():
+    """transformers fetches Python modules only: the generated `kernels.sources` holds the C++ texts themselves,
+    the package's `kernel_sources()` to the byte, and the loader imports it."""
+    from sam_hf.kernels.sources import kernel_sources
+
+    files = remote_code_files()
+    generated: dict = {}
+    exec(compile(files["sam_hf_kernels_sources.py"], "sam_hf_kernels_sources.py", "exec"), generated)
+    assert generated["kernel_sources"]() == kernel_sources() and any(name.endswith(".cpp") for name in kernel_sources())
+    assert "from .sam_hf_kernels_sources import kernel_sources" in files["sam_hf_kernels_loader.py"]

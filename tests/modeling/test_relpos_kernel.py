@@ -4,6 +4,7 @@ Its fp32 form: test_relpos_kernel_fp32.py."""
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from sam_hf.kernels import loader
 from sam_hf.modeling.attention import eager_attention_with_rel_pos, relpos_kernel_usable
 
 NAME = "relpos_attention"
+SOURCES = Path(loader.__file__).parent  # the package's kernel sources, as files
 
 
 def _buildable_here() -> str | None:
@@ -273,18 +275,18 @@ def test_a_first_build_compiles_the_other_missing_kernels_alongside(monkeypatch,
     assert kernels.kernel(NAME) is _Served and built[2:] == [NAME]
 
 
-def test_kernel_without_its_source_is_not_built(monkeypatch, tmp_path):
-    """sam_hf's modules loaded as a Hub repository's remote code have no C++ sources next to them: PyTorch's path."""
+def test_kernel_without_its_source_is_not_built(monkeypatch):
+    """Remote code generated before the sources were written into it has none: PyTorch's path, and the reason."""
     monkeypatch.setattr(loader, "_LOADED", {})
     monkeypatch.setattr(loader, "_REASONS", {})
     monkeypatch.setattr(loader, "_cpu_flags", lambda: {f for spec in loader.REQUIREMENTS.values() for f in spec["cpu_flags"]})
     monkeypatch.setattr(loader.platform, "system", lambda: "Linux")
     monkeypatch.setattr(loader.platform, "machine", lambda: "x86_64")
     monkeypatch.delenv("SAM_HF_KERNELS", raising=False)
-    monkeypatch.setattr(loader, "SOURCES", tmp_path)
+    monkeypatch.setattr(loader, "kernel_sources", lambda: {})
     monkeypatch.setattr(loader, "_build", lambda name: pytest.fail(f"{name} was built without its source"))
     assert kernels.kernel(NAME) is None
-    assert kernels.unavailable_reason(NAME) == f"its source {NAME}.cpp is not in {tmp_path}"
+    assert kernels.unavailable_reason(NAME) == f"its source {NAME}.cpp is not among sam_hf's kernel sources"
 
 
 def test_built_kernel_whose_runtime_check_fails_is_not_used(monkeypatch):
@@ -324,9 +326,9 @@ def test_build_compiles_a_copy_of_the_source_in_its_cache_folder(monkeypatch, tm
     loader._build(NAME)
     (staged,), build_dir = calls[0]
     assert os.path.dirname(staged) == build_dir and build_dir.startswith(str(tmp_path))
-    with open(staged, "rb") as copy, open(loader.SOURCES / f"{NAME}.cpp", "rb") as source:
+    with open(staged, "rb") as copy, open(SOURCES / f"{NAME}.cpp", "rb") as source:
         assert copy.read() == source.read()
-    with open(os.path.join(build_dir, "simd.h"), "rb") as copy, open(loader.SOURCES / "simd.h", "rb") as source:
+    with open(os.path.join(build_dir, "simd.h"), "rb") as copy, open(SOURCES / "simd.h", "rb") as source:
         assert copy.read() == source.read()  # the shared header it includes sits beside it
     stamp = os.stat(staged).st_mtime_ns
     loader._build(NAME)
@@ -334,7 +336,7 @@ def test_build_compiles_a_copy_of_the_source_in_its_cache_folder(monkeypatch, tm
     with open(staged, "ab") as copy:  # a stale or damaged copy is replaced
         copy.write(b"// stale\n")
     loader._build(NAME)
-    with open(staged, "rb") as copy, open(loader.SOURCES / f"{NAME}.cpp", "rb") as source:
+    with open(staged, "rb") as copy, open(SOURCES / f"{NAME}.cpp", "rb") as source:
         assert copy.read() == source.read()
 
 
@@ -346,9 +348,8 @@ def test_the_build_folder_follows_the_shared_header(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(cpp_extension, "load", lambda name, sources, **kwargs: calls.append(kwargs["build_directory"]))
     loader._build(NAME)
-    header = tmp_path / "simd.h"
-    header.write_bytes((loader.SOURCES / "simd.h").read_bytes() + b"// changed\n")
-    monkeypatch.setattr(loader, "_headers", lambda: [header])
+    changed = {**loader.kernel_sources(), "simd.h": (SOURCES / "simd.h").read_text() + "// changed\n"}
+    monkeypatch.setattr(loader, "kernel_sources", lambda: changed)
     loader._build(NAME)
     assert calls[0] != calls[1]
 
@@ -361,3 +362,12 @@ def test_each_torch_installation_has_its_own_build_folder(monkeypatch, tmp_path)
     assert loader._build_dir(NAME) == here
     monkeypatch.setattr(loader, "_installation", lambda: "/other/venv/lib/python3.11/site-packages/torch\n/usr/include/python3.11")
     assert loader._build_dir(NAME) != here and loader._build_dir(NAME).parent == here.parent
+
+
+def test_kernel_sources_are_the_files_of_the_package():
+    """`kernel_sources()` gives every .cpp and .h beside the loader, byte for byte (the build folder's key)."""
+    sources = loader.kernel_sources()
+    files = sorted(path.name for pattern in ("*.cpp", "*.h") for path in SOURCES.glob(pattern))
+    assert sorted(sources) == files and {f"{name}.cpp" for name in loader.REQUIREMENTS} <= set(sources)
+    for file, text in sources.items():
+        assert text.encode("utf-8") == (SOURCES / file).read_bytes(), file
