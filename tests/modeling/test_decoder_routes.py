@@ -45,7 +45,7 @@ def test_prompts_decoded_alone_equal_the_batch_with_per_prompt_masks(tiny_model)
         assert_close(alone.iou_scores, batch.iou_scores[:, p : p + 1], rtol=1e-4, atol=1e-5)
 
 
-def _routes(monkeypatch, model, prompts, group=None, image_cache=None):
+def _routes(monkeypatch, model, prompts, group=None, image_cache=None, masks=None):
     """The routes the decoder's attentions take, in call order (two per block, then the final attention)."""
     taken, route = [], SamHfAttention.route
 
@@ -58,7 +58,7 @@ def _routes(monkeypatch, model, prompts, group=None, image_cache=None):
         for budget_name in ("_TEMPORARY_BUDGET", "_KERNEL_TEMPORARY_BUDGET", "_FOLD_TEMPORARY_BUDGET"):
             monkeypatch.setattr(prompt_groups, budget_name, group * 8 * 8 * 32 * 4)
     with torch.no_grad():
-        _decode(model, torch.randn(1, 32, 8, 8), prompts, image_cache=image_cache)
+        _decode(model, torch.randn(1, 32, 8, 8), prompts, masks=masks, image_cache=image_cache)
     return taken
 
 
@@ -71,6 +71,8 @@ def test_routes_are_taken_where_meant(tiny_model, monkeypatch, decoder_path):
     assert _routes(monkeypatch, tiny_model, FOLD_UP_TO_PROMPTS) == ["fold"] * attentions
     # a kept image cache: the shared projections serve the later calls on the image, so a small call shares them too
     assert _routes(monkeypatch, tiny_model, 1, image_cache={}) == ["shared", "shared"] + ["per_prompt"] * (attentions - 2)
+    # ... but not with a mask input: the image side is new in every call, so its projections would serve this one only
+    assert _routes(monkeypatch, tiny_model, 1, image_cache={}, masks=torch.randn(1, 1, 32, 32)) == ["fold"] * attentions
     # several prompts: the decoder's own image side projected once, then each prompt's own image side folded
     assert _routes(monkeypatch, tiny_model, 5) == ["shared", "shared"] + ["per_prompt"] * (attentions - 2)
     # groups of one prompt in a call of five: a prompt's own image side (P' = P = 1) is not projected as if shared

@@ -22,7 +22,6 @@ from torch import nn
 
 from ..configuration import SamHfMaskDecoderConfig
 from .attention import attention
-from .image_cache import kept
 from .factored_passes import next_attention_operands, next_attention_output, source_operands
 from .kernel_inputs import decoder_kernel, token_tiles
 from .layers import SamHfLinear, add_matmul_nt_, linear_activation, matmul_add_shared, matmul_nn, records_nothing, workspace
@@ -35,10 +34,12 @@ FOLD_UP_TO_PROMPTS = 2
 
 def folds(prompts: int, cache: dict | None) -> bool:
     """Whether a decoder call with `prompts` prompts per image takes the "fold" route: at most `FOLD_UP_TO_PROMPTS`,
-    and its prompt-independent projections made for this call only. In a caller's kept `image_cache` they are made
-    once per image and serve every later call (a predictor's clicks), so such calls take the "shared" route: ViT-B,
-    two Zen 4 cores, fp32, one-point clicks after the first, same process: 23.5 vs 19.0 ms each (bf16 19.0 vs 17.4)."""
-    return prompts <= FOLD_UP_TO_PROMPTS and not kept(cache)
+    and its image-side projections made for this call only. In a caller's kept `image_cache`, on the embeddings' own
+    image side (no mask input: `cache["reuses_image_side"]`, set by the decoder), they are made once per image and
+    serve every later call (a predictor's clicks), so such calls take the "shared" route: ViT-B, two Zen 4 cores,
+    fp32, one-point clicks after the first, same process: 23.5 vs 19.0 ms each (bf16 19.0 vs 17.4). With a mask
+    input the side is new in every call: the fold route (one thread, fp32: 43.5 against 71.5 ms per click)."""
+    return prompts <= FOLD_UP_TO_PROMPTS and not (cache is not None and cache.get("reuses_image_side", False))
 
 
 class SamHfAttention(nn.Module):

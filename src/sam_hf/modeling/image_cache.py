@@ -9,8 +9,9 @@ factored passes' projections since session 16; the dict then holds 26 MB beyond 
 call without a mask IoU threshold took the folded mask upscaling, whose product of the shared image side is kept here
 too: `SamHfMaskDecoder.folded_operands`).
 
-Small calls (one or two prompts, a predictor's clicks) take that work from a kept dict too, where without one they
-fold their prompts into the projections instead (the "fold" route, `decoder_attention.folds`): kept, it serves every
+Small calls (one or two prompts, a predictor's clicks) without a mask input take that work from a kept dict too,
+where without one (or with a mask input, whose image side is new in every call) they fold their prompts into the
+projections instead (the "fold" route, `decoder_attention.folds`): kept, it serves every
 later click. `SamHfPredictor.set_image` fills its dict with one decoder call on a placeholder prompt, so that its first
 click is as fast as the next ones (ViT-B: 30.5 MB beyond the embeddings in fp32, 23.5 MB in bf16).
 

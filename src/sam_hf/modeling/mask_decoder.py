@@ -18,7 +18,7 @@ from torch import nn
 
 from ..configuration import SamHfMaskDecoderConfig
 from ..kernels import kernel_for
-from .image_cache import cached, call_cache
+from .image_cache import cached, call_cache, kept
 from .layers import SamHfFeedForward, SamHfLayerNorm2d, linear_activation, matmul_nt, records_nothing
 from .prompt_groups import prompt_group
 from .decoder_attention import folds
@@ -147,7 +147,7 @@ class SamHfMaskDecoder(nn.Module):
         """Whether a decoder call on the compiled kernels without `mask_iou_threshold` takes the folded first convolution
         (`folded_operands`): one image, its side shared by the prompts (no mask inputs), two blocks, the upscaling
         kernel usable for this dtype, and not the "fold" route (`folds`: more prompts than its, or a kept
-        `image_cache`). The shared product (one C x C convolution of the image, kept in `image_cache` when one is given)
+        `image_cache` holding the image side's work). The shared product (one C x C convolution of the image, kept in `image_cache` when one is given)
         costs about what two prompts save; kept, it serves every later call (ViT-B, two Zen 4 cores, a kept cache,
         one-point clicks, same process: fp32 20.9 against 19.0 ms per click; bf16 17.4 against 18.3, within the noise).
         With a threshold (segment everything) it is not taken: every prompt's second attention pass would also record
@@ -284,7 +284,11 @@ class SamHfMaskDecoder(nn.Module):
         cache = call_cache(image_cache, image_embeddings, image_pe, self.parameters(), sparse_embeddings, dense_embeddings)
         cache["prompts"] = prompts
         # channels-last once: every image-token op below reads rows of C (a strided (C, g*g) view costs a gather per use)
-        if dense_embeddings.shape[1] == 1 and dense_embeddings.stride(-1) == 0 and dense_embeddings.stride(-2) == 0:
+        constant = dense_embeddings.shape[1] == 1 and dense_embeddings.stride(-1) == 0 and dense_embeddings.stride(-2) == 0
+        # a kept cache's work on the image side serves later calls only where that side is the embeddings' own (no mask
+        # input): then small calls take it too (`decoder_attention.folds`)
+        cache["reuses_image_side"] = constant and kept(cache)
+        if constant:
             # the same dense embedding everywhere (no mask input): the image side is prompt-independent
             image = cached(cache, "tokens", lambda: channels_last_tokens(image_embeddings, dense_embeddings), dense_embeddings[:, 0, :, 0, 0])
         else:

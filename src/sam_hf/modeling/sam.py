@@ -136,7 +136,8 @@ class SamHfModel(SamHfPreTrainedModel):
         image_cache (`dict`, optional): with `image_embeddings`, a dict (empty at first) that the caller passes to every
             call on the same embeddings: the decoder's prompt-independent work on the image (its tokens channels-last,
             the projections all prompts share) is computed in the first call and kept there; calls of one or two
-            prompts then take these projections too (without a kept cache they fold the prompts into them instead).
+            prompts without a mask input then take these projections too (without a kept cache they fold the
+            prompts into them instead).
             Refilled when the embeddings, positional encoding or decoder weights change; used only where autograd
             records nothing. Segment everything passes one per crop, the predictor one per image, filled by
             `set_image` (see `modeling/image_cache.py`).
