@@ -188,8 +188,8 @@ def test_kernel_for_asks_each_module_about_bf16_once(monkeypatch, capsys):
 
     yes, no = Module(), Module()
     yes.answer, no.answer = True, False
-    monkeypatch.setattr(loader, "_LOADED", {"relpos_attention": yes, "decoder_attention": no, "mask_upscaling": None})
-    monkeypatch.setattr(loader, "_REASONS", {"mask_upscaling": "this CPU lacks avx512f"})
+    monkeypatch.setattr(loader, "_LOADED", {"relpos_attention": yes, "decoder_attention": no, "mask_upscaling": None, "mask_resize": None})
+    monkeypatch.setattr(loader, "_REASONS", {"mask_upscaling": "this CPU lacks avx512f", "mask_resize": "this CPU lacks avx512f"})
     monkeypatch.setattr(loader, "_TAKES_BF16", {})
     assert kernels.kernel_for(NAME, torch.float32) is yes and kernels.kernel_for(NAME, torch.bfloat16) is yes
     assert kernels.kernel_for("decoder_attention", torch.bfloat16) is None and kernels.kernel_for("decoder_attention", torch.float32) is no
@@ -224,13 +224,13 @@ class _Served:  # a built module whose runtime check says yes
 
 
 def _builds_that_must_overlap(monkeypatch) -> list[str]:
-    """Fresh loader state; mask_upscaling unusable here; `_build` records each name and waits for a second build to
-    start (a broken barrier, so a failed build, unless two run at once). Returns the list of names built."""
+    """Fresh loader state; mask_upscaling and mask_resize unusable here; `_build` records each name and waits for a second
+    build to start (a broken barrier, so a failed build, unless two run at once). Returns the list of names built."""
     import threading
 
     monkeypatch.setattr(loader, "_LOADED", {})
     monkeypatch.setattr(loader, "_REASONS", {})
-    monkeypatch.setattr(loader, "_why_not", lambda name: "this CPU lacks avx512f" if name == "mask_upscaling" else None)
+    monkeypatch.setattr(loader, "_why_not", lambda name: "this CPU lacks avx512f" if name in ("mask_upscaling", "mask_resize") else None)
     both_building = threading.Barrier(2, timeout=20)
     built = []
 
@@ -250,7 +250,7 @@ def test_build_all_runs_the_missing_builds_side_by_side(monkeypatch):
     with kernels.disabled():
         assert kernels.build_all() == {name: None for name in sorted(loader.REQUIREMENTS)} and built == []
     modules = kernels.build_all()
-    assert modules == {"decoder_attention": _Served, "mask_upscaling": None, "relpos_attention": _Served}
+    assert modules == {"decoder_attention": _Served, "mask_resize": None, "mask_upscaling": None, "relpos_attention": _Served}
     assert sorted(built) == ["decoder_attention", "relpos_attention"]
     assert kernels.unavailable_reason("mask_upscaling") == "this CPU lacks avx512f"
     assert kernels.unavailable_reason(NAME) is None and kernels.kernel(NAME) is _Served

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .bilinear import resize_with_kernel
 from .resize import get_preprocess_shape
 from .thresholds import greater
 
@@ -70,14 +71,26 @@ def post_process_masks(
             raise ValueError(
                 f"reshaped_input_sizes[{i}] = ({new_h}, {new_w}) must fit in the padded input side {pad_size}"
             )
-        logits = logits.to(torch.float32)
-        cropped = upscale_and_crop(logits, pad_size, new_h, new_w)  # (P, M, h, w)
-        if (orig_h, orig_w) == (new_h, new_w):  # SAM's own size: resizing to the same size is the identity
-            full = cropped.contiguous()  # (exact for finite logits: weights 1 and 0)
-        else:
-            full = F.interpolate(cropped, (orig_h, orig_w), mode="bilinear", align_corners=False)  # (P, M, H, W)
-        out.append(greater(full, mask_threshold) if binarize else full)
+        threshold = mask_threshold if binarize else None
+        full, binary = _at_original_size(logits.to(torch.float32), pad_size, (new_h, new_w), (orig_h, orig_w), threshold)
+        out.append(greater(full, mask_threshold) if binarize and not binary else full)
     return out
+
+
+def _at_original_size(logits: torch.Tensor, pad_size: int, resized: tuple[int, int], original: tuple[int, int],
+                      threshold: float | None) -> tuple[torch.Tensor, bool]:
+    """float32 logits (P, M, L, L) -> (P, M, H, W) at the original size, and whether that is already `> threshold`
+    (the compiled kernel thresholds as it resizes, given a threshold) rather than logits."""
+    if original == resized:  # SAM's own size: resizing to the same size is the identity (exact for finite logits)
+        fast = resize_with_kernel(logits, (pad_size, pad_size), rows=resized[0], cols=resized[1], threshold=threshold)
+        if fast is not None:
+            return fast, threshold is not None
+        return upscale_and_crop(logits, pad_size, *resized).contiguous(), False
+    cropped = upscale_and_crop(logits, pad_size, *resized)  # (P, M, h, w)
+    fast = resize_with_kernel(cropped, original, threshold=threshold)
+    if fast is not None:
+        return fast, threshold is not None
+    return F.interpolate(cropped, original, mode="bilinear", align_corners=False), False
 
 
 def _needed(low: int, scale: int, length: int) -> int:
@@ -96,6 +109,9 @@ def upscale_and_crop(logits: torch.Tensor, pad_size: int, height: int, width: in
     loop then rounds the last columns differently, by about 1e-7.) A landscape 1024 x 683 image skips a third of the
     work.
     """
+    fast = resize_with_kernel(logits, (pad_size, pad_size), rows=height, cols=width)  # the same bits, where it serves
+    if fast is not None:
+        return fast
     low_h, low_w = logits.shape[-2:]
     if pad_size % low_h or pad_size % low_w:
         upscaled = F.interpolate(logits, (pad_size, pad_size), mode="bilinear", align_corners=False)
