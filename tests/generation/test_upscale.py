@@ -51,12 +51,19 @@ def _assert_same_up_to_rounding(mask: torch.Tensor, count: int, full: torch.Tens
 
 @pytest.mark.parametrize("low_side, pad, size", CASES)
 @pytest.mark.parametrize("threshold, offset", [(0.0, 1.0), (0.5, 0.25), (-1.0, -2.0), (0.0, 0.0)])
-def test_equal_to_every_pixel_upscaled(low_side, pad, size, threshold, offset):
+@pytest.mark.parametrize("kernels_on", [True, False])  # off: this module's own interpolation inside the boxes
+def test_equal_to_every_pixel_upscaled(low_side, pad, size, threshold, offset, kernels_on):
+    from sam_hf import kernels
+
     logits = _blobs(12, low_side, seed=low_side + size[0])
     resized_size = get_preprocess_shape(*size, pad)
     dense = SamHfImageProcessor(longest_edge=pad).post_process_masks(logits[None, :, None], [size], [resized_size], binarize=False)[0][:, 0]
     resized = upscale_and_crop(logits[:, None], pad, *resized_size)[:, 0]
-    results = upscale_in_boxes(resized, size, threshold, offset)
+    if kernels_on:
+        results = upscale_in_boxes(resized, size, threshold, offset)
+    else:
+        with kernels.disabled():
+            results = upscale_in_boxes(resized, size, threshold, offset)
     assert len(results) == len(logits)
     ties = 0
     for result, full in zip(results, dense):
@@ -70,6 +77,28 @@ def test_equal_to_every_pixel_upscaled(low_side, pad, size, threshold, offset):
     assert ties <= 1e-5 * dense.numel()  # such pixels are rare
     assert results[0].mask.numel() == 0 and results[0].low == 0  # nothing can pass: no box at all
     assert results[1].mask.shape == size and bool(results[1].mask.all())  # everything passes: the whole image
+
+
+@pytest.mark.parametrize("low_side, pad, size", [case for case in CASES if case[2] != (case[1], case[1])])
+def test_with_the_kernel_equal_to_every_pixel_upscaled_bit_for_bit(low_side, pad, size):
+    """Where sam_hf's mask_resize kernel serves, each box is a window of F.interpolate's output: the same masks and
+    counts as every pixel upscaled, with no rounding allowance."""
+    from sam_hf.kernels import loader
+    from sam_hf.processing.bilinear import single_channel_kernel
+
+    if loader._why_not("mask_resize") is not None:
+        pytest.skip(f"no mask_resize kernel here: {loader._why_not('mask_resize')}")
+    assert single_channel_kernel(size) is not None
+    logits = _blobs(12, low_side, seed=low_side + size[0] + 1)
+    resized_size = get_preprocess_shape(*size, pad)
+    dense = SamHfImageProcessor(longest_edge=pad).post_process_masks(logits[None, :, None], [size], [resized_size], binarize=False)[0][:, 0]
+    resized = upscale_and_crop(logits[:, None], pad, *resized_size)[:, 0]
+    for result, full in zip(upscale_in_boxes(resized, size, 0.5, 1.0), dense):
+        mask = torch.zeros(size, dtype=torch.bool)
+        height, width = result.mask.shape
+        mask[result.y0 : result.y0 + height, result.x0 : result.x0 + width] = result.mask
+        assert torch.equal(mask, full > 0.5)
+        assert (result.high, result.low) == (int((full > 1.5).sum()), int((full > -0.5).sum()))
 
 
 def test_box_is_tight():

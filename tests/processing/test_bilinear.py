@@ -31,30 +31,32 @@ def two_threads():
     torch.set_num_threads(previous)
 
 
-def _aten(logits, size, rows, cols):
-    return F.interpolate(logits, size, mode="bilinear", align_corners=False)[..., :rows, :cols]
+def _aten(logits, size):
+    return F.interpolate(logits, size, mode="bilinear", align_corners=False)
 
 
 def test_seeded_shapes_equal_aten_bit_for_bit(kernel, two_threads):
-    """Up- and downscaling, integer and other ratios, cut outputs, 1 to 3 channels, infinities and NaNs."""
+    """Up- and downscaling, integer and other ratios, windows of the output, 1 to 3 channels, infinities and NaNs."""
     rng = random.Random(0)
     generator = torch.Generator().manual_seed(0)
     served = 0
     for _ in range(60):
         h, w = rng.randint(1, 200), rng.randint(1, 200)
         out_h, out_w = rng.choice([(4 * h, 4 * w), (rng.randint(1, 900), rng.randint(1, 900))])
-        rows, cols = rng.randint(0, out_h), rng.randint(1, out_w)
+        row0, col0 = rng.choice([(0, 0), (rng.randrange(out_h), rng.randrange(out_w))])
+        rows, cols = rng.randint(0, out_h - row0), rng.randint(1, out_w - col0)
         logits = torch.randn(rng.randint(1, 2), rng.randint(1, 3), h, w, generator=generator) * 10
         logits.view(-1)[rng.randrange(logits.numel())] = rng.choice([float("inf"), float("-inf"), float("nan")])
-        got = bilinear.resize_with_kernel(logits, (out_h, out_w), rows=rows, cols=cols)
+        window = dict(rows=rows, cols=cols, row0=row0, col0=col0)
+        got = bilinear.resize_with_kernel(logits, (out_h, out_w), **window)
         if out_h + out_w <= 128:
             assert got is None  # ATen's channels-last kernel: left to it
             continue
         served += 1
-        expected = _aten(logits, (out_h, out_w), rows, cols)
+        expected = _aten(logits, (out_h, out_w))[..., row0 : row0 + rows, col0 : col0 + cols]
         assert got.shape == expected.shape
         assert torch.equal(got.isnan(), expected.isnan()) and torch.equal(got.nan_to_num(), expected.nan_to_num())
-        binary = bilinear.resize_with_kernel(logits, (out_h, out_w), rows=rows, cols=cols, threshold=0.25)
+        binary = bilinear.resize_with_kernel(logits, (out_h, out_w), **window, threshold=0.25)
         assert binary.dtype == torch.bool and torch.equal(binary, expected > 0.25)
     assert served > 40
 
@@ -95,8 +97,9 @@ def test_a_kernel_that_differs_from_aten_is_not_used(kernel, monkeypatch):
         __file__ = "off"
 
         @staticmethod
-        def resize(source, out_h, out_w, scale_h, scale_w, rows, cols, threshold=None):
-            return kernel.resize(source, out_h, out_w, scale_h, scale_w, rows, cols, threshold).add(1e-6 if threshold is None else 0)
+        def resize(source, out_h, out_w, scale_h, scale_w, rows, cols, threshold=None, row0=0, col0=0):
+            out = kernel.resize(source, out_h, out_w, scale_h, scale_w, rows, cols, threshold, row0, col0)
+            return out if threshold is not None else out.add(1e-6)
 
     monkeypatch.setattr(bilinear, "kernel_for", lambda name, dtype: Off)
     monkeypatch.setattr(bilinear, "_AGREES", {})

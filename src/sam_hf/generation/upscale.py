@@ -9,7 +9,9 @@ three masks. A candidate mask covers about an eighth of its image (mean bounding
 only the rectangle of pixels with some source above that threshold is interpolated and thresholded here.
 
 The first step (low-res -> (h, w)) is `processing.masks`' own, bit for bit. Inside the rectangle the second is
-this module's separable bilinear interpolation (align_corners=False, PyTorch's source coordinates and weights
+sam_hf's `mask_resize` kernel where it serves (`processing/bilinear.py`): a window of `F.interpolate`'s output (one
+mask per channel), bit for bit. Elsewhere (no kernel, or a crop whose height + width is at most 128) it is this
+module's separable bilinear interpolation (align_corners=False, PyTorch's source coordinates and weights
 `x0 (1 - w) + x1 w`, so infinities and NaNs spread as in `F.interpolate`): each pixel is computed from its own
 sources by the same formula whatever the rectangle, within a few float32 ulps of `F.interpolate`, which can
 flip a pixel only where a logit lies that close to a threshold (tests/generation/test_upscale.py).
@@ -79,6 +81,7 @@ def upscale_in_boxes(resized: torch.Tensor, size: tuple[int, int], threshold: fl
 
     `threshold` binarizes; the counts use `threshold +- offset` (any sign of offset).
     """
+    from ..processing.bilinear import single_channel_kernel
     from ..processing.thresholds import count_true, greater
 
     height, width = size
@@ -88,7 +91,11 @@ def upscale_in_boxes(resized: torch.Tensor, size: tuple[int, int], threshold: fl
     possible = resized > lowest - _MARGIN * (abs(lowest) + magnitude)  # (n, h, w): sources that may reach `lowest`
     rows, cols = _extent(possible.any(dim=2)), _extent(possible.any(dim=1))  # per mask: first and last, or None
     same_size = (height, width) == tuple(resized.shape[1:])  # the image is the model's own size: no second step
-    vertical, horizontal = _axis(resized.shape[1], height), _axis(resized.shape[2], width)
+    kernel = None if same_size or resized.dtype != torch.float32 or resized.device.type != "cpu" else single_channel_kernel(size)
+    if kernel is None:
+        vertical, horizontal = _axis(resized.shape[1], height), _axis(resized.shape[2], width)
+    else:  # the boxes from the indices the kernel reads (float32, as ATen's)
+        vertical, horizontal = _Axis(*kernel.axis_table(resized.shape[1], height)), _Axis(*kernel.axis_table(resized.shape[2], width))
     out = []
     for source, row_span, col_span in zip(resized, rows, cols):
         if row_span is None:  # nothing can pass any threshold
@@ -97,6 +104,9 @@ def upscale_in_boxes(resized: torch.Tensor, size: tuple[int, int], threshold: fl
         if same_size:
             (y0, y1), (x0, x1) = (row_span[0], row_span[1] + 1), (col_span[0], col_span[1] + 1)
             logits = source[y0:y1, x0:x1]
+        elif kernel is not None:  # F.interpolate's window, bit for bit
+            (y0, y1), (x0, x1) = vertical.span(*row_span), horizontal.span(*col_span)
+            logits = kernel.resize(source[None], height, width, None, None, y1 - y0, x1 - x0, None, y0, x0)[0]
         else:
             (y0, y1), (x0, x1) = vertical.span(*row_span), horizontal.span(*col_span)
             first = int(vertical.low[y0])  # the first source row read by the box

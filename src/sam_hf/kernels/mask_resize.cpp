@@ -10,8 +10,8 @@
 //
 // ATen evaluates that formula for every output pixel; here the horizontal step h_r of a source row is computed once
 // for all the output rows that read it (the same values), and the vertical step runs on whole rows of 16 lanes. The
-// caller can ask for the first `rows` x `cols` of the output only (each pixel is computed the same way wherever it
-// sits), and for the binary mask `out > threshold` instead of the logits. sam_hf.processing.masks checks the result
+// caller can ask for a window of the output only, `rows` x `cols` from (row0, col0) (each pixel is computed the same
+// way wherever it sits), and for the binary mask `out > threshold` instead of the logits. sam_hf.processing.masks checks the result
 // against ATen's once per process before it uses this kernel. Built on first use by sam_hf.kernels.loader; inference only.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -35,7 +35,8 @@ struct Axis {
   std::vector<float> w0, w1;
 };
 
-Axis make_axis(int64_t in, int64_t out, int64_t count, std::optional<double> scale_factor) {
+// Outputs first .. first + count - 1 of an axis resized from `in` to `out`.
+Axis make_axis(int64_t in, int64_t out, int64_t first, int64_t count, std::optional<double> scale_factor) {
   const float scale = (scale_factor.has_value() && *scale_factor > 0.0) ? static_cast<float>(1.0 / *scale_factor)
                                                                          : static_cast<float>(in) / static_cast<float>(out);
   Axis axis;
@@ -43,21 +44,22 @@ Axis make_axis(int64_t in, int64_t out, int64_t count, std::optional<double> sca
   axis.high.resize(count);
   axis.w0.resize(count);
   axis.w1.resize(count);
-  for (int64_t i = 0; i < count; ++i) {
+  for (int64_t k = 0; k < count; ++k) {
+    const int64_t i = first + k;
     if (in == out) {  // ATen's copy case
-      axis.low[i] = axis.high[i] = static_cast<int32_t>(i);
-      axis.w0[i] = 1.0f;
-      axis.w1[i] = 0.0f;
+      axis.low[k] = axis.high[k] = static_cast<int32_t>(i);
+      axis.w0[k] = 1.0f;
+      axis.w1[k] = 0.0f;
       continue;
     }
     float real = std::fma(scale, static_cast<float>(i) + 0.5f, -0.5f);
     if (real < 0.0f) real = 0.0f;
     const int64_t low = std::min(static_cast<int64_t>(std::floor(real)), in - 1);
     const float w1 = std::min(std::max(real - static_cast<float>(low), 0.0f), 1.0f);
-    axis.low[i] = static_cast<int32_t>(low);
-    axis.high[i] = static_cast<int32_t>(low + (low < in - 1 ? 1 : 0));
-    axis.w1[i] = w1;
-    axis.w0[i] = 1.0f - w1;
+    axis.low[k] = static_cast<int32_t>(low);
+    axis.high[k] = static_cast<int32_t>(low + (low < in - 1 ? 1 : 0));
+    axis.w1[k] = w1;
+    axis.w0[k] = 1.0f - w1;
   }
   return axis;
 }
@@ -105,16 +107,18 @@ void check_source(const torch::Tensor& src) {
 
 }  // namespace
 
-// src (N, h, w) float32 -> the first rows x cols of its bilinear resizing to (out_h, out_w) (align_corners=False,
-// scale factors as ATen takes them): float32 logits, or bool `> threshold` when one is given.
+// src (N, h, w) float32 -> the window rows x cols from (row0, col0) of its bilinear resizing to (out_h, out_w)
+// (align_corners=False, scale factors as ATen takes them): float32 logits, or bool `> threshold` when one is given.
 torch::Tensor resize(const torch::Tensor& src, int64_t out_h, int64_t out_w, std::optional<double> scale_h,
-                     std::optional<double> scale_w, int64_t rows, int64_t cols, std::optional<double> threshold) {
+                     std::optional<double> scale_w, int64_t rows, int64_t cols, std::optional<double> threshold,
+                     int64_t row0, int64_t col0) {
   check_source(src);
   TORCH_CHECK(out_h > 0 && out_w > 0, "the output size must be positive");
-  TORCH_CHECK(rows >= 0 && rows <= out_h && cols >= 0 && cols <= out_w, "rows and cols must lie within the output");
+  TORCH_CHECK(row0 >= 0 && col0 >= 0 && rows >= 0 && cols >= 0 && row0 + rows <= out_h && col0 + cols <= out_w,
+              "the window must lie within the output");
   const int64_t planes = src.size(0), in_h = src.size(1), in_w = src.size(2);
-  const Axis down = make_axis(in_h, out_h, rows, scale_h);
-  const Axis across = make_axis(in_w, out_w, cols, scale_w);
+  const Axis down = make_axis(in_h, out_h, row0, rows, scale_h);
+  const Axis across = make_axis(in_w, out_w, col0, cols, scale_w);
   const bool binary = threshold.has_value();
   torch::Tensor out = torch::empty({planes, rows, cols}, src.options().dtype(binary ? torch::kBool : torch::kFloat32));
   if (planes == 0 || rows == 0 || cols == 0) return out;
@@ -157,9 +161,26 @@ torch::Tensor resize(const torch::Tensor& src, int64_t out_h, int64_t out_w, std
   return out;
 }
 
+// The source indices and weight of each output along an axis resized from `in` to `out` (size-based scale), as
+// `resize` reads them: (low (out,) int64, high (out,) int64, w1 (out,) float32).
+std::vector<torch::Tensor> axis_table(int64_t in, int64_t out) {
+  TORCH_CHECK(in > 0 && out > 0 && in < (1 << 30) && out < (1 << 30), "sizes must be positive");
+  const Axis axis = make_axis(in, out, 0, out, std::nullopt);
+  torch::Tensor low = torch::empty({out}, torch::kInt64), high = torch::empty({out}, torch::kInt64);
+  torch::Tensor w1 = torch::empty({out}, torch::kFloat32);
+  for (int64_t i = 0; i < out; ++i) {
+    low.data_ptr<int64_t>()[i] = axis.low[i];
+    high.data_ptr<int64_t>()[i] = axis.high[i];
+    w1.data_ptr<float>()[i] = axis.w1[i];
+  }
+  return {low, high, w1};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("resize", &resize, "ATen's bilinear upsample_bilinear2d (align_corners=False) of float32 planes, bit for bit, "
-        "the first rows x cols of the output, as logits or `> threshold`",
+        "a rows x cols window of the output from (row0, col0), as logits or `> threshold`",
         pybind11::arg("src"), pybind11::arg("out_h"), pybind11::arg("out_w"), pybind11::arg("scale_h"), pybind11::arg("scale_w"),
-        pybind11::arg("rows"), pybind11::arg("cols"), pybind11::arg("threshold") = std::nullopt);
+        pybind11::arg("rows"), pybind11::arg("cols"), pybind11::arg("threshold") = std::nullopt,
+        pybind11::arg("row0") = 0, pybind11::arg("col0") = 0);
+  m.def("axis_table", &axis_table, "(low, high, w1) per output of an axis resized from `in` to `out`, as resize reads them");
 }

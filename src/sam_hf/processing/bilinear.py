@@ -33,20 +33,22 @@ def _probe_agrees(module) -> bool:
     """Whether `module.resize` equals ATen bit for bit on probe shapes: size- and scale-based, up- and downscaling,
     the smallest size the kernel takes, output rows and columns cut, non-finite values."""
     generator = torch.Generator().manual_seed(0)
-    for planes, (h, w), (out_h, out_w), scale, (rows, cols) in (
-        (3, (37, 53), (101, 149), None, (101, 149)),
-        (2, (16, 24), (64, 96), 4.0, (50, 77)),
-        (2, (40, 30), (70, 59), None, (70, 59)),
-        (1, (97, 131), (60, 80), None, (60, 80)),
+    for planes, (h, w), (out_h, out_w), scale, (row0, col0, rows, cols) in (
+        (3, (37, 53), (101, 149), None, (0, 0, 101, 149)),
+        (2, (16, 24), (64, 96), 4.0, (0, 0, 50, 77)),
+        (2, (40, 30), (70, 59), None, (0, 0, 70, 59)),
+        (1, (97, 131), (60, 80), None, (0, 0, 60, 80)),
+        (2, (35, 52), (683, 1024), None, (101, 333, 250, 417)),
     ):
         source = torch.randn(planes, h, w, generator=generator) * 10
         source[0, 0, 0], source[-1, 1, 2] = float("inf"), float("nan")
         # one channel per image: ATen's generic kernel on any thread count
-        expected = torch.ops.aten.upsample_bilinear2d.default(source[:, None], [out_h, out_w], False, scale, scale)[:, 0, :rows, :cols]
-        got = module.resize(source, out_h, out_w, scale, scale, rows, cols)
+        expected = torch.ops.aten.upsample_bilinear2d.default(source[:, None], [out_h, out_w], False, scale, scale)[:, 0]
+        expected = expected[:, row0 : row0 + rows, col0 : col0 + cols]
+        got = module.resize(source, out_h, out_w, scale, scale, rows, cols, None, row0, col0)
         if not bool(((got == expected) | (got.isnan() & expected.isnan())).all()):
             return False
-        if not torch.equal(module.resize(source, out_h, out_w, scale, scale, rows, cols, 0.5), expected > 0.5):
+        if not torch.equal(module.resize(source, out_h, out_w, scale, scale, rows, cols, 0.5, row0, col0), expected > 0.5):
             return False
     return True
 
@@ -78,14 +80,15 @@ def _aten_generic_kernel(logits: torch.Tensor, size: tuple[int, int]) -> bool:
 
 def resize_with_kernel(
     logits: torch.Tensor, size: tuple[int, int], *, rows: int | None = None, cols: int | None = None,
-    threshold: float | None = None,
+    row0: int = 0, col0: int = 0, threshold: float | None = None,
 ) -> torch.Tensor | None:
-    """`F.interpolate(logits, size, mode="bilinear", align_corners=False)[..., :rows, :cols]` (bool `> threshold` when
-    one is given) for float32 logits (N, C, h, w) on the CPU with nothing recorded by autograd, by the compiled kernel,
-    bit for bit; None where the kernel does not serve (the caller then takes ATen's path)."""
+    """`F.interpolate(logits, size, mode="bilinear", align_corners=False)[..., row0 : row0 + rows, col0 : col0 + cols]`
+    (bool `> threshold` when one is given; rows and cols default to the rest of the output) for float32 logits
+    (N, C, h, w) on the CPU with nothing recorded by autograd, by the compiled kernel, bit for bit; None where the
+    kernel does not serve (the caller then takes ATen's path)."""
     out_h, out_w = size
-    rows = out_h if rows is None else rows
-    cols = out_w if cols is None else cols
+    rows = out_h - row0 if rows is None else rows
+    cols = out_w - col0 if cols is None else cols
     if logits.device.type != "cpu" or logits.dtype != torch.float32 or logits.dim() != 4 or logits.numel() == 0:
         return None
     if not _aten_generic_kernel(logits, size) or (torch.is_grad_enabled() and logits.requires_grad):
@@ -97,6 +100,13 @@ def resize_with_kernel(
     planes = logits.reshape(-1, *logits.shape[-2:])
     if planes.stride(-1) != 1:
         planes = planes.contiguous()
-    out = module.resize(planes, out_h, out_w, None, None, rows, cols, threshold)
+    out = module.resize(planes, out_h, out_w, None, None, rows, cols, threshold, row0, col0)
     return out.view(*lead, rows, cols)
 
+
+
+def single_channel_kernel(size: tuple[int, int]):
+    """The kernel module for resizing float32 CPU planes to `size` as ATen resizes them one channel at a time (then its
+    generic kernel, on any thread count, for height + width above 128), for a caller that asks for windows itself
+    (`module.resize(planes, H, W, None, None, rows, cols, threshold, row0, col0)`); else None."""
+    return _kernel() if size[0] + size[1] > _ATEN_ONLY_UP_TO else None
