@@ -33,12 +33,10 @@ FOLD_UP_TO_PROMPTS = 2
 
 
 def folds(prompts: int, cache: dict | None) -> bool:
-    """Whether a decoder call with `prompts` prompts per image takes the "fold" route: at most `FOLD_UP_TO_PROMPTS`,
-    and its image-side projections made for this call only. In a caller's kept `image_cache`, on the embeddings' own
-    image side (no mask input: `cache["reuses_image_side"]`, set by the decoder), they are made once per image and
-    serve every later call (a predictor's clicks), so such calls take the "shared" route: ViT-B, two Zen 4 cores,
-    fp32, one-point clicks after the first, same process: 23.5 vs 19.0 ms each (bf16 19.0 vs 17.4). With a mask
-    input the side is new in every call: the fold route (one thread, fp32: 43.5 against 71.5 ms per click)."""
+    """Whether a call of `prompts` prompts per image takes the "fold" route: at most `FOLD_UP_TO_PROMPTS`, unless a kept
+    `image_cache` holds the embeddings' own image side (no mask input: `cache["reuses_image_side"]`), whose projections
+    then serve every later click (ViT-B fp32 clicks, two cores: 23.5 -> 19.0 ms; with a mask input the side is new in
+    every call, and the shared route would cost 71.5 against 43.5 ms on one thread)."""
     return prompts <= FOLD_UP_TO_PROMPTS and not (cache is not None and cache.get("reuses_image_side", False))
 
 

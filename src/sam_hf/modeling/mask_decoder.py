@@ -146,10 +146,10 @@ class SamHfMaskDecoder(nn.Module):
     def _folds_upscaling(self, image: torch.Tensor, prompts: int, cache: dict) -> bool:
         """Whether a decoder call on the compiled kernels without `mask_iou_threshold` takes the folded first convolution
         (`folded_operands`): one image, its side shared by the prompts (no mask inputs), two blocks, the upscaling
-        kernel usable for this dtype, and not the "fold" route (`folds`: more prompts than its, or a kept
-        `image_cache` holding the image side's work). The shared product (one C x C convolution of the image, kept in `image_cache` when one is given)
-        costs about what two prompts save; kept, it serves every later call (ViT-B, two Zen 4 cores, a kept cache,
-        one-point clicks, same process: fp32 20.9 against 19.0 ms per click; bf16 17.4 against 18.3, within the noise).
+        kernel usable for this dtype, and not the "fold" route (`folds`: more prompts than its, or a kept `image_cache`
+        holding the image side's work). The shared product (one C x C convolution of the image, kept in `image_cache`
+        when one is given) costs about what two prompts save; kept, it serves every later call (ViT-B, a kept cache,
+        one-point clicks, one Zen 4 core, same process: fp32 37.4 against 35.2 ms per click, bf16 32.4 against 29.9).
         With a threshold (segment everything) it is not taken: every prompt's second attention pass would also record
         what the fold reads (the first pass records on a shared image side anyway, for the second pass's factored
         logits: `factored_passes.py`; about 0.9 MB per ViT-B prompt in fp32 each), and only the prompts above the
