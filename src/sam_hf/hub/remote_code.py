@@ -114,9 +114,9 @@ def rewrite_module_source(source: str, *, module: str, is_package: bool = False)
 
 def embedded_kernel_sources(package_dir: Path) -> str:
     """The source of the flat `kernels.sources` module: the package's `kernel_sources()` with the texts written in."""
-    folder = package_dir / "kernels"
-    files = {path.name: path.read_bytes().decode("utf-8") for path in sorted([*folder.glob("*.cpp"), *folder.glob("*.h")])}
-    entries = "".join(f"    {name!r}: {text!r},\n" for name, text in files.items())
+    from ..kernels.sources import kernel_sources
+
+    entries = "".join(f"    {name!r}: {text!r},\n" for name, text in kernel_sources(package_dir / "kernels").items())
     return (
         '"""The compiled kernels\' C++ sources, written in for remote code (see sam_hf/kernels/sources.py)."""\n\n'
         f"KERNEL_SOURCES = {{\n{entries}}}\n\n\n"

@@ -13,6 +13,8 @@ from pathlib import Path
 _FOLDER = Path(__file__).resolve().parent
 
 
-def kernel_sources() -> dict[str, str]:
-    """{file name: text} of the kernels' sources (`*.cpp`) and the headers they include (`*.h`), read as they are."""
-    return {path.name: path.read_bytes().decode("utf-8") for path in sorted([*_FOLDER.glob("*.cpp"), *_FOLDER.glob("*.h")])}
+def kernel_sources(folder: Path | None = None) -> dict[str, str]:
+    """{file name: text} of the kernels' sources (`*.cpp`) and the headers they include (`*.h`) in `folder` (default:
+    this package's), read as they are."""
+    folder = _FOLDER if folder is None else folder
+    return {path.name: path.read_bytes().decode("utf-8") for path in sorted([*folder.glob("*.cpp"), *folder.glob("*.h")])}
