@@ -75,6 +75,29 @@ def test_sam_hf_linear_is_nn_linear(bias):
     assert ours.weight.grad is not None and out.grad_fn is not None
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_small_fp32_products_skip_onednn(dtype, monkeypatch):
+    """fp32 products of few rows onto a small weight go to F.linear (oneDNN's call costs more there); larger ones and
+    bf16 stay on oneDNN. Either way the result is F.linear's within rounding, with the activation applied."""
+    if not layers.fused_linear_available(torch.zeros(1, dtype=dtype)):  # probed before the spy goes in
+        pytest.skip(f"oneDNN's fused linear does not take {dtype} here")
+    calls = []
+    fused = layers._FUSED_LINEAR
+    monkeypatch.setattr(layers, "_FUSED_LINEAR", lambda *args: calls.append(args[0].shape) or fused(*args))
+    torch.manual_seed(4)
+    weight, bias = torch.randn(256, 256, dtype=dtype), torch.randn(256, dtype=dtype)
+    with torch.no_grad():
+        for rows, onednn in [(7, dtype == torch.bfloat16), (64, dtype == torch.bfloat16), (65, True)]:
+            calls.clear()
+            states = torch.randn(rows, 256, dtype=dtype)
+            out = layers.linear_activation(states, weight, bias, "relu")
+            assert bool(calls) == onednn, (rows, dtype)
+            assert_close(out, torch.relu(torch.nn.functional.linear(states, weight, bias)), **_tolerance(dtype))
+        calls.clear()
+        layers.linear_activation(torch.randn(7, 256, dtype=dtype), torch.randn(2048, 256, dtype=dtype), None, None)
+        assert calls  # a wide weight: oneDNN is faster even for few rows
+
+
 def test_linear_into_in_row_blocks():
     torch.manual_seed(3)
     linear = torch.nn.Linear(16, 48)
