@@ -9,7 +9,8 @@ switching environments rebuilds nothing).
 Everything works without them: when a kernel cannot be used (other CPU, no compiler, a failed build, or
 `SAM_HF_KERNELS=0`), `kernel(...)` returns None, callers take their PyTorch path, and the reason is
 logged once and kept in `unavailable_reason(...)`. `build_all()` builds the missing ones side by side (the four in
-about 65 s on two cores; three took 46 s side by side against 83 s one after another); `python -m sam_hf.kernels` calls it and reports.
+about 65 s on two cores; three took 46 s side by side against 83 s one after another); `python -m sam_hf.kernels`
+calls it and reports.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ REQUIREMENTS = {
         "cflags": ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mfma", "-fopenmp"),
         "runtime_check": "brgemm_usable",
     },
-    "mask_resize": {  # bit-exact against ATen: checked by its caller (processing/masks.py), not here
+    "mask_resize": {  # bit-exact against ATen: checked by its caller (processing/bilinear.py), not here
         "cpu_flags": ("avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"),
         "cflags": ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-ffp-contract=off", "-fopenmp"),
     },
@@ -93,13 +94,12 @@ def _why_not(name: str) -> str | None:
     return None
 
 
-def _headers() -> dict[str, bytes]:
-    """The headers every kernel may include (`simd.h`, `brgemm.h`): {file name: bytes}, staged and hashed with each source."""
-    return {file: text.encode("utf-8") for file, text in kernel_sources().items() if file.endswith(".h")}
-
-
-def _source(name: str) -> bytes:
-    return kernel_sources()[f"{name}.cpp"].encode("utf-8")
+def _files(name: str) -> tuple[bytes, dict[str, bytes]]:
+    """The kernel's source and the headers every kernel may include (`simd.h`, `brgemm.h`: {file name: bytes}), read
+    once; staged and hashed together."""
+    sources = kernel_sources()
+    headers = {file: text.encode("utf-8") for file, text in sorted(sources.items()) if file.endswith(".h")}
+    return sources[f"{name}.cpp"].encode("utf-8"), headers
 
 
 def _stage(file: str, code: bytes, build_dir: Path) -> Path:
@@ -116,9 +116,10 @@ def _staged_source(name: str, build_dir: Path) -> Path:
     """The kernel's source and the shared headers written into its build folder, so that every installation with
     this source compiles the same path: ninja rebuilds when a build's source path changes, so two checkouts
     sharing the cache would otherwise rebuild it in turn (about 30 s inside the next call)."""
-    for file, code in _headers().items():
+    source, headers = _files(name)
+    for file, code in headers.items():
         _stage(file, code, build_dir)
-    return _stage(f"{name}.cpp", _source(name), build_dir)
+    return _stage(f"{name}.cpp", source, build_dir)
 
 
 def _installation() -> str:
@@ -130,8 +131,8 @@ def _installation() -> str:
 
 def _build_dir(name: str) -> Path:
     """The cache folder of this kernel's source, headers and flags under this torch installation."""
-    code = _source(name) + b"".join(_headers()[file] for file in sorted(_headers()))
-    key = code + " ".join(REQUIREMENTS[name]["cflags"]).encode() + _installation().encode()
+    source, headers = _files(name)
+    key = source + b"".join(headers.values()) + " ".join(REQUIREMENTS[name]["cflags"]).encode() + _installation().encode()
     return cache_dir() / f"{name}-torch{torch.__version__}-{hashlib.sha256(key).hexdigest()[:16]}"
 
 

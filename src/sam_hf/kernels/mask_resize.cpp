@@ -11,8 +11,9 @@
 // ATen evaluates that formula for every output pixel; here the horizontal step h_r of a source row is computed once
 // for all the output rows that read it (the same values), and the vertical step runs on whole rows of 16 lanes. The
 // caller can ask for a window of the output only, `rows` x `cols` from (row0, col0) (each pixel is computed the same
-// way wherever it sits), and for the binary mask `out > threshold` instead of the logits. sam_hf.processing.masks checks the result
-// against ATen's once per process before it uses this kernel. Built on first use by sam_hf.kernels.loader; inference only.
+// way wherever it sits), and for the binary mask `out > threshold` instead of the logits. sam_hf.processing.bilinear
+// checks the result against ATen's once per process before it uses this kernel, and only where ATen itself would take
+// that formula (its generic kernel). Built on first use by sam_hf.kernels.loader; inference only.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
