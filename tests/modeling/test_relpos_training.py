@@ -7,7 +7,7 @@ from torch.testing import assert_close
 
 from sam_hf import kernels
 from sam_hf.kernels import kernel, unavailable_reason
-from sam_hf.modeling import relpos_training
+from sam_hf.modeling import attention, relpos_training
 from sam_hf.modeling.attention import decomposed_rel_pos, eager_attention_with_rel_pos, grid_attention
 
 
@@ -78,7 +78,7 @@ def test_matches_eager_formula_and_its_gradients_in_fp32(forward_path, monkeypat
 def test_grid_attention_takes_it_for_fp32_and_fp64_on_cpu_only(monkeypatch):
     calls = []
     original = relpos_training.rel_pos_attention
-    monkeypatch.setattr(relpos_training, "rel_pos_attention", lambda *a, **k: calls.append(a[0].dtype) or original(*a, **k))
+    monkeypatch.setattr(attention, "rel_pos_attention", lambda *a, **k: calls.append(a[0].dtype) or original(*a, **k))
     for dtype in (torch.float32, torch.float64, torch.bfloat16):
         query, key, value, table_h, table_w = _inputs(1, 2, (4, 4), 8, dtype)
         out, _ = grid_attention(query, key, value, scale=0.3, size=(4, 4), rel_pos_h=table_h, rel_pos_w=table_w)
@@ -88,7 +88,7 @@ def test_grid_attention_takes_it_for_fp32_and_fp64_on_cpu_only(monkeypatch):
 
 
 def test_eager_and_attention_weights_keep_the_explicit_form(monkeypatch):
-    monkeypatch.setattr(relpos_training, "rel_pos_attention", lambda *a, **k: pytest.fail("explicit weights wanted"))
+    monkeypatch.setattr(attention, "rel_pos_attention", lambda *a, **k: pytest.fail("explicit weights wanted"))
     query, key, value, table_h, table_w = _inputs(1, 2, (4, 4), 8, torch.float32)
     for implementation, weights in (("eager", False), ("sdpa", True)):
         _, got = grid_attention(query, key, value, scale=0.3, size=(4, 4), rel_pos_h=table_h, rel_pos_w=table_w,
@@ -106,7 +106,7 @@ def test_shapes_that_do_not_fit_the_grid_are_refused():
 
 
 def test_gpu_and_half_precision_are_not_claimed():
-    assert not relpos_training.usable(torch.zeros(1, dtype=torch.bfloat16))
-    assert not relpos_training.usable(torch.zeros(1, dtype=torch.float16))
-    assert relpos_training.usable(torch.zeros(1))
-    assert not relpos_training.usable(torch.zeros(1, device="meta"))
+    assert not relpos_training.rel_pos_attention_usable(torch.zeros(1, dtype=torch.bfloat16))
+    assert not relpos_training.rel_pos_attention_usable(torch.zeros(1, dtype=torch.float16))
+    assert relpos_training.rel_pos_attention_usable(torch.zeros(1))
+    assert not relpos_training.rel_pos_attention_usable(torch.zeros(1, device="meta"))

@@ -25,7 +25,7 @@ BLOCK_ELEMENTS = 1 << 21  # logits per block: 8 MB in fp32, about L3-sized per c
 DTYPES = (torch.float32, torch.float64)  # bf16/fp16 logits would round before the softmax: SDPA's form keeps those
 
 
-def usable(query: torch.Tensor) -> bool:
+def rel_pos_attention_usable(query: torch.Tensor) -> bool:
     """Whether `rel_pos_attention` serves this query: CPU, fp32 or fp64 (see `DTYPES`)."""
     return query.device.type == "cpu" and query.dtype in DTYPES
 
