@@ -27,7 +27,8 @@ from .attention import (
     sdpa_with_rel_pos_mask,
     write_rel_pos_columns,
 )
-from .layers import SamHfLayerNorm2d, SamHfLinear, SamHfMLPBlock, linear_add, linear_into, workspace
+from .autocast import autocast_dtype, cast_call
+from .layers import SamHfLayerNorm2d, SamHfLinear, SamHfMLPBlock, autograd_records, linear_add, linear_into, records_nothing, workspace
 
 # Largest (tokens, mlp_dim) MLP temporary when autograd records nothing: below glibc's 32 MB mmap limit,
 # so that the allocator recycles it instead of page-faulting fresh memory on every call.
@@ -120,7 +121,7 @@ class SamHfVisionAttention(nn.Module):
         weights (B * windows, heads, L, L) with `output_attentions`, else None."""
         window = (self.window_size,) * 2 if self.window_size > 0 else tuple(hidden_states.shape[1:3])
         implementation = self.config._attn_implementation or "sdpa"
-        records = torch.is_grad_enabled() and (hidden_states.requires_grad or self.qkv.weight.requires_grad)
+        records = not records_nothing(hidden_states, self.qkv.weight)
         if implementation != "sdpa" or output_attentions or records:
             out, weights = self._reference_attention(hidden_states, window, implementation, output_attentions)
             out = self.proj(out)
@@ -261,7 +262,11 @@ class SamHfVisionEncoder(nn.Module):
         self, pixel_values: torch.Tensor, *, output_hidden_states: bool = False, output_attentions: bool = False
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
         """pixel_values (B, 3, S, S) -> embeddings (B, C_out, g, g), hidden states, attentions."""
-        records = torch.is_grad_enabled() and (pixel_values.requires_grad or self.patch_embed.projection.weight.requires_grad)
+        target = autocast_dtype(pixel_values.device.type)
+        if target is not None and not autograd_records(pixel_values, *self.parameters()):
+            # inference under torch.autocast: this encoder's own paths in the autocast dtype (autocast.py)
+            return cast_call(self, target, pixel_values, output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        records = not records_nothing(pixel_values, self.patch_embed.projection.weight)
         if not records and self.patch_embed.unfolds_exactly(pixel_values):
             hidden_states = self.patch_embed.patches_as_rows(pixel_values, self.pos_embed)  # (B, g, g, C)
         else:

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 
+from .autocast import in_own_dtype
+
 
 _WORKSPACE = threading.local()
 _WORKSPACE_ENTRIES = 24
@@ -43,9 +45,15 @@ def workspace(
     return tensor
 
 
+def autograd_records(*tensors: torch.Tensor) -> bool:
+    """True when autograd records ops on these tensors (grad enabled, and one of them requires grad)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def records_nothing(*tensors: torch.Tensor) -> bool:
-    """True when autograd records no op on these tensors (grad disabled, or none of them requires grad)."""
-    return not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors)
+    """True where the paths for calls without autograd may run: autograd records no op on these tensors, and
+    `torch.autocast` is off on their device (those paths call ops that autocast does not cast; see autocast.py)."""
+    return not autograd_records(*tensors) and not torch.is_autocast_enabled(tensors[0].device.type)
 
 
 def layer_norm_into(norm: nn.LayerNorm, states: torch.Tensor, out: torch.Tensor, *, rows: int = 1024) -> torch.Tensor:
@@ -290,6 +298,7 @@ class SamHfPositionalEmbedding(nn.Module):
         super().__init__()
         self.positional_embedding = nn.Parameter(torch.randn(2, num_pos_feats))
 
+    @in_own_dtype
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         """coords (..., 2) normalised to [0, 1] -> (..., 2F)."""
         coords = (2 * coords - 1).to(self.positional_embedding.dtype) @ self.positional_embedding

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..configuration import SamHfMaskDecoderConfig
 from ..kernels import kernel_for
+from .autocast import in_own_dtype
 from .image_cache import cached, call_cache, kept
 from .layers import SamHfFeedForward, SamHfLayerNorm2d, linear_activation, matmul_nt, records_nothing
 from .prompt_groups import prompt_group
@@ -253,6 +254,7 @@ class SamHfMaskDecoder(nn.Module):
             out[:, :, :, c] = matmul_nt(hyper_in, features.view(batch, 8 * tokens, -1)).view(batch, masks, 2 * rows, -1)
         return out.view(batch, masks, 4 * rows, 4 * grid)
 
+    @in_own_dtype
     def forward(
         self,
         *,

@@ -13,6 +13,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from ..configuration import SamHfPromptEncoderConfig
+from .autocast import in_own_dtype
 from .layers import SamHfLayerNorm2d, SamHfPositionalEmbedding
 
 PAD_LABEL = -10
@@ -71,6 +72,7 @@ class SamHfPromptEncoder(nn.Module):
         corner_weights = torch.cat([self.point_embed[2].weight, self.point_embed[3].weight])  # (2, C)
         return embedding + corner_weights
 
+    @in_own_dtype
     def forward(
         self,
         *,
