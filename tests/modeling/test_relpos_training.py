@@ -75,7 +75,7 @@ def test_matches_eager_formula_and_its_gradients_in_fp32(forward_path, monkeypat
         assert_close(a, b, rtol=1e-4, atol=2e-5 * b.abs().max().item(), msg=name)
 
 
-def test_grid_attention_takes_it_for_fp32_and_fp64_on_cpu_only(monkeypatch):
+def test_grid_attention_takes_it_on_cpu(monkeypatch):
     calls = []
     original = relpos_training.rel_pos_attention
     monkeypatch.setattr(attention, "rel_pos_attention", lambda *a, **k: calls.append(a[0].dtype) or original(*a, **k))
@@ -83,8 +83,48 @@ def test_grid_attention_takes_it_for_fp32_and_fp64_on_cpu_only(monkeypatch):
         query, key, value, table_h, table_w = _inputs(1, 2, (4, 4), 8, dtype)
         out, _ = grid_attention(query, key, value, scale=0.3, size=(4, 4), rel_pos_h=table_h, rel_pos_w=table_w)
         out.sum().backward()
-        assert key.grad is not None and table_w.grad is not None
-    assert calls == [torch.float32, torch.float64]  # bf16 keeps SDPA's augmented heads (its logits stay in fp32 there)
+        assert out.dtype == dtype and key.grad.dtype == dtype and table_w.grad is not None
+    assert calls == [torch.float32, torch.float64, torch.bfloat16]
+
+
+def _leaves(groups, heads, size, head_dim, dtype):
+    """query, key, value and the relative-position terms as leaf tensors (B', heads, L, .)."""
+    query, key, value, table_h, table_w = _inputs(groups, heads, size, head_dim, torch.float32)
+    rel_h, rel_w = decomposed_rel_pos(query, table_h, table_w, size)
+    return [t.detach().to(dtype).requires_grad_() for t in (query, key, value, rel_h, rel_w)]
+
+
+def _attend(leaves, size, scale, grad_out):
+    for t in leaves:
+        t.grad = None
+    out = relpos_training.rel_pos_attention(*leaves, scale=scale, size=size)
+    out.backward(grad_out)
+    return [out.detach(), *(t.grad.clone() for t in leaves)]
+
+
+def test_bf16_is_computed_in_fp32(forward_path):
+    """bf16 inputs: the fp32 result of the same (bf16-valued) inputs rounded once to bf16, gradients likewise."""
+    size = (14, 14)
+    leaves = _leaves(2, 3, size, 64, torch.bfloat16)
+    grad_out = torch.randn(2, 3, 196, 64, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    got = _attend(leaves, size, 0.125, grad_out)
+    expected = _attend([t.detach().float().requires_grad_() for t in leaves], size, 0.125, grad_out.float())
+    for a, b in zip(got, expected):
+        assert a.dtype == torch.bfloat16
+        assert_close(a, b.to(torch.bfloat16), rtol=0, atol=0)
+
+
+def test_autocast_leaves_its_products_in_fp32():
+    """Inside torch.autocast (Accelerate's mixed precision) the blocks' matmuls stay fp32, backward pass included."""
+    size = (9, 13)
+    leaves = _leaves(2, 1, size, 16, torch.float32)
+    grad_out = torch.randn(2, 1, 117, 16, generator=torch.Generator().manual_seed(1))
+    with kernels.disabled():  # the PyTorch blocks, the ones autocast would otherwise cast
+        plain = _attend(leaves, size, 0.25, grad_out)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            cast = _attend(leaves, size, 0.25, grad_out)
+    for a, b in zip(cast, plain):
+        assert_close(a, b, rtol=0, atol=0)
 
 
 def test_eager_and_attention_weights_keep_the_explicit_form(monkeypatch):
@@ -105,8 +145,7 @@ def test_shapes_that_do_not_fit_the_grid_are_refused():
         relpos_training.rel_pos_attention(query, key, value, rel_h, rel_w[..., :3], scale=0.3, size=(4, 4))
 
 
-def test_gpu_and_half_precision_are_not_claimed():
-    assert not relpos_training.rel_pos_attention_usable(torch.zeros(1, dtype=torch.bfloat16))
-    assert not relpos_training.rel_pos_attention_usable(torch.zeros(1, dtype=torch.float16))
-    assert relpos_training.rel_pos_attention_usable(torch.zeros(1))
+def test_other_devices_and_integer_tensors_are_not_claimed():
+    assert relpos_training.rel_pos_attention_usable(torch.zeros(1, dtype=torch.float16))
+    assert not relpos_training.rel_pos_attention_usable(torch.zeros(1, dtype=torch.int32))
     assert not relpos_training.rel_pos_attention_usable(torch.zeros(1, device="meta"))

@@ -10,7 +10,7 @@ which is exact up to rounding. SDPA's fused CPU kernel wants 4-D (B, heads, L, D
 width (3-D inputs fall back to the unfused path, 10x slower here), hence the zero-padded value.
 
 Two forms of the ViT attention: `grid_attention` (out of place, autograd-safe, eager or SDPA: the
-reference; with SDPA on a CPU in fp32/fp64, `rel_pos_attention` (relpos_training.py) instead, which keeps the head width
+reference; with SDPA on a CPU, `rel_pos_attention` (relpos_training.py) instead, which keeps the head width
 in the forward and backward passes) and, for inference, `augmented_buffers` + `write_rel_pos_columns` + `sdpa_on_buffers`, where
 the augmented tensors live in the thread's workspace and only what varies is rewritten per call. In fp32,
 where the wider augmented heads would cost more matmul time than they save, the relative positions are
@@ -162,7 +162,7 @@ def grid_attention(
         return out, (weights if output_attentions else None)
     if rel_pos_h is None:
         return F.scaled_dot_product_attention(query, key, value, scale=scale), None
-    if rel_pos_attention_usable(query):  # CPU fp32/fp64: head width kept in both passes (relpos_training.py)
+    if rel_pos_attention_usable(query):  # CPU: head width kept in both passes, fp32 at least (relpos_training.py)
         rel_h, rel_w = decomposed_rel_pos(query, rel_pos_h, rel_pos_w, size)
         return rel_pos_attention(query, key, value, rel_h, rel_w, scale=scale, size=size), None
     head_dim, width_aug = query.shape[-1], augmented_width(query.shape[-1], size)

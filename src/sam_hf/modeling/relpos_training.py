@@ -2,7 +2,7 @@
 
 `grid_attention`'s SDPA form folds the relative positions into query/key vectors of width D + H + W, rounded up
 (192 instead of 64 for ViT-B's global attention): three times the matmul work in the forward and backward passes.
-`RelPosAttention` keeps the width D. Its forward pass is sam_hf's compiled flash kernel where usable (fp32 on CPUs
+`RelPosAttention` keeps the width D, in fp32 (fp64 for gradient checks; bf16 and fp16 inputs are computed in fp32). Its forward pass is sam_hf's compiled flash kernel where usable (fp32 on CPUs
 with AVX512-BF16), else blocks of explicit logits; its backward pass recomputes blocks of logits, as
 flash-attention's does, and never holds the (L, L) weights of a head:
 
@@ -22,11 +22,15 @@ import torch
 from ..kernels import kernel
 
 BLOCK_ELEMENTS = 1 << 21  # logits per block: 8 MB in fp32, about L3-sized per core pair
-DTYPES = (torch.float32, torch.float64)  # bf16/fp16 logits would round before the softmax: SDPA's form keeps those
+DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+# bf16/fp16 inputs are computed in fp32 (the output cast back): their logits would round before the softmax, and fp32
+# on native widths is faster here than bf16 SDPA on the widened ones (ViT-B global attention, forward + backward,
+# two Zen 4 cores: 1.7 against 2.6 s)
+COMPUTE_DTYPE = {torch.bfloat16: torch.float32, torch.float16: torch.float32}
 
 
 def rel_pos_attention_usable(query: torch.Tensor) -> bool:
-    """Whether `rel_pos_attention` serves this query: CPU, fp32 or fp64 (see `DTYPES`)."""
+    """Whether `rel_pos_attention` serves this query: on a CPU, in any of `DTYPES`."""
     return query.device.type == "cpu" and query.dtype in DTYPES
 
 
@@ -51,6 +55,10 @@ def rel_pos_attention(
             f"query (..., {height * width}, D), rel_h (..., {height}) and rel_w (..., {width}) expected for a grid of {size}, "
             f"got {tuple(query.shape)}, {tuple(rel_h.shape)} and {tuple(rel_w.shape)}"
         )
+    compute = COMPUTE_DTYPE.get(query.dtype)
+    if compute is not None:
+        tensors = [t.to(compute) for t in (query, key, value, rel_h, rel_w)]
+        return RelPosAttention.apply(*tensors, float(scale), (int(height), int(width))).to(query.dtype)
     return RelPosAttention.apply(query, key, value, rel_h, rel_w, float(scale), (int(height), int(width)))
 
 
@@ -76,6 +84,11 @@ class RelPosAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, query, key, value, rel_h, rel_w, scale: float, size: tuple[int, int]):
+        with torch.autocast(query.device.type, enabled=False):  # its products in the inputs' dtype, inside autocast too
+            return RelPosAttention._forward(ctx, query, key, value, rel_h, rel_w, scale, size)
+
+    @staticmethod
+    def _forward(ctx, query, key, value, rel_h, rel_w, scale: float, size: tuple[int, int]):
         shape = query.shape  # (B', heads, L, D)
         flat = [t.reshape(-1, *t.shape[-2:]) for t in (query, key, value, rel_h, rel_w)]  # (G, L, .)
         compiled = kernel("relpos_attention") if query.dtype == torch.float32 and torch.backends.mkldnn.enabled else None
@@ -96,6 +109,11 @@ class RelPosAttention(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
+        with torch.autocast(grad_out.device.type, enabled=False):
+            return RelPosAttention._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out):
         query, key, value, rel_h, rel_w, out = ctx.saved_tensors  # (G, L, .)
         scale, size = ctx.scale, ctx.size
         grad_out = grad_out.reshape(out.shape).contiguous()  # (G, L, D)
