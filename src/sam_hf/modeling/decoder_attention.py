@@ -24,6 +24,7 @@ from ..configuration import SamHfMaskDecoderConfig
 from .attention import attention
 from .factored_passes import next_attention_operands, next_attention_output, source_operands
 from .kernel_inputs import decoder_kernel, token_tiles
+from .module_calls import active as calling_modules
 from .layers import SamHfLinear, add_matmul_nt_, linear_activation, matmul_add_shared, matmul_nn, records_nothing, workspace
 
 
@@ -100,9 +101,12 @@ class SamHfAttention(nn.Module):
         return self.out_proj(out), weights
 
     def forward(self, query, key, value, key_mask=None, output_attentions=False):
-        """Plain attention among the few prompt tokens (the decoder's self-attention): (B, P, T, C) each."""
-        q, k = self.heads(self.q_proj(query)), self.heads(self.k_proj(key))
-        return self.attend(q, k, self.heads(self.v_proj(value)), key_mask, output_attentions)
+        """Plain attention: query (B, P, Lq, C), key and value (B, P or 1, Lk, C) -> (B, P, Lq, C), weights. The
+        decoder's self-attention, and both cross-attentions where its layers are wrapped (module_calls.py)."""
+        q, k, v = self.heads(self.q_proj(query)), self.heads(self.k_proj(key)), self.heads(self.v_proj(value))
+        prompts = max(q.shape[1], k.shape[1])  # a shared image side (P' = 1) meets every prompt
+        q, k, v = (t.expand(t.shape[0], prompts, *t.shape[2:]) for t in (q, k, v))
+        return self.attend(q, k, v, key_mask, output_attentions)
 
     def _head_rows(self, states: torch.Tensor) -> torch.Tensor:
         """(B, P, T, C') -> (B, h, P*T, d): each head's rows of all prompts, for one matmul per head."""
@@ -201,6 +205,9 @@ class SamHfAttention(nn.Module):
         sum_x w_x (W_v,h x + b_v,h) = W_v,h (sum_x w_x x) + b_v,h. So the work on the HW image tokens is
         two (h*T, C) x (C, HW) products instead of two (HW, C) x (C, C') projections and the attention.
         """
+        if calling_modules():  # layers wrapped (module_calls.py): Meta's form, every projection called
+            image = image if image_index is None else image[:, image_index]
+            return self(tokens + token_pe, image + image_pe, image, None, output_attentions)
         batch, prompts, length, _ = tokens.shape
         q = self.project(self.q_proj, tokens + token_pe) * self.scale  # (B, P, T, C')
         module = decoder_kernel(cache, output_attentions, image, q, image_pe, self.k_proj.weight, self.v_proj.weight, self.v_proj.bias,
@@ -260,6 +267,9 @@ class SamHfAttention(nn.Module):
         (k_h W_q,h) . x + k_h . (W_q,h pe + b_q,h). The softmax runs over the short token axis with the
         long image axis contiguous (much faster on CPU than a softmax over a last axis of T).
         """
+        if calling_modules():  # layers wrapped (module_calls.py): Meta's form, every projection called
+            out, weights = self(image + image_pe, tokens + token_pe, tokens, token_mask, output_attentions)
+            return image + out, weights
         batch, prompts, length, _ = tokens.shape
         k = self.project(self.k_proj, tokens + token_pe) * self.scale  # (B, P, T, C')
         shape = (batch * prompts, self.num_heads * length, image.shape[2])

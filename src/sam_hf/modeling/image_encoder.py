@@ -28,6 +28,7 @@ from .attention import (
     write_rel_pos_columns,
 )
 from .autocast import autocast_dtype, cast_call
+from .module_calls import when_wrapped
 from .layers import SamHfLayerNorm2d, SamHfLinear, SamHfMLPBlock, autograd_records, linear_add, linear_into, records_nothing, workspace
 
 # Largest (tokens, mlp_dim) MLP temporary when autograd records nothing: below glibc's 32 MB mmap limit,
@@ -121,7 +122,7 @@ class SamHfVisionAttention(nn.Module):
         weights (B * windows, heads, L, L) with `output_attentions`, else None."""
         window = (self.window_size,) * 2 if self.window_size > 0 else tuple(hidden_states.shape[1:3])
         implementation = self.config._attn_implementation or "sdpa"
-        records = not records_nothing(hidden_states, self.qkv.weight)
+        records = not records_nothing(hidden_states, *self.qkv.parameters())
         if implementation != "sdpa" or output_attentions or records:
             out, weights = self._reference_attention(hidden_states, window, implementation, output_attentions)
             out = self.proj(out)
@@ -215,13 +216,14 @@ class SamHfVisionLayer(nn.Module):
         self.attn = SamHfVisionAttention(config, input_size=input_size, window_size=window_size)
         self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = SamHfMLPBlock(hidden_size=config.hidden_size, mlp_dim=config.mlp_dim, hidden_act=config.hidden_act)
+        self.mlp_dim = config.mlp_dim
 
     def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, g, g, C) -> (B, g, g, C), a new tensor (the input is never modified)."""
         normed = self.layer_norm1(hidden_states)
         hidden_states, weights = self.attn(normed, output_attentions=output_attentions, residual=hidden_states)
         tokens = hidden_states.view(-1, hidden_states.shape[-1])  # (B*g*g, C), a fresh tensor
-        chunk = mlp_chunk_tokens(self.mlp.lin1.out_features, hidden_states.element_size())
+        chunk = mlp_chunk_tokens(self.mlp_dim, hidden_states.element_size())
         if hidden_states.requires_grad or tokens.shape[0] <= chunk:  # autograd records: nothing in place
             return self.mlp.residual_forward(self.layer_norm2(hidden_states), hidden_states), weights
         for part in tokens.split(chunk):  # (chunk, C) views, updated in place
@@ -258,6 +260,7 @@ class SamHfVisionEncoder(nn.Module):
         self.neck = SamHfVisionNeck(config)
         self.gradient_checkpointing = False
 
+    @when_wrapped
     def forward(
         self, pixel_values: torch.Tensor, *, output_hidden_states: bool = False, output_attentions: bool = False
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
@@ -266,7 +269,7 @@ class SamHfVisionEncoder(nn.Module):
         if target is not None and not autograd_records(pixel_values, *self.parameters()):
             # inference under torch.autocast: this encoder's own paths in the autocast dtype (autocast.py)
             return cast_call(self, target, pixel_values, output_hidden_states=output_hidden_states, output_attentions=output_attentions)
-        records = not records_nothing(pixel_values, self.patch_embed.projection.weight)
+        records = not records_nothing(pixel_values, *self.patch_embed.parameters())
         if not records and self.patch_embed.unfolds_exactly(pixel_values):
             hidden_states = self.patch_embed.patches_as_rows(pixel_values, self.pos_embed)  # (B, g, g, C)
         else:

@@ -14,6 +14,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from .autocast import in_own_dtype
+from .module_calls import active as calling_modules
 
 
 _WORKSPACE = threading.local()
@@ -51,9 +52,10 @@ def autograd_records(*tensors: torch.Tensor) -> bool:
 
 
 def records_nothing(*tensors: torch.Tensor) -> bool:
-    """True where the paths for calls without autograd may run: autograd records no op on these tensors, and
-    `torch.autocast` is off on their device (those paths call ops that autocast does not cast; see autocast.py)."""
-    return not autograd_records(*tensors) and not torch.is_autocast_enabled(tensors[0].device.type)
+    """True where the paths for calls without autograd may run: autograd records no op on these tensors, `torch.autocast`
+    is off on their device (those paths call ops that autocast does not cast; see autocast.py), and the layers are
+    sam_hf's own (those paths read their weights; see module_calls.py)."""
+    return not autograd_records(*tensors) and not torch.is_autocast_enabled(tensors[0].device.type) and not calling_modules()
 
 
 def layer_norm_into(norm: nn.LayerNorm, states: torch.Tensor, out: torch.Tensor, *, rows: int = 1024) -> torch.Tensor:

@@ -19,6 +19,7 @@ from torch import nn
 from ..configuration import SamHfMaskDecoderConfig
 from ..kernels import kernel_for
 from .autocast import in_own_dtype
+from .module_calls import active as calling_modules, when_wrapped
 from .image_cache import cached, call_cache, kept
 from .layers import SamHfFeedForward, SamHfLayerNorm2d, linear_activation, matmul_nt, records_nothing
 from .prompt_groups import prompt_group
@@ -98,6 +99,8 @@ class SamHfMaskDecoder(nn.Module):
         only on its own image token, so this is exact. `folded` (`folded_operands`, for these image tokens as the
         decoder's two-way transformer made them): the kernel takes the first convolution in its folded form.
         """
+        if calling_modules():  # layers wrapped (module_calls.py): Meta's form, every layer called
+            return self._upscale_by_modules(image if index is None else image[index], hyper_in, grid, out)
         module = self._upscaling_kernel(image, hyper_in, out)
         if module is not None:
             out = image.new_empty(hyper_in.shape[0], hyper_in.shape[1], 4 * grid, 4 * grid) if out is None else out
@@ -128,6 +131,14 @@ class SamHfMaskDecoder(nn.Module):
                     band = image[k : k + 1, i * grid : (i + rows) * grid]  # (1, R*g, C)
                     out[n : n + 1, :, 4 * i : 4 * (i + rows)] = self._upscale(band, hyper_in[n : n + 1], grid, weights)
         return out
+
+    def _upscale_by_modules(self, image: torch.Tensor, hyper_in: torch.Tensor, grid: int, out: torch.Tensor | None) -> torch.Tensor:
+        """`upscale_masks` as Meta's decoder computes it: image tokens (N, g*g, C) -> (N, C, g, g) maps through both
+        transposed convolutions, the LayerNorm and the GELUs, then the hypernetwork product -> (N, M, 4g, 4g)."""
+        maps = image.transpose(1, 2).reshape(image.shape[0], image.shape[2], grid, grid)
+        upscaled = F.gelu(self.upscale_conv2(F.gelu(self.upscale_layer_norm(self.upscale_conv1(maps)))))  # (N, C/8, 4g, 4g)
+        masks = (hyper_in @ upscaled.flatten(2)).view(hyper_in.shape[0], hyper_in.shape[1], 4 * grid, 4 * grid)
+        return masks if out is None else out.copy_(masks)
 
     def _upscaling_kernel(self, image: torch.Tensor, hyper_in: torch.Tensor, out: torch.Tensor | None):
         """The compiled `mask_upscaling` module (`sam_hf.kernels`) where it may run `upscale_masks`: on CPU, image,
@@ -255,6 +266,7 @@ class SamHfMaskDecoder(nn.Module):
         return out.view(batch, masks, 4 * rows, 4 * grid)
 
     @in_own_dtype
+    @when_wrapped
     def forward(
         self,
         *,
