@@ -85,6 +85,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="append this many identity-initialized global-attention ViT layers to the loaded model "
                             "(sam_hf.training.deepen_vision_encoder: same outputs at step 0, more capacity)")
     model.add_argument("--trainable", choices=sorted(TRAINABLE), help="default: decoder when fine-tuning, all from scratch")
+    model.add_argument("--gradient_checkpointing", type=int, default=0, metavar="N",
+                       help="recompute every N-th ViT layer's activations in the backward pass; 0: off. Only where the encoder "
+                            "trains (ViT-B, one image, fp32, N=1: peak 4.4 -> 2.3 GB, each step 16%% longer)")
     train = p.add_argument_group("training")
     train.add_argument("--output_dir", required=True)
     train.add_argument("--seed", type=int, default=0)
@@ -262,6 +265,10 @@ def main(argv=None) -> None:
     for name, param in model.named_parameters():
         param.requires_grad = TRAINABLE[trainable] is None or name.startswith(TRAINABLE[trainable])
     train_encoder = TRAINABLE[trainable] is None
+    if args.gradient_checkpointing < 0:
+        raise ValueError(f"--gradient_checkpointing must be 0 (off) or a positive layer step, got {args.gradient_checkpointing}")
+    if args.gradient_checkpointing and train_encoder:
+        model.activation_checkpointing_enable(every_n_layers=args.gradient_checkpointing)
 
     train_data, eval_data = load_data(args, accelerator)
     collate = SamHfSegmentationCollator(processor=processor, image_column=args.image_column,

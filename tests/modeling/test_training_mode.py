@@ -63,3 +63,40 @@ def test_frozen_model_backpropagates_to_its_inputs():
         grads.append(leaf.grad)
     assert grads[1].abs().sum() > 0
     assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-8)
+
+
+def _grads_with_checkpointing(model, enable):
+    pixels = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(7))
+    points = torch.tensor([[[[30.0, 40.0]], [[100.0, 90.0]]]])
+    enable(model)
+    model.train()
+    _, grads = _loss_and_grads(model, pixels, points, None)
+    return grads
+
+
+def test_gradient_checkpointing_recomputes_the_vit_layers_with_the_same_gradients(monkeypatch):
+    """transformers' `gradient_checkpointing_enable` (and `activation_checkpointing_enable(every_n_layers=...)`) reach
+    the ViT layers through the function transformers hands over, and change no gradient."""
+    import transformers.modeling_utils
+
+    model = randomize(SamHfModel(config_for_variant("tiny", num_hidden_layers=3, global_attn_indexes=[1])), seed=8)
+    expected = _grads_with_checkpointing(model, lambda m: None)
+    calls = []
+    original = transformers.modeling_utils.checkpoint
+    monkeypatch.setattr(transformers.modeling_utils, "checkpoint", lambda *a, **k: calls.append(k) or original(*a, **k))
+    layers = len(model.vision_encoder.layers)
+    for enable, checkpointed in [
+        (lambda m: m.gradient_checkpointing_enable(), layers),
+        (lambda m: m.activation_checkpointing_enable(every_n_layers=2), -(-layers // 2)),
+    ]:
+        calls.clear()
+        grads = _grads_with_checkpointing(model, enable)
+        assert model.vision_encoder.gradient_checkpointing
+        assert len(calls) == checkpointed and all(k.get("use_reentrant") is False for k in calls)
+        assert grads.keys() == expected.keys()
+        for name in expected:
+            assert_close(grads[name], expected[name], rtol=0, atol=0, msg=name)
+    model.gradient_checkpointing_disable()
+    assert not model.vision_encoder.gradient_checkpointing
+    with pytest.raises(ValueError, match="every_n_layers"):
+        model._set_gradient_checkpointing(True, every_n_layers=0)

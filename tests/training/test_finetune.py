@@ -184,3 +184,14 @@ def test_negative_or_untargeted_zero_steps_are_refused(capsys):
         with pytest.raises(SystemExit):
             finetune.parse_args(["--synthetic", "4", "--output_dir", "unused", *flags])
         assert "--max_train_steps" in capsys.readouterr().err
+
+
+def test_encoder_training_with_checkpointing_under_bf16_autocast(tmp_path):
+    """`--gradient_checkpointing` and Accelerate's `--mixed_precision bf16` (torch.autocast) together, every weight trained."""
+    out = str(tmp_path / "run")
+    _run(["--synthetic", "8", *TINY, "--max_train_steps", "3", "--per_device_train_batch_size", "2", "--trainable", "all",
+          "--gradient_checkpointing", "1", "--mixed_precision", "bf16", "--logging_steps", "1", "--output_dir", out])
+    train = [r for r in _log(out) if "loss" in r]
+    assert [r["step"] for r in train] == [1, 2, 3] and all(r["loss"] == r["loss"] for r in train)  # finite, not NaN
+    weights = _weights(out)
+    assert all(w.dtype == torch.float32 for w in weights.values())  # autocast leaves the weights in fp32

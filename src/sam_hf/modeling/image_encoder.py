@@ -9,6 +9,7 @@ the large temporaries live in the thread's workspace (layers.py), so no large bl
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -258,7 +259,9 @@ class SamHfVisionEncoder(nn.Module):
             for i in range(config.num_hidden_layers)
         )
         self.neck = SamHfVisionNeck(config)
-        self.gradient_checkpointing = False
+        self.gradient_checkpointing = False  # set by SamHfPreTrainedModel._set_gradient_checkpointing
+        self.checkpoint_every = 1
+        self.checkpoint_function = None  # None: torch's non-reentrant checkpoint
 
     @when_wrapped
     def forward(
@@ -280,9 +283,10 @@ class SamHfVisionEncoder(nn.Module):
                 hidden_states = hidden_states.contiguous()
         all_hidden = (hidden_states,) if output_hidden_states else None
         all_attn = () if output_attentions else None
-        for layer in self.layers:
-            if self.gradient_checkpointing and self.training:
-                hidden_states, weights = torch.utils.checkpoint.checkpoint(layer, hidden_states, output_attentions, use_reentrant=False)
+        for index, layer in enumerate(self.layers):
+            if self.gradient_checkpointing and self.training and index % self.checkpoint_every == 0:
+                recompute = self.checkpoint_function or functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
+                hidden_states, weights = recompute(layer.__call__, hidden_states, output_attentions)
             else:
                 hidden_states, weights = layer(hidden_states, output_attentions=output_attentions)
             if output_hidden_states:

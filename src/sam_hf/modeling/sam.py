@@ -53,10 +53,17 @@ class SamHfPreTrainedModel(PreTrainedModel):
             raise ValueError(f"attn_implementation must be one of {IMPLEMENTATIONS}, got {attn_implementation!r}")
         self.config._attn_implementation = attn_implementation
 
-    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None) -> None:
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, every_n_layers: int = 1) -> None:
+        """transformers' hook behind `gradient_checkpointing_enable` / `activation_checkpointing_enable`: the ViT layers
+        (every `every_n_layers`-th, from the first) recompute their activations in the backward pass, through
+        `gradient_checkpointing_func` (transformers' `checkpoint` with its kwargs, or CPU offloading) when given."""
+        if isinstance(every_n_layers, bool) or not isinstance(every_n_layers, int) or every_n_layers < 1:
+            raise ValueError(f"every_n_layers must be a positive int, got {every_n_layers!r}")
         for module in self.modules():
             if isinstance(module, SamHfVisionEncoder):
                 module.gradient_checkpointing = enable
+                module.checkpoint_every = every_n_layers
+                module.checkpoint_function = gradient_checkpointing_func
 
 
 class SamHfModel(SamHfPreTrainedModel):
