@@ -20,6 +20,7 @@ from torch import nn
 
 from ..configuration import SamHfMaskDecoderConfig
 from .decoder_attention import SamHfAttention, folds
+from .decoder_kernel_pass import normed_image_to_tokens
 from .kernel_inputs import decoder_kernel
 from .layers import SamHfMLPBlock, layer_norm_into
 
@@ -160,8 +161,8 @@ class SamHfTwoWayTransformer(nn.Module):
             buffer = SamHfAttention.scratch(cache, "decoder_image_tokens", (*queries.shape[:2], *keys.shape[2:]), keys, queries)
             factored = factor and index == 0 and following is not None and route == "shared"
             source = (image, (first.layer_norm4, record[0])) if factor and index == 1 else None
-            keys, mixed = layer.cross_attn_image_to_token.normed_image_to_tokens(
-                module, keys, image_pe, queries, tokens, token_mask, layer.layer_norm4, route, cache, out=buffer,
+            keys, mixed = normed_image_to_tokens(
+                layer.cross_attn_image_to_token, module, keys, image_pe, queries, tokens, token_mask, layer.layer_norm4, route, cache, out=buffer,
                 next_queries=None if rows is None or factored else attention.folded_queries(rows, rows_pe),
                 record=record if index == 0 or fold_upscaling else None,
                 factored_next=(attention, rows, rows_pe) if factored else None, factored_source=source)
