@@ -100,3 +100,5 @@ def test_gradient_checkpointing_recomputes_the_vit_layers_with_the_same_gradient
     assert not model.vision_encoder.gradient_checkpointing
     with pytest.raises(ValueError, match="every_n_layers"):
         model._set_gradient_checkpointing(True, every_n_layers=0)
+    with pytest.raises(TypeError, match="every_n_layers"):
+        model._set_gradient_checkpointing(True, every_n_layers=2.0)

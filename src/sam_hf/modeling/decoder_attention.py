@@ -12,7 +12,9 @@ so a single prompt projects nothing of size HW: those projections are prompt-ind
 when several prompts share it, or when a caller's kept `image_cache` holds them for later calls (`folds`).
 
 In fp32 or bf16 on CPU inside a decoder call, where autograd records nothing, the compiled kernel (`sam_hf.kernels`,
-"decoder_attention", see `decoder_kernel`) runs these attentions in streaming passes over the image tokens.
+"decoder_attention", see `decoder_kernel`) runs these attentions in streaming passes over the image tokens (the image ->
+token pass: decoder_kernel_pass.py). Where the decoder's layers are wrapped (adapters, hooks: module_calls.py) both
+cross-attentions take Meta's form through `forward`, every projection called.
 """
 
 from __future__ import annotations

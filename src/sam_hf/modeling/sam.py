@@ -57,8 +57,10 @@ class SamHfPreTrainedModel(PreTrainedModel):
         """transformers' hook behind `gradient_checkpointing_enable` / `activation_checkpointing_enable`: the ViT layers
         (every `every_n_layers`-th, from the first) recompute their activations in the backward pass, through
         `gradient_checkpointing_func` (transformers' `checkpoint` with its kwargs, or CPU offloading) when given."""
-        if isinstance(every_n_layers, bool) or not isinstance(every_n_layers, int) or every_n_layers < 1:
-            raise ValueError(f"every_n_layers must be a positive int, got {every_n_layers!r}")
+        if isinstance(every_n_layers, bool) or not isinstance(every_n_layers, int):
+            raise TypeError(f"every_n_layers must be an int, got {type(every_n_layers).__name__}")
+        if every_n_layers < 1:
+            raise ValueError(f"every_n_layers must be at least 1, got {every_n_layers}")
         for module in self.modules():
             if isinstance(module, SamHfVisionEncoder):
                 module.gradient_checkpointing = enable
@@ -103,7 +105,7 @@ class SamHfModel(SamHfPreTrainedModel):
     def get_image_features(self, pixel_values: torch.Tensor, *, output_hidden_states: bool = False, output_attentions: bool = False) -> SamHfVisionEncoderOutput:
         vision = self.config.vision_config
         check_pixel_values(pixel_values, vision.image_size, vision.num_channels)
-        pixel_values = pixel_values.to(self.vision_encoder.patch_embed.projection.weight.dtype)
+        pixel_values = pixel_values.to(next(self.vision_encoder.parameters()).dtype)  # any layer may be wrapped (module_calls.py)
         embeddings, hidden, attentions = self.vision_encoder(
             pixel_values, output_hidden_states=output_hidden_states, output_attentions=output_attentions
         )
