@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .modeling.module_calls import weights_readable
 from .processing.image_processing import SamHfImageProcessor, normalize_and_pad
 from .processing.images import to_rgb_uint8
 from .processing.masks import post_process_masks
@@ -152,7 +153,10 @@ class SamHfPredictor:
         """The decoder's prompt-independent work on the new embeddings, made now, while the image is set: one decoder
         call on a point at the image's centre (its result dropped) fills `image_cache`, so that every click, the first
         one too, only does its own prompt's work (ViT-B, two Zen 4 cores, fp32: about 33 ms here, next to seconds for
-        the embedding, against a first click 16 ms slower than the next ones)."""
+        the embedding, against a first click 16 ms slower than the next ones). Skipped where the decoder's layers are
+        wrapped (adapters, hooks: `modeling/module_calls.py`), whose calls keep nothing across calls."""
+        if not weights_readable(self.model.mask_decoder):
+            return
         height, width = self.input_size
         point = torch.tensor([[[[width / 2, height / 2]]]], dtype=torch.float32, device=self.device)  # (1, 1, 1, 2)
         label = torch.ones(1, 1, 1, dtype=torch.int64, device=self.device)

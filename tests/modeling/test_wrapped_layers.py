@@ -115,11 +115,13 @@ def test_readable_weights(model):
 def test_predictor_on_a_wrapped_model(model):
     wrapped, plain = _wrapped_and_plain(model, "mask_decoder.transformer.layers.0.cross_attn_token_to_image.v_proj", 0.8)
     image = (np.random.default_rng(3).random((90, 120, 3)) * 255).astype(np.uint8)
-    results = []
+    results, kept = [], []
     for candidate in (wrapped, plain):
         predictor = SamHfPredictor(candidate)
         predictor.set_image(image)
+        kept.append(len(predictor.image_cache))
         results.append(predictor.predict(point_coords=np.array([[40, 30]]), point_labels=np.array([1])))
+    assert kept[0] == 0 and kept[1] > 0  # set_image prepares the kept work only where calls can keep it
     for a, b in zip(*results):
         assert_close(torch.as_tensor(a).float(), torch.as_tensor(b).float(), rtol=1e-4, atol=1e-4)
 

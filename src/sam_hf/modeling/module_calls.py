@@ -37,7 +37,7 @@ def _readable(module: nn.Module) -> bool:
         return False
     if not _own(type(module)) and (module._parameters or module._buffers or module._modules):
         return False  # a stateless leaf (an activation, a dropout) holds nothing to read
-    return all(_readable(child) for child in module._modules.values())
+    return all(child is None or _readable(child) for child in module._modules.values())  # None: a slot left empty
 
 
 def weights_readable(module: nn.Module) -> bool:

@@ -104,7 +104,6 @@ def resize_with_kernel(
     return out.view(*lead, rows, cols)
 
 
-
 def single_channel_kernel(size: tuple[int, int]):
     """The kernel module for resizing float32 CPU planes to `size` as ATen resizes them one channel at a time (then its
     generic kernel, on any thread count, for height + width above 128), for a caller that asks for windows itself
