@@ -33,6 +33,8 @@ def relpos_attention():
         pytest.skip(f"the kernel cannot be used here: {reason}")
     module = kernels.kernel(NAME)
     assert module is not None, f"the kernel should build on this machine: {kernels.unavailable_reason(NAME)}"
+    if kernels.kernel_for(NAME, torch.bfloat16) is None:
+        pytest.skip("the kernel takes no bf16 here (oneDNN's bf16 products need AVX512-BF16); fp32: test_relpos_kernel_fp32.py")
     return module.relpos_attention
 
 
@@ -306,13 +308,22 @@ def test_built_kernel_whose_runtime_check_fails_is_not_used(monkeypatch):
     assert kernels.unavailable_reason(NAME) == "built, but its check brgemm_usable() says this CPU is not served"
 
 
-def test_kernel_in_use_passed_its_runtime_check(relpos_attention):
+def test_kernel_in_use_passed_its_runtime_checks():
+    """fp32 wherever the kernel builds (AVX-512); bf16 exactly where the CPU has AVX512-BF16 and oneDNN is on."""
+    reason = _buildable_here()
+    if reason is not None:
+        pytest.skip(f"the kernel cannot be used here: {reason}")
     module = kernels.kernel(NAME)
     assert module.brgemm_usable() is True and kernels.unavailable_reason(NAME) is None
-    with torch.backends.mkldnn.flags(enabled=False):  # ATen's brgemm then refuses VNNI input: the check sees it
-        assert module.brgemm_usable() is False
-        assert not relpos_kernel_usable(dtype=torch.bfloat16, device=torch.device("cpu"), head_dim=64)
-    assert relpos_kernel_usable(dtype=torch.bfloat16, device=torch.device("cpu"), head_dim=64)
+    cpu = torch.device("cpu")
+    assert relpos_kernel_usable(dtype=torch.float32, device=cpu, head_dim=64)
+    has_bf16 = "avx512_bf16" in loader._cpu_flags()
+    assert module.bf16_usable() is has_bf16
+    assert relpos_kernel_usable(dtype=torch.bfloat16, device=cpu, head_dim=64) is has_bf16
+    with torch.backends.mkldnn.flags(enabled=False):  # ATen's brgemm then refuses VNNI input: the bf16 check sees it
+        assert module.bf16_usable() is False
+        assert not relpos_kernel_usable(dtype=torch.bfloat16, device=cpu, head_dim=64)
+        assert not relpos_kernel_usable(dtype=torch.float32, device=cpu, head_dim=64)  # the products are oneDNN's
 
 
 def test_build_compiles_a_copy_of_the_source_in_its_cache_folder(monkeypatch, tmp_path):
@@ -371,3 +382,22 @@ def test_kernel_sources_are_the_files_of_the_package():
     assert sorted(sources) == files and {f"{name}.cpp" for name in loader.REQUIREMENTS} <= set(sources)
     for file, text in sources.items():
         assert text.encode("utf-8") == (SOURCES / file).read_bytes(), file
+
+
+def test_bf16_call_on_a_cpu_without_avx512_bf16_raises():
+    """The bf16 path runs AVX512-BF16 instructions: called directly on a CPU without them, each kernel raises (the
+    process would otherwise die of an illegal instruction)."""
+    if "avx512_bf16" in loader._cpu_flags():
+        pytest.skip("this CPU has AVX512-BF16: the bf16 paths run (test_kernel_matches_meta_formula and the others)")
+    module = kernels.kernel(NAME)
+    if module is None:
+        pytest.skip(f"the kernel cannot be used here: {kernels.unavailable_reason(NAME)}")
+    q = torch.randn(1, 1, 16, 8).bfloat16()
+    rel = torch.zeros(1, 4, 4, 4)
+    with pytest.raises(RuntimeError, match="relpos_attention: bf16 inputs need a CPU with AVX512-BF16"):
+        module.relpos_attention(q, q, q, rel, rel, 1.0)
+    decoder = kernels.kernel("decoder_attention")
+    if decoder is not None:  # its dtype check comes first of all: any bf16 tokens
+        tokens = torch.randn(1, 2, 16).bfloat16()
+        with pytest.raises(RuntimeError, match="decoder_attention: bf16 inputs need a CPU with AVX512-BF16"):
+            decoder.head_attention(torch.randn(1, 2, 3, 8).bfloat16(), tokens, tokens)

@@ -127,6 +127,13 @@ inline bool bf16_brgemm_usable() {
   }
 }
 
+// A kernel's bf16 path runs AVX512-BF16 instructions (simd.h): on a CPU without them it raises instead of stopping the
+// process with an illegal instruction (sam_hf routes bf16 there only after `bf16_usable()`; this guards direct calls).
+inline void check_bf16_cpu(const char* kernel) {
+  TORCH_CHECK(__builtin_cpu_supports("avx512bf16"), kernel, ": bf16 inputs need a CPU with AVX512-BF16, which this one "
+              "lacks; pass fp32 (see bf16_usable())");
+}
+
 // `t` must be a contiguous CPU tensor of `dtype` with `dim` dimensions; the error names the kernel and the argument.
 inline void check_dense(const at::Tensor& t, const char* kernel, const char* name, int64_t dim, at::ScalarType dtype) {
   TORCH_CHECK(t.scalar_type() == dtype && t.device().is_cpu() && t.is_contiguous() && t.dim() == dim, kernel, ": ", name,

@@ -539,6 +539,7 @@ at::Tensor merge(const std::vector<Partial>& partials, int64_t prompts, int64_t 
 at::ScalarType token_dtype(const at::Tensor& t, const char* name) {
   const at::ScalarType dtype = t.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "decoder_attention: ", name, " must be fp32 or bf16, got ", dtype);
+  if (dtype == at::kBFloat16) sam_hf_brgemm::check_bf16_cpu("decoder_attention");
   return dtype;
 }
 

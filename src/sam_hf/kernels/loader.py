@@ -33,11 +33,11 @@ logger = logging.get_logger(__name__)
 
 # what each kernel needs from the CPU (flags as /proc/cpuinfo spells them), from the compiler, and which of its
 # functions must return True once built (what the flags cannot tell: here, that PyTorch's oneDNN brgemm takes bf16).
-# All are compiled with -mavx512bf16; the decoder kernels run its instructions only on their bf16 paths, which a CPU
-# without AVX512-BF16 never takes (`bf16_usable()`), so their fp32 paths need AVX-512 alone.
+# All are compiled with -mavx512bf16; they run its instructions only on their bf16 paths, which a CPU without
+# AVX512-BF16 never takes (`bf16_usable()`), so their fp32 paths need AVX-512 alone.
 REQUIREMENTS = {
     "relpos_attention": {
-        "cpu_flags": ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16"),  # AMX used where present
+        "cpu_flags": ("avx512f", "avx512bw", "avx512vl", "avx512dq"),  # bf16 where AVX512-BF16 (AMX used where present)
         "cflags": ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mfma", "-fopenmp"),
         "runtime_check": "brgemm_usable",
     },

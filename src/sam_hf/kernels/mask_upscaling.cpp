@@ -382,6 +382,7 @@ void upscale_masks(const at::Tensor& image, const std::optional<at::Tensor>& ind
   const int64_t* picks = check_common(sources, length, channels, dtype, index, hyper, norm_weight, norm_bias, conv2, bias2, out);
   TORCH_CHECK(conv1.size(0) == channels && conv1.size(1) == channels && bias1.size(0) == channels, "mask_upscaling: conv1 must be (C, C), bias1 (C)");
   if (dtype == at::kBFloat16) {
+    sam_hf_brgemm::check_bf16_cpu("mask_upscaling");
     upscale_all(image.data_ptr<BFloat16>(), length, channels, picks, hyper,
                 weights_of<BFloat16>(conv1, bias1, norm_weight, norm_bias, eps, conv2, bias2), static_cast<const Fold<BFloat16>*>(nullptr), out);
   } else {
@@ -426,6 +427,7 @@ void upscale_masks_folded(const std::optional<at::Tensor>& index, const at::Tens
                   stats1.size(0) == sources && stats1.size(1) == length && stats1.size(2) == 2,
               "mask_upscaling: first and second must be (S, L, N), stats1 and stats2 (S, L, 2)");
   if (dtype == at::kBFloat16) {
+    sam_hf_brgemm::check_bf16_cpu("mask_upscaling");
     const Fold<BFloat16> fold{shared.data_ptr<float>(), mix.data_ptr<BFloat16>(), first.data_ptr<BFloat16>(), second.data_ptr<BFloat16>(),
                               stats1.data_ptr<float>(), stats2.data_ptr<float>(), terms.data_ptr<float>(), n};
     upscale_all<BFloat16>(nullptr, length, channels, picks, hyper, weights_of<BFloat16>(std::nullopt, bias1, norm_weight, norm_bias, eps, conv2, bias2),

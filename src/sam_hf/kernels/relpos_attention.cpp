@@ -1,4 +1,5 @@
-// Attention with SAM's decomposed relative positions in bf16 or fp32 on x86 CPUs with AVX512-BF16 (AMX or not):
+// Attention with SAM's decomposed relative positions in fp32 on x86 CPUs with AVX-512, and in bf16 where they also
+// have AVX512-BF16 (AMX or not):
 //   out = softmax(scale * q k^T + rel_h[q, key_row] + rel_w[q, key_col]) v
 // computed flash-style (online softmax over key blocks, nothing of size L x L in memory) with the two
 // relative-position terms added to each block of logits while it is in cache. The matmuls are ATen's
@@ -119,6 +120,7 @@ torch::Tensor relpos_attention(torch::Tensor query, torch::Tensor key, torch::Te
   TORCH_CHECK((dtype == at::kBFloat16 || dtype == at::kFloat) && key.scalar_type() == dtype && value.scalar_type() == dtype,
               "relpos_attention: query, key and value must be all bfloat16 or all float32");
   if (dtype == at::kFloat) return relpos_attention_typed<float>(query, key, value, rel_h, rel_w, scale, out_arg);
+  sam_hf_brgemm::check_bf16_cpu("relpos_attention");
   return relpos_attention_typed<BFloat16>(query, key, value, rel_h, rel_w, scale, out_arg);
 }
 
@@ -300,9 +302,9 @@ torch::Tensor relpos_attention_typed(torch::Tensor query, torch::Tensor key, tor
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
-  // the loader's check and `kernel_for`'s: this kernel is built only where oneDNN's bf16 products run (fp32 then too)
-  module.def("brgemm_usable", &sam_hf_brgemm::bf16_brgemm_usable, "whether oneDNN's bf16 brgemm serves this CPU");
-  module.def("bf16_usable", &sam_hf_brgemm::bf16_brgemm_usable, "whether oneDNN's bf16 brgemm serves this CPU");
+  // the loader's check (fp32 products) and `kernel_for`'s (bf16 ones: AVX512-BF16, which the bf16 path's rounding uses)
+  module.def("brgemm_usable", &sam_hf_brgemm::brgemm_usable, "whether ATen's fp32 brgemm serves this CPU");
+  module.def("bf16_usable", &sam_hf_brgemm::bf16_brgemm_usable, "whether oneDNN's bf16 brgemm serves this CPU (then it takes bf16)");
   module.def("relpos_attention", &relpos_attention, "bf16 or fp32 flash attention with decomposed relative positions",
              pybind11::arg("query"), pybind11::arg("key"), pybind11::arg("value"), pybind11::arg("rel_h"),
              pybind11::arg("rel_w"), pybind11::arg("scale"), pybind11::arg("out") = pybind11::none());
