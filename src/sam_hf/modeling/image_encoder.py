@@ -29,6 +29,7 @@ from .attention import (
     write_rel_pos_columns,
 )
 from .autocast import autocast_dtype, cast_call
+from .bf16_compute import fp32_for_bf16
 from .module_calls import when_wrapped
 from .layers import SamHfLayerNorm2d, SamHfLinear, SamHfMLPBlock, autograd_records, linear_add, linear_into, records_nothing, workspace
 
@@ -219,6 +220,7 @@ class SamHfVisionLayer(nn.Module):
         self.mlp = SamHfMLPBlock(hidden_size=config.hidden_size, mlp_dim=config.mlp_dim, hidden_act=config.hidden_act)
         self.mlp_dim = config.mlp_dim
 
+    @fp32_for_bf16(keep_weights=False)
     def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, g, g, C) -> (B, g, g, C), a new tensor (the input is never modified)."""
         normed = self.layer_norm1(hidden_states)
@@ -240,6 +242,7 @@ class SamHfVisionNeck(nn.Module):
         self.conv2 = nn.Conv2d(config.output_channels, config.output_channels, kernel_size=3, padding=1, bias=False)
         self.layer_norm2 = SamHfLayerNorm2d(config.output_channels, eps=config.layer_norm_eps)
 
+    @fp32_for_bf16(keep_weights=False)
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         hidden_states = hidden_states.permute(0, 3, 1, 2)  # (B, C, g, g), channels-last strides: no copy
         hidden_states = self.layer_norm2(self.conv2(self.layer_norm1(self.conv1(hidden_states))))

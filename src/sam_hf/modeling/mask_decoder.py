@@ -19,6 +19,7 @@ from torch import nn
 from ..configuration import SamHfMaskDecoderConfig
 from ..kernels import kernel_for
 from .autocast import in_own_dtype
+from .bf16_compute import fp32_for_bf16
 from .module_calls import active as calling_modules, when_wrapped
 from .image_cache import cached, call_cache, kept
 from .layers import SamHfFeedForward, SamHfLayerNorm2d, linear_activation, matmul_nt, records_nothing
@@ -266,6 +267,7 @@ class SamHfMaskDecoder(nn.Module):
         return out.view(batch, masks, 4 * rows, 4 * grid)
 
     @in_own_dtype
+    @fp32_for_bf16(keep_weights=True, kept_inputs=("image_embeddings", "image_pe"))
     @when_wrapped
     def forward(
         self,
