@@ -1,8 +1,9 @@
-"""greater / count_true (numpy on the CPU) against torch's own `>` and bool sums, bit for bit."""
+"""greater / count_true (numpy on the CPU) and any_along (a byte max) against torch's own `>`, bool sums and `any`,
+bit for bit."""
 import pytest
 import torch
 
-from sam_hf.processing.thresholds import count_true, greater
+from sam_hf.processing.thresholds import any_along, count_true, greater
 
 
 def _logits(dtype=torch.float32, shape=(3, 37, 53)):
@@ -72,3 +73,22 @@ def test_count_true_rejects_non_bool_and_flat_inputs():
         count_true(torch.ones(2, 3, 3, dtype=torch.uint8))
     with pytest.raises(ValueError, match=r"masks must have shape \(\.\.\., H, W\), got 1 dimension"):
         count_true(torch.ones(4, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("shape", [(3, 7, 5), (2, 1, 40), (4, 33, 1), (6, 9)])
+def test_any_along_equals_any(shape):
+    generator = torch.Generator().manual_seed(len(shape))
+    masks = torch.rand(shape, generator=generator) > 0.9
+    masks[0] = False  # an empty mask
+    for dim in (-1, -2, 0):
+        assert torch.equal(any_along(masks, dim), masks.any(dim=dim))
+        strided = masks.transpose(-1, -2)  # not contiguous: the byte view keeps the strides
+        assert torch.equal(any_along(strided, dim), strided.any(dim=dim))
+
+
+def test_any_along_over_an_empty_dimension_and_bad_dtype():
+    empty = torch.zeros(2, 0, 4, dtype=torch.bool)
+    assert torch.equal(any_along(empty, 1), torch.zeros(2, 4, dtype=torch.bool))
+    assert any_along(empty, 2).shape == (2, 0)
+    with pytest.raises(TypeError, match="masks must be a boolean tensor, got dtype torch.float32"):
+        any_along(torch.zeros(2, 3), -1)

@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..processing.thresholds import count_true, greater
+from ..processing.thresholds import any_along, count_true, greater
 from .crops import uncrop_boxes_xyxy
 from .nms import batched_nms
 
@@ -33,8 +33,8 @@ def batched_mask_to_box(masks: torch.Tensor) -> torch.Tensor:
     h, w = masks.shape[-2:]
     if masks.numel() == 0:
         return torch.zeros(*masks.shape[:-2], 4, dtype=torch.int64, device=masks.device)
-    rows = masks.any(dim=-1).to(torch.uint8)  # (..., H): some pixel on this row
-    cols = masks.any(dim=-2).to(torch.uint8)  # (..., W): some pixel in this column
+    rows = any_along(masks, -1).to(torch.uint8)  # (..., H): some pixel on this row
+    cols = any_along(masks, -2).to(torch.uint8)  # (..., W): some pixel in this column
     top = rows.argmax(dim=-1)  # first maximum: the first occupied row
     bottom = h - 1 - rows.flip(-1).argmax(dim=-1)
     left = cols.argmax(dim=-1)

@@ -82,14 +82,14 @@ def upscale_in_boxes(resized: torch.Tensor, size: tuple[int, int], threshold: fl
     `threshold` binarizes; the counts use `threshold +- offset` (any sign of offset).
     """
     from ..processing.bilinear import single_channel_kernel
-    from ..processing.thresholds import count_true, greater
+    from ..processing.thresholds import any_along, count_true, greater
 
     height, width = size
     lowest = min(threshold, threshold - offset, threshold + offset)
     # the finite magnitude sets the rounding margin (an infinite source is simply `possible`, a NaN never)
     magnitude = resized.abs().nan_to_num_(0.0, 0.0, 0.0).amax(dim=(1, 2), keepdim=True) if resized.numel() else 0.0
     possible = resized > lowest - _MARGIN * (abs(lowest) + magnitude)  # (n, h, w): sources that may reach `lowest`
-    rows, cols = _extent(possible.any(dim=2)), _extent(possible.any(dim=1))  # per mask: first and last, or None
+    rows, cols = _extent(any_along(possible, 2)), _extent(any_along(possible, 1))  # per mask: first and last, or None
     same_size = (height, width) == tuple(resized.shape[1:])  # the image is the model's own size: no second step
     kernel = None if same_size or resized.dtype != torch.float32 or resized.device.type != "cpu" else single_channel_kernel(size)
     if kernel is None:

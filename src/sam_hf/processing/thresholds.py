@@ -39,3 +39,14 @@ def count_true(masks: torch.Tensor) -> torch.Tensor:
     rows = masks.numpy().reshape(n, masks.shape[-2] * masks.shape[-1])  # (n, H*W), a view when contiguous
     counts = np.fromiter((np.count_nonzero(row) for row in rows), dtype=np.int32, count=n)
     return torch.from_numpy(counts).view(masks.shape[:-2])
+
+
+def any_along(masks: torch.Tensor, dim: int) -> torch.Tensor:
+    """`masks.any(dim=dim)` for a bool tensor, as the max of its bytes: the same values. On the CPU torch's `any`
+    runs many times slower (150 masks of 683 x 1024, two threads: 193 ms along rows and 81 ms along columns, against
+    6 ms for either as a max)."""
+    if masks.dtype != torch.bool:
+        raise TypeError(f"masks must be a boolean tensor, got dtype {masks.dtype}")
+    if masks.shape[dim] == 0:  # a max over nothing is undefined; `any` over nothing is False
+        return masks.any(dim=dim)
+    return masks.view(torch.uint8).amax(dim=dim).bool()

@@ -20,6 +20,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from ..processing.thresholds import any_along
+
 
 @dataclass
 class SimulatedPrompts:
@@ -52,8 +54,8 @@ def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
     """Tight boxes (K, 4) as x0, y0, x1, y1 inclusive pixel indices; an empty mask gives zeros."""
     masks = _check_masks(masks, "masks")
     k, h, w = masks.shape
-    rows = masks.any(dim=2)  # (K, H)
-    cols = masks.any(dim=1)  # (K, W)
+    rows = any_along(masks, 2)  # (K, H)
+    cols = any_along(masks, 1)  # (K, W)
     ys = torch.arange(h, device=masks.device)
     xs = torch.arange(w, device=masks.device)
     y0 = torch.where(rows, ys, h).amin(dim=1)
