@@ -79,6 +79,8 @@ def test_decoder_computes_in_fp32_with_its_kept_weights(models, monkeypatch):
     torch.testing.assert_close(out.iou_scores, iou, rtol=0, atol=0)
     # the second call reads the kept image work and the kept fp32 weights (the cache's key did not change)
     assert bf16_compute._KEPT[model.mask_decoder]["weights"] is kept and cache["sam_hf.image_cache.key"] is key
+    # the no-mask dense embedding reached the decoder broadcast (zero strides), so its image side is kept as well
+    assert cache["reuses_image_side"] and "tokens" in cache
     assert copy.deepcopy(model.mask_decoder) not in bf16_compute._KEPT  # kept beside the module, not in it
     torch.testing.assert_close(again.pred_masks, out.pred_masks, rtol=0, atol=0)
 

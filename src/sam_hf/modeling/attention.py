@@ -324,10 +324,9 @@ def row_blocked_attention_with_rel_pos(
 def relpos_kernel_usable(*, dtype: torch.dtype, device: torch.device, head_dim: int) -> bool:
     """Whether `kernel_attention_with_rel_pos` takes such queries here: fp32 (CPUs with AVX-512) or bf16 (with
     AVX512-BF16 too) on CPU, even head width, oneDNN enabled (the kernel's matmuls are its brgemm) and the kernel
-    built for this machine. fp32, one ViT-B global
-    attention on one Zen 4 core: 0.59 s against 0.85-0.99 for `row_blocked_attention_with_rel_pos`; on two cores
-    0.29 against 0.46-0.50 (the kernel spreads blocks of query rows of every head over the threads, where the
-    row-blocked loop runs small ops one after another)."""
+    built for this machine. fp32, one ViT-B global attention on one Zen 4 core: 0.59 s against 0.85-0.99 for
+    `row_blocked_attention_with_rel_pos`; on two cores 0.29 against 0.46-0.50 (the kernel spreads blocks of query
+    rows of every head over the threads, where the row-blocked loop runs small ops one after another)."""
     return (
         dtype in (torch.bfloat16, torch.float32) and device.type == "cpu" and head_dim % 2 == 0 and torch.backends.mkldnn.enabled
         and kernel_for("relpos_attention", dtype) is not None

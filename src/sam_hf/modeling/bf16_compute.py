@@ -58,8 +58,15 @@ def bf16_computed_in_fp32(device: torch.device) -> bool:
 
 
 def _cast(value, source: torch.dtype, target: torch.dtype):
-    """`value` cast to `target` where it is a tensor of `source` dtype, else as it is."""
-    return value.to(target) if isinstance(value, torch.Tensor) and value.dtype == source else value
+    """`value` cast to `target` where it is a tensor of `source` dtype, else as it is. A broadcast tensor stays one:
+    its single copy along the zero-stride dims is cast and expanded again (the decoder recognises a dense
+    embedding that is the same everywhere, the no-mask one, by its zero strides)."""
+    if not (isinstance(value, torch.Tensor) and value.dtype == source):
+        return value
+    if 0 not in value.stride():
+        return value.to(target)
+    single = tuple(slice(0, 1) if stride == 0 else slice(None) for stride in value.stride())
+    return value[single].to(target).expand(value.shape)
 
 
 def _cast_outputs(value):
