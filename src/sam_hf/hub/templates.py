@@ -23,8 +23,10 @@ inputs = processor(image, input_points=[[[{point_x}, {point_y}]]], return_tensor
 outputs = model(**inputs)
 masks = processor.post_process_masks(outputs.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"])
 
-generator = pipeline("mask-generation", model="{repo_id}", points_per_batch=64)  # segment everything
-result = generator(image)
+# segment everything with Meta's full algorithm: one record per mask (segmentation, area, bbox, predicted_iou, ...)
+generator = pipeline("mask-generation", model="{repo_id}", pipeline_class=sam_hf.SamHfMaskGenerationPipeline)
+records = generator(image)
+# transformers' stock class runs too (pipeline("mask-generation", model="{repo_id}")): its own output, 1.6-3x slower on a CPU
 ```"""
 
 TRAINED = """# {model_name}
