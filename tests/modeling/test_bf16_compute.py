@@ -110,7 +110,7 @@ def _run(model):
                                              ({"avx2", "amx_bf16"}, False)])
 def test_auto_follows_the_cpu(models, monkeypatch, flags, expected):
     monkeypatch.delenv("SAM_HF_BF16_ARITHMETIC", raising=False)
-    monkeypatch.setattr(bf16_compute, "_cpu_flags", lambda: flags)
+    monkeypatch.setattr(bf16_compute, "cpu_flags", lambda: flags)
     monkeypatch.setattr(bf16_compute.platform, "machine", lambda: "x86_64")
     bf16_compute._cpu_has_bf16_arithmetic.cache_clear()
     try:

@@ -281,7 +281,7 @@ def test_kernel_without_its_source_is_not_built(monkeypatch):
     """Remote code generated before the sources were written into it has none: PyTorch's path, and the reason."""
     monkeypatch.setattr(loader, "_LOADED", {})
     monkeypatch.setattr(loader, "_REASONS", {})
-    monkeypatch.setattr(loader, "_cpu_flags", lambda: {f for spec in loader.REQUIREMENTS.values() for f in spec["cpu_flags"]})
+    monkeypatch.setattr(loader, "cpu_flags", lambda: {f for spec in loader.REQUIREMENTS.values() for f in spec["cpu_flags"]})
     monkeypatch.setattr(loader.platform, "system", lambda: "Linux")
     monkeypatch.setattr(loader.platform, "machine", lambda: "x86_64")
     monkeypatch.delenv("SAM_HF_KERNELS", raising=False)
@@ -317,7 +317,7 @@ def test_kernel_in_use_passed_its_runtime_checks():
     assert module.brgemm_usable() is True and kernels.unavailable_reason(NAME) is None
     cpu = torch.device("cpu")
     assert relpos_kernel_usable(dtype=torch.float32, device=cpu, head_dim=64)
-    has_bf16 = "avx512_bf16" in loader._cpu_flags()
+    has_bf16 = "avx512_bf16" in loader.cpu_flags()
     assert module.bf16_usable() is has_bf16
     assert relpos_kernel_usable(dtype=torch.bfloat16, device=cpu, head_dim=64) is has_bf16
     with torch.backends.mkldnn.flags(enabled=False):  # ATen's brgemm then refuses VNNI input: the bf16 check sees it
@@ -387,7 +387,7 @@ def test_kernel_sources_are_the_files_of_the_package():
 def test_bf16_call_on_a_cpu_without_avx512_bf16_raises():
     """The bf16 path runs AVX512-BF16 instructions: called directly on a CPU without them, each kernel raises (the
     process would otherwise die of an illegal instruction)."""
-    if "avx512_bf16" in loader._cpu_flags():
+    if "avx512_bf16" in loader.cpu_flags():
         pytest.skip("this CPU has AVX512-BF16: the bf16 paths run (test_kernel_matches_meta_formula and the others)")
     module = kernels.kernel(NAME)
     if module is None:

@@ -26,8 +26,8 @@ import weakref
 import torch
 from torch.func import functional_call
 
-from ..kernels.loader import _cpu_flags
-from .image_cache import _version
+from ..kernels.loader import cpu_flags
+from .image_cache import tensor_version, weights_key
 from .layers import records_nothing
 from .module_calls import weights_readable
 
@@ -41,7 +41,7 @@ _KEPT: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDicti
 @functools.cache
 def _cpu_has_bf16_arithmetic() -> bool:
     """x86 with AVX512-BF16 or AMX-BF16; True where that cannot be told (other architectures, no /proc/cpuinfo)."""
-    flags = _cpu_flags()
+    flags = cpu_flags()
     if not flags or platform.machine().lower() not in ("x86_64", "amd64"):
         return True
     return bool({"avx512_bf16", "amx_bf16"} & flags)
@@ -82,7 +82,7 @@ def _fp32_tensors(module: torch.nn.Module, keep: bool) -> dict[str, torch.Tensor
     named = [*module.named_parameters(), *module.named_buffers()]
     if not keep:
         return {name: t.float() if t.dtype == torch.bfloat16 else t for name, t in named}
-    key = tuple((t.data_ptr(), t.dtype, _version(t)) for _, t in named)
+    key = weights_key(t for _, t in named)
     kept = _KEPT.setdefault(module, {})
     held = kept.get("weights")
     if held is None or held[0] != key:
@@ -97,10 +97,10 @@ def _kept_cast(module: torch.nn.Module, name: str, value):
         return value
     kept = _KEPT.setdefault(module, {}).setdefault("inputs", {})
     held = kept.get(name)
-    if held is not None and held[0]() is value and held[1] == _version(value):
+    if held is not None and held[0]() is value and held[1] == tensor_version(value):
         return held[2]
     cast = value.float()
-    kept[name] = (weakref.ref(value), _version(value), cast)
+    kept[name] = (weakref.ref(value), tensor_version(value), cast)
     return cast
 
 

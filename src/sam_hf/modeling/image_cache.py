@@ -32,11 +32,17 @@ from .layers import records_nothing
 _KEY = "sam_hf.image_cache.key"
 
 
-def _version(tensor: torch.Tensor) -> int | None:
+def tensor_version(tensor: torch.Tensor) -> int | None:
     try:
         return tensor._version
     except RuntimeError:  # an inference tensor keeps no version counter
         return None
+
+
+def weights_key(tensors) -> tuple:
+    """What tells whether weights changed: each one's storage, dtype and version counter (`module.to(...)` and
+    `param.data = ...` swap storage without a version bump; in-place updates bump the version)."""
+    return tuple((t.data_ptr(), t.dtype, tensor_version(t)) for t in tensors)
 
 
 def call_cache(image_cache: dict | None, image_embeddings: torch.Tensor, image_pe: torch.Tensor, parameters, *tensors) -> dict:
@@ -51,7 +57,7 @@ def call_cache(image_cache: dict | None, image_embeddings: torch.Tensor, image_p
     if not records_nothing(image_embeddings, image_pe, *tensors, *parameters):
         return {}
     # a parameter's storage and dtype too: `module.to(...)` and `param.data = ...` swap tensors without a version bump
-    versions = (_version(image_embeddings), tuple((p.data_ptr(), p.dtype, _version(p)) for p in parameters))
+    versions = (tensor_version(image_embeddings), weights_key(parameters))
     held = image_cache.get(_KEY)
     if not (
         held is not None
