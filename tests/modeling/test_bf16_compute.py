@@ -96,8 +96,8 @@ def test_decoder_computes_in_fp32_with_its_kept_weights(models, monkeypatch):
 
 def _count_fp32_calls(monkeypatch) -> list:
     calls = []
-    original = bf16_compute.functional_call
-    monkeypatch.setattr(bf16_compute, "functional_call", lambda module, *a, **k: calls.append(type(module).__name__) or original(module, *a, **k))
+    original = bf16_compute.call_in_fp32
+    monkeypatch.setattr(bf16_compute, "call_in_fp32", lambda module, *a, **k: calls.append(type(module).__name__) or original(module, *a, **k))
     return calls
 
 
@@ -143,3 +143,32 @@ def test_unknown_mode_is_refused(monkeypatch):
     monkeypatch.setenv("SAM_HF_BF16_ARITHMETIC", "fast")
     with pytest.raises(ValueError, match=r"SAM_HF_BF16_ARITHMETIC must be one of \('auto', 'native', 'fp32'\), got 'fast'"):
         bf16_compute.bf16_computed_in_fp32(torch.device("cpu"))
+
+
+def test_fp32_call_puts_the_weights_back_even_when_it_fails(models, monkeypatch):
+    monkeypatch.setenv("SAM_HF_BF16_ARITHMETIC", "fp32")
+    model = models[0]
+    before = [(name, id(t), t.dtype) for name, t in [*model.named_parameters(), *model.named_buffers()]]
+    seen = []
+
+    def failing_forward(module, *args, **kwargs):
+        seen.append((type(module).__name__, {t.dtype for t in module.parameters()}))  # the fp32 copies are in place
+        raise RuntimeError("failed inside the fp32 call")
+
+    original = bf16_compute.call_in_fp32
+    monkeypatch.setattr(bf16_compute, "call_in_fp32", lambda module, forward, *a: original(module, failing_forward, *a))
+    with torch.no_grad(), pytest.raises(RuntimeError, match="failed inside the fp32 call"):
+        _run(model)
+    assert seen == [("SamHfVisionLayer", {torch.float32})]
+    assert [(name, id(t), t.dtype) for name, t in [*model.named_parameters(), *model.named_buffers()]] == before
+    assert not getattr(bf16_compute._ACTIVE, "on", False)
+
+
+def test_slots_list_every_parameter_and_buffer_once_and_ties_share_a_copy(models):
+    decoder = models[0].mask_decoder
+    slots = bf16_compute._slots(decoder)
+    assert [id(t) for _, _, t in slots if isinstance(t, torch.nn.Parameter)] == [id(p) for p in decoder.parameters()]
+    assert {id(t) for _, _, t in slots} == {id(t) for t in [*decoder.parameters(), *decoder.buffers()]}
+    weight = decoder.iou_prediction_head.proj_in.weight
+    first, second, other = bf16_compute._fp32_copies([weight, weight, decoder.iou_prediction_head.proj_in.bias])
+    assert first is second and first.dtype == torch.float32 and torch.equal(first, weight.float()) and other is not first

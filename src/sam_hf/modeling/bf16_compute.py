@@ -9,6 +9,9 @@ rounded back to bf16. The weights stay bf16 in the model (the mask decoder's sma
 weights are unchanged, as is its fp32 copy of the image embeddings while the same ones come back, so that an
 `image_cache` keeps serving; the ViT's weights are cast block by block, call by call), the
 activations between blocks and the outputs stay bf16, and the results are closer to fp32's than bf16 arithmetic's.
+For the call the fp32 tensors take the weights' places in the modules' own dicts, as `torch.func.functional_call`
+does, and the weights are put back after it; found by one walk of those dicts, without functional_call's name
+lookups (a bf16 click on the shipped model, same process, Ice Lake: 20.4 -> 15.4 ms; ViT-B 29.6 -> 26.5 ms).
 
 `SAM_HF_BF16_ARITHMETIC` chooses: `auto` (the default: fp32 where the CPU lacks bf16 arithmetic), `native` (bf16
 arithmetic everywhere, as PyTorch runs it) or `fp32` (this path on any CPU; for tests and comparisons). GPUs and
@@ -17,6 +20,7 @@ training keep bf16 arithmetic.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
@@ -24,7 +28,6 @@ import threading
 import weakref
 
 import torch
-from torch.func import functional_call
 
 from ..kernels.loader import cpu_flags
 from .image_cache import tensor_version, weights_key
@@ -76,18 +79,59 @@ def _cast_outputs(value):
     return _cast(value, torch.float32, torch.bfloat16)
 
 
-def _fp32_tensors(module: torch.nn.Module, keep: bool) -> dict[str, torch.Tensor]:
-    """The module's parameters and buffers, bf16 ones cast to fp32: kept on the module (`keep`) and recast only
-    when one of them changed (storage or version), else made for this call."""
-    named = [*module.named_parameters(), *module.named_buffers()]
+def _slots(module: torch.nn.Module) -> list[tuple[dict, str, torch.Tensor]]:
+    """Every parameter and buffer slot in `module`'s tree: (the dict that holds it, its name, its tensor), in a fixed
+    order. One walk of the modules' own dicts: `named_parameters` and `named_buffers` build prefixed names through
+    nested generators, about a millisecond per decoder call on a 2.8 GHz Ice Lake core."""
+    slots, seen, stack = [], set(), [module]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for store in (current._parameters, current._buffers):
+            slots.extend((store, name, tensor) for name, tensor in store.items() if tensor is not None)
+        stack.extend(child for child in reversed(current._modules.values()) if child is not None)
+    return slots
+
+
+def _fp32_copies(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The tensors with bf16 ones cast to fp32; a tensor held in two slots (tied weights) gets one copy."""
+    copies: dict[int, torch.Tensor] = {}
+    return [copies.setdefault(id(t), t.float() if t.dtype == torch.bfloat16 else t) for t in tensors]
+
+
+def _fp32_tensors(module: torch.nn.Module, slots: list, keep: bool) -> list[torch.Tensor]:
+    """The fp32 tensors for `slots` (`_slots(module)`): kept beside the module (`keep`) and recast only when one of
+    its tensors changed (storage, dtype or version), else made for this call."""
+    tensors = [tensor for _, _, tensor in slots]
     if not keep:
-        return {name: t.float() if t.dtype == torch.bfloat16 else t for name, t in named}
-    key = weights_key(t for _, t in named)
+        return _fp32_copies(tensors)
+    key = weights_key(tensors)
     kept = _KEPT.setdefault(module, {})
     held = kept.get("weights")
     if held is None or held[0] != key:
-        held = kept["weights"] = (key, {name: t.float() if t.dtype == torch.bfloat16 else t for name, t in named})
+        held = kept["weights"] = (key, _fp32_copies(tensors))
     return held[1]
+
+
+@contextlib.contextmanager
+def _swapped(slots: list, tensors: list[torch.Tensor]):
+    """Within this context each slot holds its tensor from `tensors` (as `torch.func.functional_call` swaps them, by
+    the modules' own dicts, without its name lookups); the originals are put back on the way out, error or not."""
+    for (store, name, _), tensor in zip(slots, tensors):
+        store[name] = tensor
+    try:
+        yield
+    finally:
+        for store, name, original in slots:
+            store[name] = original
+
+
+def call_in_fp32(module: torch.nn.Module, forward, slots: list, tensors: list[torch.Tensor], args: tuple, kwargs: dict):
+    """`forward(module, *args, **kwargs)` with `module`'s slots holding `tensors` (the decorator's fp32 call)."""
+    with _swapped(slots, tensors):
+        return forward(module, *args, **kwargs)
 
 
 def _kept_cast(module: torch.nn.Module, name: str, value):
@@ -122,14 +166,15 @@ def fp32_for_bf16(*, keep_weights: bool, kept_inputs: tuple[str, ...] = ()):
                 or not weights_readable(self)
             ):
                 return forward(self, *args, **kwargs)
-            tensors = _fp32_tensors(self, keep_weights)
+            slots = _slots(self)
+            tensors = _fp32_tensors(self, slots, keep_weights)
             # the tensors among the arguments (not inside them: a kept `image_cache` dict is passed as it is)
             args = tuple(_cast(a, torch.bfloat16, torch.float32) for a in args)
             kwargs = {name: _kept_cast(self, name, a) if name in kept_inputs else _cast(a, torch.bfloat16, torch.float32)
                       for name, a in kwargs.items()}
             _ACTIVE.on = True
             try:
-                out = functional_call(self, tensors, args, kwargs)
+                out = call_in_fp32(self, forward, slots, tensors, args, kwargs)
             finally:
                 _ACTIVE.on = False
             return _cast_outputs(out)
