@@ -143,3 +143,18 @@ def test_peft_lora_adapters_count_in_inference_and_all_train(model):
     adapted(pixel_values=pixels, input_points=points).pred_masks.square().mean().backward()
     adapters = {n: p for n, p in adapted.named_parameters() if "lora_" in n}
     assert adapters and all(p.grad is not None and p.grad.abs().sum() > 0 for p in adapters.values())
+
+
+def test_a_swapped_activation_is_called(model):
+    """An activation module put in place of the ViT MLP's GELU (stateless, so no weights to read) is called: the fused
+    linear + GELU kernel would compute the GELU the block was made with instead."""
+    swapped = copy.deepcopy(model)
+    swapped.vision_encoder.layers[1].mlp.act = nn.SiLU()
+    pixels, _ = _inputs(4)
+    with torch.no_grad():
+        got = swapped.get_image_embeddings(pixels)
+        with module_calls.calling_modules():  # the reference paths, which call every layer
+            expected = swapped.get_image_embeddings(pixels)
+        unchanged = model.get_image_embeddings(pixels)
+    assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(got, unchanged, rtol=1e-3, atol=1e-4)  # the swap changes what the model computes

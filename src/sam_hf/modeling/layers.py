@@ -248,14 +248,17 @@ class SamHfMLPBlock(nn.Module):
         self.lin2 = SamHfLinear(mlp_dim, hidden_size)
         self.act = ACT2FN[hidden_act]
         self.hidden_act = hidden_act
+        self._made_act = type(self.act)  # what the fused kernels compute; another module put in `act` is called instead
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.lin2(self.act(self.lin1(hidden_states)))
 
     def residual_forward(self, hidden_states: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """residual + MLP(hidden_states) as a new tensor; fused kernels where autograd records nothing."""
+        """residual + MLP(hidden_states) as a new tensor; fused kernels where autograd records nothing and `act` is
+        still the activation the block made for `hidden_act` (one swapped in, stateless or not, is called)."""
         fused = _ONEDNN_ACTIVATIONS.get(self.hidden_act)
-        if fused is None or not fused_linear_available(hidden_states) or not records_nothing(hidden_states, residual, *self.parameters()):
+        if (fused is None or type(self.act) is not self._made_act or not fused_linear_available(hidden_states)
+                or not records_nothing(hidden_states, residual, *self.parameters())):
             return residual + self.forward(hidden_states)
         inner = _FUSED_LINEAR(hidden_states, self.lin1.weight, self.lin1.bias, fused[0], [], fused[1])  # (..., mlp_dim)
         return linear_add(inner, self.lin2, residual)

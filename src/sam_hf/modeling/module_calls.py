@@ -36,7 +36,7 @@ def _readable(module: nn.Module) -> bool:
     if module._forward_hooks or module._forward_pre_hooks:
         return False
     if not _own(type(module)) and (module._parameters or module._buffers or module._modules):
-        return False  # a stateless leaf (an activation, a dropout) holds nothing to read
+        return False  # a stateless leaf (an activation, a dropout) holds nothing to read (SamHfMLPBlock checks its `act`)
     return all(child is None or _readable(child) for child in module._modules.values())  # None: a slot left empty
 
 
