@@ -119,3 +119,37 @@ ZEN4 = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 
 ])
 def test_wide_avx512_amd_reads_vendor_and_family(text, wide):
     assert layers.wide_avx512_amd(text) is wide
+
+
+@pytest.mark.parametrize("text,intel", [(ZEN4, False), (ZEN4.replace("AuthenticAMD", "GenuineIntel").replace("25", "6"), True), ("", False)])
+def test_intel_cpu_reads_the_vendor(text, intel):
+    assert layers.intel_cpu(text) is intel
+
+
+@pytest.mark.parametrize("on_mkl", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_residual_products_on_either_library(dtype, on_mkl, monkeypatch):
+    """`linear_add` and the ViT MLP's fused residual form give the plain layers' result on both routes (MKL for fp32 on
+    Intel CPUs, oneDNN elsewhere and for bf16), whatever this CPU is; the MKL route takes no oneDNN call."""
+    if not layers.fused_linear_available(torch.zeros(1, dtype=dtype)):  # probed before the spy goes in
+        pytest.skip(f"oneDNN's fused linear does not take {dtype} here")
+    monkeypatch.setattr(layers, "_FP32_ON_MKL", on_mkl)
+    calls = []
+    fused = layers._FUSED_LINEAR
+    spy = type("Spy", (), {"__call__": lambda self, *a: calls.append("linear") or fused(*a),
+                           "binary": lambda self, *a: calls.append("binary") or fused.binary(*a)})()
+    monkeypatch.setattr(layers, "_FUSED_LINEAR", spy)
+    torch.manual_seed(6)
+    mlp = layers.SamHfMLPBlock(hidden_size=32, mlp_dim=96, hidden_act="gelu").to(dtype)
+    states, residual = torch.randn(2, 5, 7, 32, dtype=dtype), torch.randn(2, 5, 7, 32, dtype=dtype)
+    linear = torch.nn.Linear(32, 32).to(dtype)
+    with torch.no_grad():
+        expected_add, expected_mlp = residual + linear(states), residual + mlp(states)
+        calls.clear()
+        added, mlp_out = layers.linear_add(states, linear, residual), mlp.residual_forward(states, residual)
+    assert added.shape == mlp_out.shape == residual.shape
+    assert_close(added.float(), expected_add.float(), **_tolerance(dtype))
+    assert_close(mlp_out.float(), expected_mlp.float(), **_tolerance(dtype))
+    assert (calls == []) is (dtype == torch.float32 and on_mkl)
+    with torch.no_grad():
+        assert layers.onednn_fp32(states) is (dtype == torch.float32 and not on_mkl)
