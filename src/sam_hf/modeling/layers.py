@@ -3,6 +3,7 @@ the per-thread workspace that keeps large temporaries between calls when autogra
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import threading
@@ -201,9 +202,9 @@ def intel_cpu(cpuinfo: str) -> bool:
 
 
 # fp32 products on Intel CPUs go to MKL (`onednn_fp32`, `linear_add`, the ViT MLP), on others to oneDNN. An Ice Lake
-# Xeon, 2 threads, the ViT-B encoder in fp32, same process, 8 runs each: 6.56 s (oneDNN) against 5.84 s (MKL; the
-# qkv projection 207 vs 172 GFLOP/s, the attention output with its residual 11% faster, the MLP's first layer and
-# GELU 7%, its second layer with the residual the same).
+# Xeon, 2 threads, the ViT-B encoder in fp32, same process, 8 interleaved runs each: median 5.21 s (oneDNN) against
+# 4.50 s (MKL), faster in every pair (the qkv projection 207 vs 172 GFLOP/s, the attention output with its residual
+# 11% faster, the MLP's first layer and GELU 7%, its second layer with the residual the same).
 _FP32_ON_MKL = intel_cpu(_read_cpuinfo())
 
 # MKL's `baddbmm` writes the shared-side product straight into its output; oneDNN's returns a new tensor that is
@@ -259,6 +260,12 @@ class SamHfLinear(nn.Linear):
         return linear_activation(hidden_states, self.weight, self.bias, None)
 
 
+@functools.cache
+def _activation_type(name: str) -> type:
+    """The class of the activation module ACT2FN makes for `name`: what the fused kernels compute for it."""
+    return type(ACT2FN[name])
+
+
 class SamHfMLPBlock(nn.Module):
     """Two linear layers with an activation between them (the ViT and two-way-transformer MLP)."""
 
@@ -268,7 +275,6 @@ class SamHfMLPBlock(nn.Module):
         self.lin2 = SamHfLinear(mlp_dim, hidden_size)
         self.act = ACT2FN[hidden_act]
         self.hidden_act = hidden_act
-        self._made_act = type(self.act)  # what the fused kernels compute; another module put in `act` is called instead
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.lin2(self.act(self.lin1(hidden_states)))
@@ -277,7 +283,7 @@ class SamHfMLPBlock(nn.Module):
         """residual + MLP(hidden_states) as a new tensor; fused kernels where autograd records nothing and `act` is
         still the activation the block made for `hidden_act` (one swapped in, stateless or not, is called)."""
         fused = _ONEDNN_ACTIVATIONS.get(self.hidden_act)
-        if (fused is None or type(self.act) is not self._made_act or not fused_linear_available(hidden_states)
+        if (fused is None or type(self.act) is not _activation_type(self.hidden_act) or not fused_linear_available(hidden_states)
                 or not records_nothing(hidden_states, residual, *self.parameters())):
             return residual + self.forward(hidden_states)
         if hidden_states.dtype == torch.float32 and _FP32_ON_MKL:  # MKL's product, then the activation in place
