@@ -178,13 +178,18 @@ def matmul_nt(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _cpuinfo_field(cpuinfo: str, name: str) -> str | None:
+    """The first value of field `name` in /proc/cpuinfo's text (its first word), or None."""
+    found = re.search(rf"^{re.escape(name)}\s*:\s*(\S+)", cpuinfo, re.MULTILINE)
+    return found.group(1) if found else None
+
+
 def wide_avx512_amd(cpuinfo: str) -> bool:
     """Whether /proc/cpuinfo's text describes an AMD CPU with 512-bit vector datapaths (Zen 5, family 0x1A, and
     later). MKL runs its AVX2 sgemm on AMD CPUs: half of oneDNN's AVX-512 speed there, but no loss on Zen 4 and
     older, which execute AVX-512 256 bits at a time."""
-    vendor = re.search(r"^vendor_id\s*:\s*(\S+)", cpuinfo, re.MULTILINE)
-    family = re.search(r"^cpu family\s*:\s*(\d+)", cpuinfo, re.MULTILINE)
-    return bool(vendor and family and vendor.group(1) == "AuthenticAMD" and int(family.group(1)) >= 0x1A)
+    family = _cpuinfo_field(cpuinfo, "cpu family")
+    return _cpuinfo_field(cpuinfo, "vendor_id") == "AuthenticAMD" and family is not None and family.isdigit() and int(family) >= 0x1A
 
 
 def _read_cpuinfo() -> str:
@@ -197,8 +202,7 @@ def _read_cpuinfo() -> str:
 
 def intel_cpu(cpuinfo: str) -> bool:
     """Whether /proc/cpuinfo's text describes an Intel CPU, where MKL's sgemm runs its own AVX-512 code."""
-    vendor = re.search(r"^vendor_id\s*:\s*(\S+)", cpuinfo, re.MULTILINE)
-    return bool(vendor and vendor.group(1) == "GenuineIntel")
+    return _cpuinfo_field(cpuinfo, "vendor_id") == "GenuineIntel"
 
 
 # fp32 products on Intel CPUs go to MKL (`onednn_fp32`, `linear_add`, the ViT MLP), on others to oneDNN. An Ice Lake
