@@ -24,6 +24,9 @@ import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 IMPLS = ("sam_hf", "transformers", "meta")
+# sam_hf's model under `torch.compile` (Inductor, default mode): while the compiler traces, sam_hf's compiled kernels and
+# direct oneDNN calls step aside and it gets the PyTorch paths (README, "torch.compile"); its first call compiles
+COMPILED = "sam_hf_compiled"
 HERE = os.path.dirname(os.path.abspath(__file__))
 STUBS = os.path.join(HERE, "..", "tests", "_stubs")
 
@@ -85,12 +88,15 @@ def write_model_weights(model_path: str, dtypes: list[str], folder: str):
 
 
 def load_model(impl: str, variant: str, path: str, config=None) -> torch.nn.Module:
-    """One implementation with the saved weights, in their dtype, in eval mode (SDPA where offered).
+    """One implementation with the saved weights, in their dtype, in eval mode (SDPA where offered); `COMPILED`: sam_hf's
+    model under `torch.compile`.
 
     `config` (a SamHfConfig) replaces the variant's preset, for weights from `write_model_weights`.
     """
     from sam_hf import SamHfModel, config_for_variant
 
+    if impl == COMPILED:
+        return torch.compile(load_model("sam_hf", variant, path, config))
     config = config if config is not None else config_for_variant(variant)
     state = torch.load(path, weights_only=True)
     with torch.device("meta"):

@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    DTYPES, IMPLS, interleaved, load_model, print_table, speedup, summary, write_model_weights, write_weights,
+    COMPILED, DTYPES, IMPLS, interleaved, load_model, print_table, speedup, summary, write_model_weights, write_weights,
 )
 from bench_segment_everything import image_settings, synthetic_image, transformers_image_processor  # noqa: E402
 
@@ -39,7 +39,7 @@ def clicks_for(image: np.ndarray, count: int) -> np.ndarray:
 def make_clicker(impl: str, model, dtype: str, image: np.ndarray, settings):
     """Embed `image` once; return a function: (x, y) -> (3, H, W) bool masks at the image's size."""
     label = np.array([1])
-    if impl == "sam_hf":
+    if impl in ("sam_hf", COMPILED):
         from sam_hf import SamHfImageProcessor, SamHfPredictor
 
         predictor = SamHfPredictor(model, SamHfImageProcessor(longest_edge=settings[0]))
@@ -85,7 +85,8 @@ def main() -> None:
     parser.add_argument("--model", help="a saved SamHf model folder, loaded into all three implementations")
     parser.add_argument("--image-size", nargs=2, type=int, default=[1024, 683], metavar=("W", "H"))
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
-    parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
+    parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=[*IMPLS, COMPILED],
+                        help=f"{COMPILED}: sam_hf's predictor on its model under torch.compile (the first click, a warm-up, compiles)")
     parser.add_argument("--clicks", type=int, default=8, help="clicks per timed run")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)

@@ -182,13 +182,15 @@ def disabled():
 
 
 def kernel(name: str) -> ModuleType | None:
-    """The compiled module `name` (built on first call), or None when it cannot be used here (or inside `disabled()`).
+    """The compiled module `name` (built on first call), or None when it cannot be used here, inside `disabled()`, or
+    while `torch.compile` traces the caller (the compiler then gets the PyTorch paths, which it can trace and fuse,
+    instead of calls it would have to break its graph at).
 
     A first call that has to compile `name` compiles, side by side, every other kernel usable here that is not built
     yet: a model's forward and its post-processing on a CPU take all four, and two cores build them in about 65 s."""
     if name not in REQUIREMENTS:
         raise ValueError(f"name must be one of {sorted(REQUIREMENTS)}, got {name!r}")
-    if getattr(_THIS_THREAD, "disabled", False):
+    if torch.compiler.is_compiling() or getattr(_THIS_THREAD, "disabled", False):
         return None
     if name in _LOADED:
         return _LOADED[name]

@@ -30,6 +30,7 @@ from .attention import (
 )
 from .autocast import autocast_dtype, cast_call
 from .bf16_compute import fp32_for_bf16
+from .compile_support import eager_on_cpu_inference
 from .module_calls import when_wrapped
 from .layers import SamHfLayerNorm2d, SamHfLinear, SamHfMLPBlock, autograd_records, linear_add, linear_into, records_nothing, workspace
 
@@ -266,6 +267,7 @@ class SamHfVisionEncoder(nn.Module):
         self.checkpoint_every = 1
         self.checkpoint_function = None  # None: torch's non-reentrant checkpoint
 
+    @eager_on_cpu_inference
     @when_wrapped
     def forward(
         self, pixel_values: torch.Tensor, *, output_hidden_states: bool = False, output_attentions: bool = False

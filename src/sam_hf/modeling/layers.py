@@ -54,9 +54,12 @@ def autograd_records(*tensors: torch.Tensor) -> bool:
 
 def records_nothing(*tensors: torch.Tensor) -> bool:
     """True where the paths for calls without autograd may run: autograd records no op on these tensors, `torch.autocast`
-    is off on their device (those paths call ops that autocast does not cast; see autocast.py), and the layers are
-    sam_hf's own (those paths read their weights; see module_calls.py)."""
-    return not autograd_records(*tensors) and not torch.is_autocast_enabled(tensors[0].device.type) and not calling_modules()
+    is off on their device (those paths call ops that autocast does not cast; see autocast.py), the layers are
+    sam_hf's own (those paths read their weights; see module_calls.py), and `torch.compile` is not tracing the call
+    (those paths call oneDNN's ops directly, which Inductor cannot lower, and reuse per-thread buffers: the compiler
+    gets the reference paths, see `kernels.loader.kernel`)."""
+    return (not torch.compiler.is_compiling() and not autograd_records(*tensors) and not torch.is_autocast_enabled(tensors[0].device.type)
+            and not calling_modules())
 
 
 def layer_norm_into(norm: nn.LayerNorm, states: torch.Tensor, out: torch.Tensor, *, rows: int = 1024) -> torch.Tensor:
@@ -105,7 +108,8 @@ def _probe(dtype: torch.dtype) -> bool:
 
 def fused_linear_available(tensor: torch.Tensor) -> bool:
     """True where oneDNN's fused linear kernels serve this tensor: CPU, fp32 or bf16, probed once per dtype."""
-    if _FUSED_LINEAR is None or tensor.device.type != "cpu" or tensor.dtype not in (torch.float32, torch.bfloat16):
+    if (_FUSED_LINEAR is None or tensor.device.type != "cpu" or tensor.dtype not in (torch.float32, torch.bfloat16)
+            or torch.compiler.is_compiling()):  # Inductor cannot lower these ops on weights it has not frozen
         return False
     if tensor.dtype not in _FUSED_LINEAR_WORKS:
         with torch.inference_mode():
@@ -287,8 +291,8 @@ class SamHfMLPBlock(nn.Module):
         """residual + MLP(hidden_states) as a new tensor; fused kernels where autograd records nothing and `act` is
         still the activation the block made for `hidden_act` (one swapped in, stateless or not, is called)."""
         fused = _ONEDNN_ACTIVATIONS.get(self.hidden_act)
-        if (fused is None or type(self.act) is not _activation_type(self.hidden_act) or not fused_linear_available(hidden_states)
-                or not records_nothing(hidden_states, residual, *self.parameters())):
+        if (fused is None or not records_nothing(hidden_states, residual, *self.parameters()) or not fused_linear_available(hidden_states)
+                or type(self.act) is not _activation_type(self.hidden_act)):
             return residual + self.forward(hidden_states)
         if hidden_states.dtype == torch.float32 and _FP32_ON_MKL:  # MKL's product, then the activation in place
             flat = hidden_states.reshape(-1, self.lin1.in_features)
@@ -352,8 +356,11 @@ class SamHfPositionalEmbedding(nn.Module):
     def grid(self, size: int) -> torch.Tensor:
         """Encoding of the centres of a size x size grid -> (2F, size, size). With grad disabled (no_grad or
         inference mode) the result is kept for the next such call until the Gaussian matrix changes (another
-        tensor, dtype or device, or an in-place update: its version counter); callers do not write to it."""
+        tensor, dtype or device, or an in-place update: its version counter); callers do not write to it. Not kept
+        while `torch.compile` traces the call (the compiled graph computes it)."""
         weight = self.positional_embedding
+        if torch.compiler.is_compiling():
+            return self._grid(size)
         try:
             key = (size, weight.data_ptr(), weight._version, weight.dtype, weight.device, torch.is_inference_mode_enabled())
         except RuntimeError:  # a parameter created under inference mode keeps no version counter: not cached

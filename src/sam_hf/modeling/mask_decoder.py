@@ -20,6 +20,7 @@ from ..configuration import SamHfMaskDecoderConfig
 from ..kernels import kernel_for
 from .autocast import in_own_dtype
 from .bf16_compute import fp32_for_bf16
+from .compile_support import eager_on_cpu_inference
 from .module_calls import active as calling_modules, when_wrapped
 from .image_cache import cached, call_cache, kept
 from .layers import SamHfFeedForward, SamHfLayerNorm2d, linear_activation, matmul_nt, records_nothing
@@ -266,6 +267,7 @@ class SamHfMaskDecoder(nn.Module):
             out[:, :, :, c] = matmul_nt(hyper_in, features.view(batch, 8 * tokens, -1)).view(batch, masks, 2 * rows, -1)
         return out.view(batch, masks, 4 * rows, 4 * grid)
 
+    @eager_on_cpu_inference
     @in_own_dtype
     @fp32_for_bf16(keep_weights=True, kept_inputs=("image_embeddings", "image_pe"))
     @when_wrapped
@@ -291,8 +293,8 @@ class SamHfMaskDecoder(nn.Module):
         grid = image_embeddings.shape[-1]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight])  # (1 + M', C)
         tokens = torch.cat([output_tokens.expand(batch, prompts, -1, -1), sparse_embeddings.to(output_tokens.dtype)], dim=2)
-        token_mask = None  # (B, P, T'), only when some slot is padding
-        if not bool(sparse_valid.all()):
+        token_mask = None  # (B, P, T'), only when some slot is padding (always while torch.compile traces: no data-dependent branch)
+        if torch.compiler.is_compiling() or not bool(sparse_valid.all()):
             token_mask = torch.cat([sparse_valid.new_ones(batch, prompts, output_tokens.shape[0]), sparse_valid], dim=2)
 
         # prompt-independent projections (of the positional encoding, and of an image side shared by all

@@ -30,8 +30,10 @@ COMPUTE_DTYPE = {torch.bfloat16: torch.float32, torch.float16: torch.float32}
 
 
 def rel_pos_attention_usable(query: torch.Tensor) -> bool:
-    """Whether `rel_pos_attention` serves this query: on a CPU, in any of `DTYPES`."""
-    return query.device.type == "cpu" and query.dtype in DTYPES
+    """Whether `rel_pos_attention` serves this query: on a CPU, in any of `DTYPES`, and not while `torch.compile` traces
+    the call (its blocks write into slices of one output, where the compiler would break its graph; the augmented SDPA
+    form it replaces is plain operators)."""
+    return query.device.type == "cpu" and query.dtype in DTYPES and not torch.compiler.is_compiling()
 
 
 def rel_pos_attention(

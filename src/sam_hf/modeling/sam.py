@@ -11,6 +11,7 @@ from transformers import initialization as init
 
 from ..configuration import SamHfConfig
 from .attention import IMPLEMENTATIONS
+from .compile_support import eager_on_cpu_inference
 from .image_encoder import SamHfVisionAttention, SamHfVisionEncoder
 from .inputs import check_image_embeddings, check_pixel_values, check_prompts
 from .layers import SamHfPositionalEmbedding
@@ -102,6 +103,7 @@ class SamHfModel(SamHfPreTrainedModel):
         """Positional encoding of the image-embedding grid -> (C, g, g)."""
         return self.shared_image_embedding.grid(self.config.prompt_encoder_config.image_embedding_size)
 
+    @eager_on_cpu_inference
     def get_image_features(self, pixel_values: torch.Tensor, *, output_hidden_states: bool = False, output_attentions: bool = False) -> SamHfVisionEncoderOutput:
         vision = self.config.vision_config
         check_pixel_values(pixel_values, vision.image_size, vision.num_channels)
@@ -115,6 +117,7 @@ class SamHfModel(SamHfPreTrainedModel):
         """pixel_values (B, 3, S, S) -> image embeddings (B, C, g, g)."""
         return self.get_image_features(pixel_values).image_embeddings
 
+    @eager_on_cpu_inference
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
