@@ -116,3 +116,24 @@ def test_cpu_inference_under_compile_runs_sams_own_paths(model):
     assert_close(got.iou_scores, expected.iou_scores, rtol=0, atol=0)
     assert_close(embeddings, expected_embeddings, rtol=0, atol=0)
     torch._dynamo.reset()
+
+
+def test_compiled_training_step_matches_eager():
+    """Where autograd records, the compiler traces the model (no CPU-inference break): the loss's gradients match eager's."""
+    trained = randomize(SamHfModel(config_for_variant("tiny")), seed=5).train()
+    pixels, points = torch.randn(1, 3, IMAGE, IMAGE), torch.tensor([[[[40.0, 60.0]]]])
+    assert not compile_support.cpu_inference(trained)
+
+    def step(forward):
+        trained.zero_grad()
+        masks = forward(pixel_values=pixels, input_points=points).pred_masks
+        masks.square().mean().backward()
+        return masks.detach(), {name: p.grad.clone() for name, p in trained.named_parameters() if p.grad is not None}
+
+    torch._dynamo.reset()
+    expected, expected_grads = step(trained)
+    got, grads = step(torch.compile(trained, backend="aot_eager"))
+    torch._dynamo.reset()
+    assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    for name, grad in expected_grads.items():
+        assert_close(grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
