@@ -119,8 +119,11 @@ def test_cpu_inference_under_compile_runs_sams_own_paths(model):
 
 
 def test_compiled_training_step_matches_eager():
-    """Where autograd records, the compiler traces the model (no CPU-inference break): the loss's gradients match eager's."""
+    """Where autograd records, the compiler traces the model (no CPU-inference break): the loss's gradients match eager's.
+    Only the mask decoder trains, as in the usual fine-tuning: the model's first weights train nothing, and it still traces."""
     trained = randomize(SamHfModel(config_for_variant("tiny")), seed=5).train()
+    trained.requires_grad_(False)
+    trained.mask_decoder.requires_grad_(True)
     pixels, points = torch.randn(1, 3, IMAGE, IMAGE), torch.tensor([[[[40.0, 60.0]]]])
     assert not compile_support.cpu_inference(trained)
 

@@ -20,9 +20,8 @@ import torch
 
 def cpu_inference(module: torch.nn.Module) -> bool:
     """Whether a call of `module` would take sam_hf's CPU inference paths: its weights on a CPU, and autograd recording
-    nothing on them."""
-    weight = next(module.parameters())
-    return weight.device.type == "cpu" and not (torch.is_grad_enabled() and weight.requires_grad)
+    nothing on them (any trainable weight counts: fine-tuning the decoder of a frozen encoder is training)."""
+    return next(module.parameters()).device.type == "cpu" and not (torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters()))
 
 
 def eager_on_cpu_inference(forward):
