@@ -5,9 +5,9 @@ not make faster: compiled C++ kernels, oneDNN's fused products called directly, 
 (`layers.records_nothing`). Traced instead, the same calls would get the reference PyTorch paths, which is the work
 transformers does: ViT-B, fp32, 2 threads, one process, Inductor's code against eager sam_hf was 101.8 against 9.6
 ms per prompt for 64-prompt decoder calls (transformers 86.0; `benchmarks/bench_decoder.py --impls sam_hf
-sam_hf_compiled transformers`) and 39.3 against 30.5 ms per click. So the model's forward, its `get_image_features`
-(which `get_image_embeddings` calls) and the forwards of its vision encoder and mask decoder, when traced for such a call, run outside the graph (a graph
-break) on those paths, as eager calls do. Elsewhere (other devices, autograd recording) the compiler traces them;
+sam_hf_compiled transformers`) and 39.3 against 30.5 ms per click. So the model's forward, its
+`get_image_features` (which `get_image_embeddings` calls) and the forwards of its vision encoder and mask decoder,
+when traced for such a call, run outside the graph (a graph break) on those paths, as eager calls do. Elsewhere (other devices, autograd recording) the compiler traces them;
 while it traces, the fast paths step aside (`records_nothing` is False, `kernels.kernel` gives None).
 """
 
