@@ -8,7 +8,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q torch==2.13.0
 .venv/bin/python -m pip install -q -e ".[test]"
-# the optional compiled CPU kernels (attention and mask upscaling on CPUs with AVX-512): built now, side by side (about
-# 45 s on two cores, once per environment), rather than one by one inside the first test or run that needs them; prints
+# the optional compiled CPU kernels (attention, mask upscaling and resizing on CPUs with AVX-512 or AVX2): built now, side
+# by side (about 90 s per instruction set on two cores, once per environment), rather than inside the first test or run
+# that needs them; for every instruction set this CPU runs (the tests check the AVX2 builds on AVX-512 CPUs too); prints
 # which ones this machine uses
-.venv/bin/python -m sam_hf.kernels
+.venv/bin/python -m sam_hf.kernels --all-isas

@@ -39,3 +39,4 @@ _import_segment_anything_with_stub()
 def _seed():
     torch.manual_seed(0)
     yield
+

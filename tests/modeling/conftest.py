@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from kernel_builds import kernel_isas, kernels_for_isa
 from references import meta_from_ours, randomize, transformers_from_ours
 from sam_hf import SamHfModel, config_for_variant
 from sam_hf import kernels
@@ -36,17 +37,21 @@ def decoder_path(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=kernel_isas())
 def module(request):
-    """The compiled kernel named by the test file's KERNEL, built; the file's tests skip where this machine cannot
-    use it (no AVX-512, SAM_HF_KERNELS=0), and fail where it should build and does not."""
+    """The compiled kernel named by the test file's KERNEL, built for each instruction set this CPU runs (AVX-512 and
+    AVX2 builds on an AVX-512 CPU: `kernel_isas`), the file's tests run once per build with sam_hf's `kernel()`
+    returning that build's kernels; they skip where this machine cannot use it (no AVX2, SAM_HF_KERNELS=0), and fail
+    where it should build and does not."""
     name = request.module.KERNEL
-    reason = loader._why_not(name)
-    if reason is not None:
-        pytest.skip(f"the {name} kernel cannot be used here: {reason}")
-    built = kernels.kernel(name)
-    assert built is not None, f"the {name} kernel should build on this machine: {kernels.unavailable_reason(name)}"
-    return built
+    with kernels_for_isa(request.param):
+        reason = loader._why_not(name)
+        if reason is not None:
+            pytest.skip(f"the {name} kernel cannot be used here: {reason}")
+        built = kernels.kernel(name)
+        assert built is not None, f"the {name} kernel should build on this machine: {kernels.unavailable_reason(name)}"
+        assert built.isa() == request.param
+        yield built
 
 
 @pytest.fixture(params=[1, 2])

@@ -188,6 +188,9 @@ def test_kernel_for_asks_each_module_about_bf16_once(monkeypatch, capsys):
             Module.asked += 1
             return self.answer
 
+        def isa(self):
+            return "avx512"
+
     yes, no = Module(), Module()
     yes.answer, no.answer = True, False
     monkeypatch.setattr(loader, "_LOADED", {"relpos_attention": yes, "decoder_attention": no, "mask_upscaling": None, "mask_resize": None})
@@ -199,9 +202,9 @@ def test_kernel_for_asks_each_module_about_bf16_once(monkeypatch, capsys):
     assert kernels.kernel_for(NAME, torch.float16) is None and kernels.kernel_for("mask_upscaling", torch.float32) is None
     from sam_hf.kernels.__main__ import main
 
-    main()
+    main([])
     report = capsys.readouterr().out
-    assert "relpos_attention: built" in report and "takes fp32 and bf16 here" in report
+    assert "relpos_attention: built for avx512," in report and "takes fp32 and bf16 here" in report
     assert "decoder_attention: built" in report and report.count("takes fp32 here") == 1
     assert "mask_upscaling: not used: this CPU lacks avx512f" in report
 
@@ -271,9 +274,10 @@ def test_a_first_build_compiles_the_other_missing_kernels_alongside(monkeypatch,
 
     monkeypatch.setattr(loader, "_LOADED", {})
     monkeypatch.setattr(loader, "_build", lambda name: built.append(name) or _Served)  # no barrier
-    build_dir = loader._build_dir(NAME)
+    isa = loader.kernel_isa()
+    build_dir = loader._build_dir(NAME, isa)
     build_dir.mkdir(parents=True)
-    (build_dir / f"{NAME}.so").write_bytes(b"")  # NAME in the cache, decoder_attention not
+    (build_dir / f"{loader._module_name(NAME, isa)}.so").write_bytes(b"")  # NAME in the cache, decoder_attention not
     assert kernels.kernel(NAME) is _Served and built[2:] == [NAME]
 
 
@@ -281,7 +285,7 @@ def test_kernel_without_its_source_is_not_built(monkeypatch):
     """Remote code generated before the sources were written into it has none: PyTorch's path, and the reason."""
     monkeypatch.setattr(loader, "_LOADED", {})
     monkeypatch.setattr(loader, "_REASONS", {})
-    monkeypatch.setattr(loader, "cpu_flags", lambda: {f for spec in loader.REQUIREMENTS.values() for f in spec["cpu_flags"]})
+    monkeypatch.setattr(loader, "cpu_flags", lambda: {f for spec in loader.ISAS.values() for f in spec["cpu_flags"]})
     monkeypatch.setattr(loader.platform, "system", lambda: "Linux")
     monkeypatch.setattr(loader.platform, "machine", lambda: "x86_64")
     monkeypatch.delenv("SAM_HF_KERNELS", raising=False)
@@ -369,10 +373,10 @@ def test_each_torch_installation_has_its_own_build_folder(monkeypatch, tmp_path)
     """Two environments (their torch include paths differ, so do the compile commands) must not share a folder:
     ninja would rebuild the kernel every time the other environment runs. The same one keeps its folder."""
     monkeypatch.setenv("SAM_HF_KERNEL_CACHE", str(tmp_path))
-    here = loader._build_dir(NAME)
-    assert loader._build_dir(NAME) == here
+    here = loader._build_dir(NAME, "avx512")
+    assert loader._build_dir(NAME, "avx512") == here
     monkeypatch.setattr(loader, "_installation", lambda: "/other/venv/lib/python3.11/site-packages/torch\n/usr/include/python3.11")
-    assert loader._build_dir(NAME) != here and loader._build_dir(NAME).parent == here.parent
+    assert loader._build_dir(NAME, "avx512") != here and loader._build_dir(NAME, "avx512").parent == here.parent
 
 
 def test_kernel_sources_are_the_files_of_the_package():
@@ -394,10 +398,10 @@ def test_bf16_call_on_a_cpu_without_avx512_bf16_raises():
         pytest.skip(f"the kernel cannot be used here: {kernels.unavailable_reason(NAME)}")
     q = torch.randn(1, 1, 16, 8).bfloat16()
     rel = torch.zeros(1, 4, 4, 4)
-    with pytest.raises(RuntimeError, match="relpos_attention: bf16 inputs need a CPU with AVX512-BF16"):
+    with pytest.raises(RuntimeError, match="relpos_attention: (bf16 inputs need a CPU with AVX512-BF16|this is its AVX2 build)"):
         module.relpos_attention(q, q, q, rel, rel, 1.0)
     decoder = kernels.kernel("decoder_attention")
     if decoder is not None:  # its dtype check comes first of all: any bf16 tokens
         tokens = torch.randn(1, 2, 16).bfloat16()
-        with pytest.raises(RuntimeError, match="decoder_attention: bf16 inputs need a CPU with AVX512-BF16"):
+        with pytest.raises(RuntimeError, match="decoder_attention: (bf16 inputs need a CPU with AVX512-BF16|this is its AVX2 build)"):
             decoder.head_attention(torch.randn(1, 2, 3, 8).bfloat16(), tokens, tokens)

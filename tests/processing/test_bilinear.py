@@ -8,18 +8,22 @@ import torch
 import torch.nn.functional as F
 
 import sam_hf.processing.bilinear as bilinear
+from kernel_builds import kernel_isas, kernels_for_isa
 from sam_hf.kernels import loader
 from sam_hf.processing import SamHfImageProcessor, get_preprocess_shape
 
 
-@pytest.fixture(scope="module")
-def kernel():
-    reason = loader._why_not("mask_resize") or (None if shutil.which("c++") else "no C++ compiler")
-    if reason is not None:
-        pytest.skip(f"the mask_resize kernel cannot be built here: {reason}")
-    module = bilinear._kernel()
-    assert module is not None, f"the kernel should build and agree with ATen here: {loader.unavailable_reason('mask_resize')}"
-    return module
+@pytest.fixture(scope="module", params=kernel_isas())
+def kernel(request):
+    """The kernel built for each instruction set this CPU runs (`kernel_isas`), post-processing taking that build."""
+    with kernels_for_isa(request.param):
+        reason = loader._why_not("mask_resize") or (None if shutil.which("c++") else "no C++ compiler")
+        if reason is not None:
+            pytest.skip(f"the mask_resize kernel cannot be built here: {reason}")
+        module = bilinear._kernel()
+        assert module is not None, f"the kernel should build and agree with ATen here: {loader.unavailable_reason('mask_resize')}"
+        assert module.isa() == request.param
+        yield module
 
 
 @pytest.fixture

@@ -31,11 +31,12 @@ inline void gemm(int64_t m, int64_t n, int64_t k, const at::BFloat16* a, int64_t
 inline void round_rows(const float* src, int64_t rows, int64_t cols, int64_t lds, at::BFloat16* dst, int64_t ldd) {
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < ldd; c += 16) {
-      const __mmask16 lanes = sam_hf_simd::lanes_below(ldd - c);
+      const mask16 lanes = sam_hf_simd::lanes_below(ldd - c);
       sam_hf_simd::store16(dst + r * ldd + c, lanes, sam_hf_simd::load16(src + r * lds + c, sam_hf_simd::lanes_below(cols - c) & lanes));
     }
 }
 
+#if defined(__AVX512F__)
 // A right operand B (K, N) in VNNI form, [ceil(K/2)][N][2] (pairs of rows interleaved; odd K: a zero row added), from
 // K rows of N values (row stride ld): fp32 ones rounded, or bf16 ones as they are.
 inline void pack_vnni(const float* src, int64_t k, int64_t n, int64_t ld, at::BFloat16* dst) {
@@ -73,6 +74,24 @@ inline void pack_vnni(const at::BFloat16* src, int64_t k, int64_t n, int64_t ld,
   }
 }
 
+#else  // AVX2 builds: bf16 products never run there (`bf16_brgemm_usable()`); scalar, for the build alone
+inline void pack_vnni(const float* src, int64_t k, int64_t n, int64_t ld, at::BFloat16* dst) {
+  for (int64_t r = 0; r < k; r += 2)
+    for (int64_t c = 0; c < n; ++c) {
+      dst[(r / 2 * n + c) * 2] = at::BFloat16(src[r * ld + c]);
+      dst[(r / 2 * n + c) * 2 + 1] = at::BFloat16(r + 1 < k ? src[(r + 1) * ld + c] : 0.0f);
+    }
+}
+
+inline void pack_vnni(const at::BFloat16* src, int64_t k, int64_t n, int64_t ld, at::BFloat16* dst) {
+  for (int64_t r = 0; r < k; r += 2)
+    for (int64_t c = 0; c < n; ++c) {
+      dst[(r / 2 * n + c) * 2] = src[r * ld + c];
+      dst[(r / 2 * n + c) * 2 + 1] = r + 1 < k ? src[(r + 1) * ld + c] : at::BFloat16(0.0f);
+    }
+}
+#endif
+
 // B = src^T (K, N) in VNNI form from N rows of K fp32 values (row stride ld), K even: word (k / 2, j) holds src[j][k],
 // src[j][k + 1] rounded.
 inline void pack_vnni_transposed(const float* src, int64_t n, int64_t k, int64_t ld, at::BFloat16* dst) {
@@ -108,6 +127,9 @@ inline bool brgemm_usable() {
 // Whether its bf16 brgemm with VNNI-packed B serves this CPU (oneDNN's ukernel, which needs at least AVX512-BF16):
 // the CPU has AVX512-BF16 (the kernels' own bf16 conversions use it, simd.h) and the same product runs in bf16.
 inline bool bf16_brgemm_usable() {
+#if !defined(__AVX512F__)
+  return false;  // an AVX2 build: its bf16 conversions are scalar (simd.h); the AVX-512 build serves bf16
+#else
   if (!__builtin_cpu_supports("avx512bf16")) return false;
   try {
     const at::BFloat16 a[4] = {at::BFloat16(1.0f), at::BFloat16(2.0f), at::BFloat16(3.0f), at::BFloat16(4.0f)};
@@ -125,13 +147,19 @@ inline bool bf16_brgemm_usable() {
   } catch (const std::exception&) {
     return false;
   }
+#endif
 }
 
-// A kernel's bf16 path runs AVX512-BF16 instructions (simd.h): on a CPU without them it raises instead of stopping the
+// A kernel's bf16 path runs AVX512-BF16 instructions (simd.h): on a CPU without them, or in an AVX2 build, it raises instead of stopping the
 // process with an illegal instruction (sam_hf routes bf16 there only after `bf16_usable()`; this guards direct calls).
 inline void check_bf16_cpu(const char* kernel) {
+#if defined(__AVX512F__)
   TORCH_CHECK(__builtin_cpu_supports("avx512bf16"), kernel, ": bf16 inputs need a CPU with AVX512-BF16, which this one "
               "lacks; pass fp32 (see bf16_usable())");
+#else
+  TORCH_CHECK(false, kernel, ": this is its AVX2 build, which takes fp32 only; bf16 inputs need its AVX-512 build on a CPU "
+              "with AVX512-BF16 (see bf16_usable())");
+#endif
 }
 
 // `t` must be a contiguous CPU tensor of `dtype` with `dim` dimensions; the error names the kernel and the argument.

@@ -1,5 +1,5 @@
 // The mask decoder's two attentions over the image tokens in fp32 or bf16, each one streaming pass over the HW image
-// tokens of a prompt, in blocks of rows that stay in the L2 cache (x86 CPUs with AVX-512; bf16 where oneDNN's bf16
+// tokens of a prompt, in blocks of rows that stay in the L2 cache (x86 CPUs with AVX-512 or AVX2; bf16 where oneDNN's bf16
 // brgemm runs, AVX512-BF16):
 //
 //   image_to_tokens: out = LayerNorm(x + softmax_t(a W + b) V)   per image token x (a row of the logit source
@@ -10,7 +10,7 @@
 //     image tokens, flash-style (a running max and sum per row, nothing of size M x HW in memory).
 //
 // The products are ATen's brgemm (oneDNN's ukernel: in fp32 about 90-115 GFLOP/s on one Zen 4 core for these
-// shapes against 60-65 for MKL's sgemm there); softmax, LayerNorm and the additions are AVX-512 here, in fp32.
+// shapes against 60-65 for MKL's sgemm there); softmax, LayerNorm and the additions are 16-lane vector code here (vec16.h), in fp32.
 // In bf16 the image tokens (residual, output, positional encoding) are bf16 in memory and the products take bf16
 // operands (the image tokens as they are; the attention weights and the small per-prompt matrices rounded once,
 // in VNNI form where they are the right operand) with fp32 sums; logits, softmax, LayerNorm and the attention
@@ -65,36 +65,36 @@ constexpr bool kBf16 = std::is_same_v<T, BFloat16>;
 template <typename T>
 inline void add_rows(const T* x, const T* y, T* dst, int64_t n) {
   for (int64_t c = 0; c < n; c += 16) {
-    const __mmask16 lanes = lanes_below(n - c);
-    store16(dst + c, lanes, _mm512_add_ps(load16(x + c, lanes), load16(y + c, lanes)));
+    const mask16 lanes = lanes_below(n - c);
+    store16(dst + c, lanes, v16_add_ps(load16(x + c, lanes), load16(y + c, lanes)));
   }
 }
 
-inline float reduce(__m512 v) { return _mm512_reduce_add_ps(v); }
+inline float reduce(vf16 v) { return v16_reduce_add_ps(v); }
 
 // Softmax over `tokens` vectors of logits x + t * stride (t = 0 ..), lane by lane on `lanes`, in place, after adding
 // bias + t * stride when given (-inf masks a token: its weight is exactly zero).
-void softmax_lanes(float* x, int64_t stride, int64_t tokens, __mmask16 lanes, const float* bias) {
-  __m512 top = _mm512_set1_ps(-kInf);
+void softmax_lanes(float* x, int64_t stride, int64_t tokens, mask16 lanes, const float* bias) {
+  vf16 top = v16_set1_ps(-kInf);
   for (int64_t t = 0; t < tokens; ++t) {
-    __m512 v = _mm512_maskz_loadu_ps(lanes, x + t * stride);
+    vf16 v = v16_maskz_loadu_ps(lanes, x + t * stride);
     if (bias != nullptr) {
-      v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(lanes, bias + t * stride));
-      _mm512_mask_storeu_ps(x + t * stride, lanes, v);
+      v = v16_add_ps(v, v16_maskz_loadu_ps(lanes, bias + t * stride));
+      v16_mask_storeu_ps(x + t * stride, lanes, v);
     }
-    top = _mm512_max_ps(top, v);
+    top = v16_max_ps(top, v);
   }
-  __m512 total = _mm512_setzero_ps();
+  vf16 total = v16_setzero_ps();
   for (int64_t t = 0; t < tokens; ++t) {
-    const __m512 v = _mm512_maskz_loadu_ps(lanes, x + t * stride);
-    const __mmask16 live = _mm512_cmp_ps_mask(v, _mm512_set1_ps(-kInf), _CMP_NEQ_OQ);
-    const __m512 e = _mm512_maskz_mov_ps(live, exp16(_mm512_sub_ps(v, top)));
-    _mm512_mask_storeu_ps(x + t * stride, lanes, e);
-    total = _mm512_add_ps(total, e);
+    const vf16 v = v16_maskz_loadu_ps(lanes, x + t * stride);
+    const mask16 live = v16_cmp_ps_mask(v, v16_set1_ps(-kInf), _CMP_NEQ_OQ);
+    const vf16 e = v16_maskz_mov_ps(live, exp16(v16_sub_ps(v, top)));
+    v16_mask_storeu_ps(x + t * stride, lanes, e);
+    total = v16_add_ps(total, e);
   }
-  const __m512 inverse = _mm512_div_ps(_mm512_set1_ps(1.0f), total);
+  const vf16 inverse = v16_div_ps(v16_set1_ps(1.0f), total);
   for (int64_t t = 0; t < tokens; ++t)
-    _mm512_mask_storeu_ps(x + t * stride, lanes, _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, x + t * stride), inverse));
+    v16_mask_storeu_ps(x + t * stride, lanes, v16_mul_ps(v16_maskz_loadu_ps(lanes, x + t * stride), inverse));
 }
 
 // One row of logits laid out (t, head): softmax over t for every head, in place, after adding `bias`.
@@ -104,37 +104,37 @@ void softmax_over_tokens(float* row, const float* bias, int64_t tokens, int64_t 
 }
 
 // Swaps lanes i and i ^ d of a 16-lane vector (d = 1, 2, 4 or 8).
-inline __m512 swap_lanes(__m512 v, int64_t d) {
+inline vf16 swap_lanes(vf16 v, int64_t d) {
   switch (d) {
-    case 8: return _mm512_shuffle_f32x4(v, v, 0x4E);
-    case 4: return _mm512_shuffle_f32x4(v, v, 0xB1);
-    case 2: return _mm512_permute_ps(v, 0x4E);
-    default: return _mm512_permute_ps(v, 0xB1);
+    case 8: return v16_shuffle_f32x4(v, v, 0x4E);
+    case 4: return v16_shuffle_f32x4(v, v, 0xB1);
+    case 2: return v16_permute_ps(v, 0x4E);
+    default: return v16_permute_ps(v, 0xB1);
   }
 }
 
 // The same for a head count that divides 16 (SAM's decoder: 8) and at most 16 * kMaxVectors logits, the row held
 // in registers: each 16-lane vector holds 16 / heads tokens' heads, folded together for the max and the sum.
 constexpr int64_t kMaxVectors = 16;
-void softmax_over_tokens_fast(float* row, const __m512* bias, int64_t n, int64_t heads) {
+void softmax_over_tokens_fast(float* row, const vf16* bias, int64_t n, int64_t heads) {
   const int64_t vectors = (n + 15) / 16;
-  const __m512 minus_inf = _mm512_set1_ps(-kInf);
-  __m512 v[kMaxVectors];
-  __m512 top = minus_inf;
+  const vf16 minus_inf = v16_set1_ps(-kInf);
+  vf16 v[kMaxVectors];
+  vf16 top = minus_inf;
   for (int64_t i = 0; i < vectors; ++i) {
-    v[i] = _mm512_add_ps(_mm512_mask_loadu_ps(minus_inf, lanes_below(n - 16 * i), row + 16 * i), bias[i]);  // a missing token is -inf
-    top = _mm512_max_ps(top, v[i]);
+    v[i] = v16_add_ps(v16_mask_loadu_ps(minus_inf, lanes_below(n - 16 * i), row + 16 * i), bias[i]);  // a missing token is -inf
+    top = v16_max_ps(top, v[i]);
   }
-  for (int64_t d = heads; d < 16; d *= 2) top = _mm512_max_ps(top, swap_lanes(top, d));  // every lane: its head's max
-  __m512 total = _mm512_setzero_ps();
+  for (int64_t d = heads; d < 16; d *= 2) top = v16_max_ps(top, swap_lanes(top, d));  // every lane: its head's max
+  vf16 total = v16_setzero_ps();
   for (int64_t i = 0; i < vectors; ++i) {
-    const __mmask16 live = _mm512_cmp_ps_mask(v[i], minus_inf, _CMP_NEQ_OQ);
-    v[i] = _mm512_maskz_mov_ps(live, exp16(_mm512_sub_ps(v[i], top)));
-    total = _mm512_add_ps(total, v[i]);
+    const mask16 live = v16_cmp_ps_mask(v[i], minus_inf, _CMP_NEQ_OQ);
+    v[i] = v16_maskz_mov_ps(live, exp16(v16_sub_ps(v[i], top)));
+    total = v16_add_ps(total, v[i]);
   }
-  for (int64_t d = heads; d < 16; d *= 2) total = _mm512_add_ps(total, swap_lanes(total, d));
-  const __m512 inverse = _mm512_div_ps(_mm512_set1_ps(1.0f), total);
-  for (int64_t i = 0; i < vectors; ++i) _mm512_mask_storeu_ps(row + 16 * i, lanes_below(n - 16 * i), _mm512_mul_ps(v[i], inverse));
+  for (int64_t d = heads; d < 16; d *= 2) total = v16_add_ps(total, swap_lanes(total, d));
+  const vf16 inverse = v16_div_ps(v16_set1_ps(1.0f), total);
+  for (int64_t i = 0; i < vectors; ++i) v16_mask_storeu_ps(row + 16 * i, lanes_below(n - 16 * i), v16_mul_ps(v[i], inverse));
 }
 
 // Where a tile's logits go: row t * t_stride + h * h_stride for token t and head h, rows `ld` floats apart (the tile's
@@ -152,13 +152,13 @@ void head_logits_chunk(const float* tile, const float* keys, const float* bias, 
                        TileRows layout) {
   const int64_t width = depth / heads;
   for (int64_t h = 0; h < heads; ++h) {
-    __m512 acc[kTokens];
-    for (int t = 0; t < kTokens; ++t) acc[t] = bias == nullptr ? _mm512_setzero_ps() : _mm512_set1_ps(bias[(t0 + t) * heads + h]);
+    vf16 acc[kTokens];
+    for (int t = 0; t < kTokens; ++t) acc[t] = bias == nullptr ? v16_setzero_ps() : v16_set1_ps(bias[(t0 + t) * heads + h]);
     for (int64_t c = h * width; c < (h + 1) * width; ++c) {
-      const __m512 a = _mm512_loadu_ps(tile + c * 16);
-      for (int t = 0; t < kTokens; ++t) acc[t] = _mm512_fmadd_ps(a, _mm512_set1_ps(keys[(t0 + t) * depth + c]), acc[t]);
+      const vf16 a = v16_loadu_ps(tile + c * 16);
+      for (int t = 0; t < kTokens; ++t) acc[t] = v16_fmadd_ps(a, v16_set1_ps(keys[(t0 + t) * depth + c]), acc[t]);
     }
-    for (int t = 0; t < kTokens; ++t) _mm512_storeu_ps(out + ((t0 + t) * layout.t_stride + h * layout.h_stride) * layout.ld, acc[t]);
+    for (int t = 0; t < kTokens; ++t) v16_storeu_ps(out + ((t0 + t) * layout.t_stride + h * layout.h_stride) * layout.ld, acc[t]);
   }
 }
 
@@ -191,43 +191,43 @@ void head_softmax_tile(const float* tile, const float* keys, const float* bias, 
 template <typename T>
 void residual_layer_norm(float* z, const T* residual, const float* weight, const float* bias, float eps, T* out, int64_t n,
                          float* stats) {
-  __m512 sum = _mm512_setzero_ps();
+  vf16 sum = v16_setzero_ps();
   for (int64_t c = 0; c < n; c += 16) {
-    const __mmask16 lanes = lanes_below(n - c);
-    const __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, z + c), load16(residual + c, lanes));
-    _mm512_mask_storeu_ps(z + c, lanes, v);
-    sum = _mm512_add_ps(sum, v);
+    const mask16 lanes = lanes_below(n - c);
+    const vf16 v = v16_add_ps(v16_maskz_loadu_ps(lanes, z + c), load16(residual + c, lanes));
+    v16_mask_storeu_ps(z + c, lanes, v);
+    sum = v16_add_ps(sum, v);
   }
   const float mean = reduce(sum) / static_cast<float>(n);
-  const __m512 vmean = _mm512_set1_ps(mean);
-  __m512 squares = _mm512_setzero_ps();
+  const vf16 vmean = v16_set1_ps(mean);
+  vf16 squares = v16_setzero_ps();
   for (int64_t c = 0; c < n; c += 16) {
-    const __mmask16 lanes = lanes_below(n - c);
-    const __m512 d = _mm512_maskz_sub_ps(lanes, _mm512_maskz_loadu_ps(lanes, z + c), vmean);
-    squares = _mm512_fmadd_ps(d, d, squares);
+    const mask16 lanes = lanes_below(n - c);
+    const vf16 d = v16_maskz_sub_ps(lanes, v16_maskz_loadu_ps(lanes, z + c), vmean);
+    squares = v16_fmadd_ps(d, d, squares);
   }
   const float inverse_std = 1.0f / std::sqrt(reduce(squares) / static_cast<float>(n) + eps);
   if (stats != nullptr) {
     stats[0] = mean;
     stats[1] = inverse_std;
   }
-  const __m512 scale = _mm512_set1_ps(inverse_std);
+  const vf16 scale = v16_set1_ps(inverse_std);
   for (int64_t c = 0; c < n; c += 16) {
-    const __mmask16 lanes = lanes_below(n - c);
-    const __m512 d = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, z + c), vmean), scale);
-    const __m512 y = _mm512_fmadd_ps(d, _mm512_maskz_loadu_ps(lanes, weight + c), _mm512_maskz_loadu_ps(lanes, bias + c));
+    const mask16 lanes = lanes_below(n - c);
+    const vf16 d = v16_mul_ps(v16_sub_ps(v16_maskz_loadu_ps(lanes, z + c), vmean), scale);
+    const vf16 y = v16_fmadd_ps(d, v16_maskz_loadu_ps(lanes, weight + c), v16_maskz_loadu_ps(lanes, bias + c));
     store16(out + c, lanes, y);
   }
 }
 
 // The sum of kVecs vectors (a power of two) as a tree: log2(kVecs) dependent additions, not kVecs.
 template <int kVecs>
-inline __m512 tree_sum(__m512* v) {
+inline vf16 tree_sum(vf16* v) {
   if constexpr (kVecs == 1) {
     return v[0];
   } else {
-    __m512 half[kVecs / 2];
-    for (int i = 0; i < kVecs / 2; ++i) half[i] = _mm512_add_ps(v[i], v[i + kVecs / 2]);
+    vf16 half[kVecs / 2];
+    for (int i = 0; i < kVecs / 2; ++i) half[i] = v16_add_ps(v[i], v[i + kVecs / 2]);
     return tree_sum<kVecs / 2>(half);
   }
 }
@@ -235,32 +235,32 @@ inline __m512 tree_sum(__m512* v) {
 // The same for n = 16 * kVecs channels, the row held in registers (the weight and bias preloaded by the caller). The
 // sums run as trees: a row's chain of dependent operations, not the instruction count, bounds a LayerNorm this small.
 template <int kVecs, typename T>
-void residual_layer_norm_fixed(const float* z, const T* residual, const __m512* weight, const __m512* bias, float eps, T* out,
+void residual_layer_norm_fixed(const float* z, const T* residual, const vf16* weight, const vf16* bias, float eps, T* out,
                                float* stats) {
-  __m512 v[kVecs], terms[kVecs];
-  for (int i = 0; i < kVecs; ++i) terms[i] = v[i] = _mm512_add_ps(_mm512_loadu_ps(z + 16 * i), load16(residual + 16 * i, 0xFFFF));
+  vf16 v[kVecs], terms[kVecs];
+  for (int i = 0; i < kVecs; ++i) terms[i] = v[i] = v16_add_ps(v16_loadu_ps(z + 16 * i), load16(residual + 16 * i, 0xFFFF));
   const float mean_value = reduce(tree_sum<kVecs>(terms)) / (16.0f * kVecs);
-  const __m512 mean = _mm512_set1_ps(mean_value);
+  const vf16 mean = v16_set1_ps(mean_value);
   for (int i = 0; i < kVecs; ++i) {
-    v[i] = _mm512_sub_ps(v[i], mean);
-    terms[i] = _mm512_mul_ps(v[i], v[i]);
+    v[i] = v16_sub_ps(v[i], mean);
+    terms[i] = v16_mul_ps(v[i], v[i]);
   }
   const float inverse_std = 1.0f / std::sqrt(reduce(tree_sum<kVecs>(terms)) / (16.0f * kVecs) + eps);
   if (stats != nullptr) {
     stats[0] = mean_value;
     stats[1] = inverse_std;
   }
-  const __m512 scale = _mm512_set1_ps(inverse_std);
-  for (int i = 0; i < kVecs; ++i) store16(out + 16 * i, 0xFFFF, _mm512_fmadd_ps(_mm512_mul_ps(v[i], scale), weight[i], bias[i]));
+  const vf16 scale = v16_set1_ps(inverse_std);
+  for (int i = 0; i < kVecs; ++i) store16(out + 16 * i, 0xFFFF, v16_fmadd_ps(v16_mul_ps(v[i], scale), weight[i], bias[i]));
 }
 
 template <int kVecs, typename T>
 void residual_layer_norm_rows_fixed(float* z, const T* residual, const float* weight, const float* bias, float eps, T* out,
                                     int64_t rows, float* stats) {
-  __m512 w[kVecs], b[kVecs];
+  vf16 w[kVecs], b[kVecs];
   for (int i = 0; i < kVecs; ++i) {
-    w[i] = _mm512_loadu_ps(weight + 16 * i);
-    b[i] = _mm512_loadu_ps(bias + 16 * i);
+    w[i] = v16_loadu_ps(weight + 16 * i);
+    b[i] = v16_loadu_ps(bias + 16 * i);
   }
   for (int64_t r = 0; r < rows; ++r)
     residual_layer_norm_fixed<kVecs, T>(z + r * 16 * kVecs, residual + r * 16 * kVecs, w, b, eps, out + r * 16 * kVecs,
@@ -319,31 +319,31 @@ class Attender {
     }
     gemm(rows, m_, k_, keys, ldk, queries_.data(), m_, logits_.data(), m_, false);  // (rows, M)
     for (int64_t i0 = 0; i0 < m_; i0 += 16) {
-      const __mmask16 lanes = lanes_below(m_ - i0);
-      __m512 top = _mm512_maskz_loadu_ps(lanes, state.top.data() + i0);
-      const __m512 old = top;
-      for (int64_t r = 0; r < rows; ++r) top = _mm512_mask_max_ps(top, lanes, top, _mm512_maskz_loadu_ps(lanes, logits_.data() + r * m_ + i0));
-      const __m512 factor = exp16(_mm512_sub_ps(old, top));  // 0 (to rounding) on the first block
-      __m512 total = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, state.total.data() + i0), factor);
+      const mask16 lanes = lanes_below(m_ - i0);
+      vf16 top = v16_maskz_loadu_ps(lanes, state.top.data() + i0);
+      const vf16 old = top;
+      for (int64_t r = 0; r < rows; ++r) top = v16_mask_max_ps(top, lanes, top, v16_maskz_loadu_ps(lanes, logits_.data() + r * m_ + i0));
+      const vf16 factor = exp16(v16_sub_ps(old, top));  // 0 (to rounding) on the first block
+      vf16 total = v16_mul_ps(v16_maskz_loadu_ps(lanes, state.total.data() + i0), factor);
       for (int64_t r = 0; r < rows; ++r) {
         float* l = logits_.data() + r * m_ + i0;
-        const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, l), top));
-        _mm512_mask_storeu_ps(l, lanes, e);
-        total = _mm512_add_ps(total, e);
+        const vf16 e = exp16(v16_sub_ps(v16_maskz_loadu_ps(lanes, l), top));
+        v16_mask_storeu_ps(l, lanes, e);
+        total = v16_add_ps(total, e);
       }
-      _mm512_mask_storeu_ps(state.total.data() + i0, lanes, total);
+      v16_mask_storeu_ps(state.total.data() + i0, lanes, total);
       alignas(64) float scales[16], olds[16], tops[16];
-      _mm512_store_ps(scales, factor);
-      _mm512_store_ps(olds, old);
-      _mm512_store_ps(tops, top);
-      _mm512_mask_storeu_ps(state.top.data() + i0, lanes, top);
+      v16_store_ps(scales, factor);
+      v16_store_ps(olds, old);
+      v16_store_ps(tops, top);
+      v16_mask_storeu_ps(state.top.data() + i0, lanes, top);
       for (int64_t i = i0; i < std::min(m_, i0 + 16); ++i) {
         if (tops[i - i0] == olds[i - i0]) continue;  // this row's max did not move
         float* acc = state.acc.data() + i * v_;
-        const __m512 scale = _mm512_set1_ps(olds[i - i0] == -kInf ? 0.0f : scales[i - i0]);
+        const vf16 scale = v16_set1_ps(olds[i - i0] == -kInf ? 0.0f : scales[i - i0]);
         for (int64_t c = 0; c < v_; c += 16) {
-          const __mmask16 cl = lanes_below(v_ - c);
-          _mm512_mask_storeu_ps(acc + c, cl, _mm512_mul_ps(_mm512_maskz_loadu_ps(cl, acc + c), scale));
+          const mask16 cl = lanes_below(v_ - c);
+          v16_mask_storeu_ps(acc + c, cl, v16_mul_ps(v16_maskz_loadu_ps(cl, acc + c), scale));
         }
       }
     }
@@ -369,13 +369,13 @@ class Attender {
 // kCount rows t of weights p (row stride ldp), the sums held in registers.
 template <int kCount>
 void weighted_rows_chunk(const float* p, int64_t ldp, const float* values, int64_t ldv, int64_t rows, float* out, int64_t ldo) {
-  __m512 acc[kCount];
-  for (int t = 0; t < kCount; ++t) acc[t] = _mm512_loadu_ps(out + t * ldo);
+  vf16 acc[kCount];
+  for (int t = 0; t < kCount; ++t) acc[t] = v16_loadu_ps(out + t * ldo);
   for (int64_t r = 0; r < rows; ++r) {
-    const __m512 v = _mm512_loadu_ps(values + r * ldv);
-    for (int t = 0; t < kCount; ++t) acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(p[t * ldp + r]), v, acc[t]);
+    const vf16 v = v16_loadu_ps(values + r * ldv);
+    for (int t = 0; t < kCount; ++t) acc[t] = v16_fmadd_ps(v16_set1_ps(p[t * ldp + r]), v, acc[t]);
   }
-  for (int t = 0; t < kCount; ++t) _mm512_storeu_ps(out + t * ldo, acc[t]);
+  for (int t = 0; t < kCount; ++t) v16_storeu_ps(out + t * ldo, acc[t]);
 }
 
 void weighted_rows(int64_t count, const float* p, int64_t ldp, const float* values, int64_t ldv, int64_t rows, float* out, int64_t ldo) {
@@ -448,25 +448,25 @@ class FactoredAttender {
       float* l = logits_.data() + i * kRows;
       const float* e = positions_.data() + i * kRows;
       const float* g = mixed_.data() + i * kRows;
-      __m512 top = _mm512_set1_ps(state.top[i]);
+      vf16 top = v16_set1_ps(state.top[i]);
       for (int64_t r = 0; r < rows; r += 16) {
-        const __mmask16 lanes = lanes_below(rows - r);
-        const __m512 v = _mm512_fmadd_ps(_mm512_loadu_ps(scale_.data() + r), _mm512_add_ps(_mm512_loadu_ps(l + r), _mm512_loadu_ps(g + r)),
-                                         _mm512_loadu_ps(e + r));
-        _mm512_storeu_ps(l + r, v);
-        top = _mm512_mask_max_ps(top, lanes, top, v);
+        const mask16 lanes = lanes_below(rows - r);
+        const vf16 v = v16_fmadd_ps(v16_loadu_ps(scale_.data() + r), v16_add_ps(v16_loadu_ps(l + r), v16_loadu_ps(g + r)),
+                                         v16_loadu_ps(e + r));
+        v16_storeu_ps(l + r, v);
+        top = v16_mask_max_ps(top, lanes, top, v);
       }
-      const float old = state.top[i], now = _mm512_reduce_max_ps(top);
-      const __m512 vnow = _mm512_set1_ps(now);
-      __m512 total = _mm512_setzero_ps();
+      const float old = state.top[i], now = v16_reduce_max_ps(top);
+      const vf16 vnow = v16_set1_ps(now);
+      vf16 total = v16_setzero_ps();
       for (int64_t r = 0; r < rows; r += 16) {  // the weights, then times 1 / std: the factors' weights
-        const __mmask16 lanes = lanes_below(rows - r);
-        const __m512 p = _mm512_maskz_mov_ps(lanes, exp16(_mm512_sub_ps(_mm512_loadu_ps(l + r), vnow)));
-        total = _mm512_add_ps(total, p);
-        _mm512_storeu_ps(l + r, _mm512_mul_ps(p, _mm512_loadu_ps(scale_.data() + r)));
+        const mask16 lanes = lanes_below(rows - r);
+        const vf16 p = v16_maskz_mov_ps(lanes, exp16(v16_sub_ps(v16_loadu_ps(l + r), vnow)));
+        total = v16_add_ps(total, p);
+        v16_storeu_ps(l + r, v16_mul_ps(p, v16_loadu_ps(scale_.data() + r)));
       }
       const float factor = old == -kInf ? 0.0f : std::exp(old - now);
-      state.total[i] = state.total[i] * factor + _mm512_reduce_add_ps(total);
+      state.total[i] = state.total[i] * factor + v16_reduce_add_ps(total);
       state.top[i] = now;
       if (factor != 1.0f) {
         float* acc = state.acc.data() + i * width_;
@@ -548,10 +548,10 @@ at::ScalarType token_dtype(const at::Tensor& t, const char* name) {
 template <typename T>
 void record_weights(const float* weights, int64_t rows, int64_t n, const float* stats, T* out) {
   for (int64_t r = 0; r < rows; ++r) {
-    const __m512 scale = _mm512_set1_ps(stats == nullptr ? 1.0f : stats[2 * r + 1]);
+    const vf16 scale = v16_set1_ps(stats == nullptr ? 1.0f : stats[2 * r + 1]);
     for (int64_t c = 0; c < n; c += 16) {
-      const __mmask16 lanes = lanes_below(n - c);
-      store16(out + r * n + c, lanes, _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, weights + r * n + c), scale));
+      const mask16 lanes = lanes_below(n - c);
+      store16(out + r * n + c, lanes, v16_mul_ps(v16_maskz_loadu_ps(lanes, weights + r * n + c), scale));
     }
   }
 }
@@ -619,10 +619,10 @@ std::optional<at::Tensor> image_to_tokens_typed(const at::Tensor& residual, cons
         pack_vnni(prompt_values, n, channels, channels, packed_values.data());
         if (!tiled) pack_vnni(prompt_logit_weight, depth, n, n, packed_logit_weight.data());
       }
-      __m512 bias[kMaxVectors];
+      vf16 bias[kMaxVectors];
       const bool fast = 16 % heads == 0 && n <= 16 * kMaxVectors;
       if (fast)
-        for (int64_t i = 0; i < (n + 15) / 16; ++i) bias[i] = _mm512_maskz_loadu_ps(lanes_below(n - 16 * i), b + 16 * i);
+        for (int64_t i = 0; i < (n + 15) / 16; ++i) bias[i] = v16_maskz_loadu_ps(lanes_below(n - 16 * i), b + 16 * i);
       const auto softmax_rows = [&](int64_t rows) {  // each row's softmax over each head's tokens, after the bias, in place
         if (fast) {
           for (int64_t r = 0; r < rows; ++r) softmax_over_tokens_fast(logits.data() + r * n, bias, n, heads);
@@ -642,8 +642,8 @@ std::optional<at::Tensor> image_to_tokens_typed(const at::Tensor& residual, cons
           const float* st = source_stats + (p * length + row0) * 2;
           for (int64_t r = 0; r < rows; ++r) {
             for (int64_t c = 0; c < source_rank; c += 16) {
-              const __mmask16 lanes = lanes_below(source_rank - c);
-              _mm512_mask_storeu_ps(factors.data() + r * source_k + c, lanes, load16(w + r * source_rank + c, lanes));
+              const mask16 lanes = lanes_below(source_rank - c);
+              v16_mask_storeu_ps(factors.data() + r * source_k + c, lanes, load16(w + r * source_rank + c, lanes));
             }
             factors[r * source_k + source_rank] = st[2 * r] * st[2 * r + 1];
             scales[r] = st[2 * r + 1];
@@ -654,10 +654,10 @@ std::optional<at::Tensor> image_to_tokens_typed(const at::Tensor& residual, cons
                         tile_logits.data(), layout);
             head_logits(source_e + (row0 / 16 + tile) * depth * 16, prompt_logit_weight, nullptr, tokens, heads, depth,
                         tile_positions.data(), layout);
-            const __m512 scale = _mm512_maskz_loadu_ps(lanes_below(rows - tile * 16), scales.data() + tile * 16);
+            const vf16 scale = v16_maskz_loadu_ps(lanes_below(rows - tile * 16), scales.data() + tile * 16);
             for (int64_t j = 0; j < n; ++j)
-              _mm512_storeu_ps(tile_logits.data() + j * 16, _mm512_fmadd_ps(_mm512_loadu_ps(tile_logits.data() + j * 16), scale,
-                                                                             _mm512_loadu_ps(tile_positions.data() + j * 16)));
+              v16_storeu_ps(tile_logits.data() + j * 16, v16_fmadd_ps(v16_loadu_ps(tile_logits.data() + j * 16), scale,
+                                                                             v16_loadu_ps(tile_positions.data() + j * 16)));
             transpose(tile_logits.data(), 16, n, 16, logits.data() + tile * 16 * n, n);
           }
           gemm(rows, n, source_k, factors.data(), source_k, source_factors[4].data_ptr<float>() + p * source_k * n, n, logits.data(), n, true);
@@ -935,6 +935,7 @@ at::Tensor head_attention(const at::Tensor& queries, const at::Tensor& keys, con
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.def("isa", [] { return std::string(SAM_HF_VEC16_ISA); }, "the instruction set of this build: avx512 or avx2 (vec16.h)");
   module.def("brgemm_usable", &brgemm_usable, "whether ATen's fp32 brgemm serves this CPU");
   module.def("bf16_usable", &bf16_brgemm_usable, "whether ATen's bf16 brgemm serves this CPU (then the attentions take bf16 image tokens)");
   module.def("image_to_tokens", &image_to_tokens, "image tokens attend to a prompt's tokens, residual and LayerNorm fused",

@@ -3,14 +3,15 @@
 The kernels are C++ sources shipped in this folder (`sources.kernel_sources()`; written into the generated module in
 a Hub repository's remote code), compiled once per torch installation on first use with
 `torch.utils.cpp_extension` (a C++ compiler and ninja are needed; about 30 s) and cached under
-`$SAM_HF_KERNEL_CACHE` (default `~/.cache/sam_hf/kernels`), one folder per torch installation and source hash,
-which holds the copy of the source that is compiled (so every checkout with that torch shares one build, and
-switching environments rebuilds nothing).
+`$SAM_HF_KERNEL_CACHE` (default `~/.cache/sam_hf/kernels`), one folder per torch installation, source hash and
+instruction set, which holds the copy of the source that is compiled (so every checkout with that torch shares one
+build, and switching environments rebuilds nothing). They are written once on 16-lane vectors (`vec16.h`) and built
+for AVX-512 where the CPU has it, else for AVX2 with FMA (`ISAS`, `kernel_isa()`; `SAM_HF_KERNEL_ISA` picks one).
 Everything works without them: when a kernel cannot be used (other CPU, no compiler, a failed build, or
 `SAM_HF_KERNELS=0`), `kernel(...)` returns None, callers take their PyTorch path, and the reason is
 logged once and kept in `unavailable_reason(...)`. `build_all()` builds the missing ones side by side (the four in
-about 65 s on two cores; three took 46 s side by side against 83 s one after another); `python -m sam_hf.kernels`
-calls it and reports.
+about 65-90 s on two cores; three took 46 s side by side against 83 s one after another); `python -m sam_hf.kernels`
+calls it and reports (`--all-isas`: for every instruction set the CPU runs).
 """
 
 from __future__ import annotations
@@ -31,31 +32,59 @@ from .sources import kernel_sources
 
 logger = logging.get_logger(__name__)
 
-# what each kernel needs from the CPU (flags as /proc/cpuinfo spells them), from the compiler, and which of its
-# functions must return True once built (what the flags cannot tell: here, that PyTorch's oneDNN brgemm takes bf16).
-# All are compiled with -mavx512bf16; they run its instructions only on their bf16 paths, which a CPU without
-# AVX512-BF16 never takes (`bf16_usable()`), so their fp32 paths need AVX-512 alone.
-REQUIREMENTS = {
-    "relpos_attention": {
-        "cpu_flags": ("avx512f", "avx512bw", "avx512vl", "avx512dq"),  # bf16 where AVX512-BF16 (AMX used where present)
-        "cflags": ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mfma", "-fopenmp"),
-        "runtime_check": "brgemm_usable",
-    },
-    "decoder_attention": {
-        "cpu_flags": ("avx512f", "avx512bw", "avx512vl", "avx512dq"),
-        "cflags": ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mfma", "-fopenmp"),
-        "runtime_check": "brgemm_usable",
-    },
-    "mask_upscaling": {
-        "cpu_flags": ("avx512f", "avx512bw", "avx512vl", "avx512dq"),
-        "cflags": ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mfma", "-fopenmp"),
-        "runtime_check": "brgemm_usable",
-    },
-    "mask_resize": {  # bit-exact against ATen: checked by its caller (processing/bilinear.py), not here
+# The instruction sets the kernels are built for, best first (vec16.h): each one's CPU flags (as /proc/cpuinfo spells
+# them) and compiler flags. A CPU with AVX-512 takes the first; one with AVX2 and FMA only (most laptop and desktop
+# CPUs: Intel's since Alder Lake, AMD's before Zen 4) the second, where every vector is two 8-lane halves.
+# AVX-512 builds are compiled with -mavx512bf16 and run its instructions only on their bf16 paths, which a CPU
+# without AVX512-BF16 never takes (`bf16_usable()`), so their fp32 paths need AVX-512 alone. AVX2 builds take fp32.
+ISAS = {
+    "avx512": {
         "cpu_flags": ("avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"),
-        "cflags": ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-ffp-contract=off", "-fopenmp"),
+        "cflags": ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mfma"),
+    },
+    "avx2": {"cpu_flags": ("avx2", "fma"), "cflags": ("-mavx2", "-mfma")},
+}
+
+# `SAM_HF_KERNEL_ISA`: "avx512" or "avx2" builds that one only (an AVX-512 CPU runs AVX2 builds too: to measure what
+# an AVX2 CPU gets, or to test those builds); unset or "auto": the best one this CPU has.
+ISA_VARIABLE = "SAM_HF_KERNEL_ISA"
+
+# what each kernel needs besides its instruction set: compiler flags around the ISA's, and which of its functions
+# must return True once built (what the flags cannot tell: here, that PyTorch's oneDNN brgemm serves this CPU).
+REQUIREMENTS = {
+    "relpos_attention": {  # bf16 where AVX512-BF16 (AMX used where present)
+        "cflags": ("-O3", "{isa}", "-fopenmp"),
+        "runtime_check": "brgemm_usable",
+    },
+    "decoder_attention": {"cflags": ("-O3", "{isa}", "-fopenmp"), "runtime_check": "brgemm_usable"},
+    "mask_upscaling": {"cflags": ("-O3", "{isa}", "-fopenmp"), "runtime_check": "brgemm_usable"},
+    "mask_resize": {  # bit-exact against ATen: checked by its caller (processing/bilinear.py), not here
+        "cflags": ("-O3", "{isa}", "-ffp-contract=off", "-fopenmp"),
     },
 }
+
+
+def kernel_isa() -> str | None:
+    """The instruction set the kernels are built for in this process ("avx512" or "avx2"), or None where this CPU has
+    neither (or `SAM_HF_KERNEL_ISA` names one it lacks). Raises ValueError on any other `SAM_HF_KERNEL_ISA`."""
+    asked = os.environ.get(ISA_VARIABLE, "auto").strip().lower() or "auto"
+    if asked != "auto" and asked not in ISAS:
+        raise ValueError(f"{ISA_VARIABLE} must be one of {['auto', *ISAS]}, got {asked!r}")
+    flags = cpu_flags()
+    for isa in ISAS if asked == "auto" else (asked,):
+        if all(flag in flags for flag in ISAS[isa]["cpu_flags"]):
+            return isa
+    return None
+
+
+def _cflags(name: str, isa: str) -> list[str]:
+    """The compiler flags of kernel `name` built for `isa`."""
+    return [flag for item in REQUIREMENTS[name]["cflags"] for flag in (ISAS[isa]["cflags"] if item == "{isa}" else (item,))]
+
+
+def _module_name(name: str, isa: str) -> str:
+    """The extension module of kernel `name` built for `isa`: `name` itself for AVX-512, `name_avx2` for AVX2."""
+    return name if isa == "avx512" else f"{name}_{isa}"
 
 _LOCK = threading.Lock()
 _THIS_THREAD = threading.local()  # `disabled()` state
@@ -87,9 +116,10 @@ def _why_not(name: str) -> str | None:
         return "disabled by SAM_HF_KERNELS"
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         return f"needs Linux on x86-64, this is {platform.system()} on {platform.machine()}"
-    missing = [flag for flag in REQUIREMENTS[name]["cpu_flags"] if flag not in cpu_flags()]
-    if missing:
-        return f"this CPU lacks {', '.join(missing)}"
+    if kernel_isa() is None:
+        asked = os.environ.get(ISA_VARIABLE, "auto").strip().lower() or "auto"
+        wanted = list(ISAS) if asked == "auto" else [asked]
+        return "this CPU lacks " + " and ".join(f"{isa} ({', '.join(ISAS[isa]['cpu_flags'])})" for isa in wanted)
     if f"{name}.cpp" not in kernel_sources():  # e.g. remote code generated by a sam_hf that did not embed them
         return f"its source {name}.cpp is not among sam_hf's kernel sources"
     return None
@@ -130,28 +160,31 @@ def _installation() -> str:
     return "\n".join([os.path.dirname(os.path.abspath(torch.__file__)), sysconfig.get_paths()["include"]])
 
 
-def _build_dir(name: str) -> Path:
-    """The cache folder of this kernel's source, headers and flags under this torch installation."""
+def _build_dir(name: str, isa: str) -> Path:
+    """The cache folder of this kernel's source, headers and flags for `isa` under this torch installation."""
     source, headers = _files(name)
-    key = source + b"".join(headers.values()) + " ".join(REQUIREMENTS[name]["cflags"]).encode() + _installation().encode()
-    return cache_dir() / f"{name}-torch{torch.__version__}-{hashlib.sha256(key).hexdigest()[:16]}"
+    key = source + b"".join(headers.values()) + " ".join(_cflags(name, isa)).encode() + _installation().encode()
+    return cache_dir() / f"{_module_name(name, isa)}-torch{torch.__version__}-{hashlib.sha256(key).hexdigest()[:16]}"
 
 
 def _is_built(name: str) -> bool:
-    """Whether the cache holds a build of this kernel's source (loading it then takes under a second)."""
-    build_dir = _build_dir(name)
-    return build_dir.is_dir() and any(build_dir.glob(f"{name}*.so"))
+    """Whether the cache holds a build of this kernel's source for this process's ISA (loading it then takes under a
+    second)."""
+    isa = kernel_isa()
+    build_dir = _build_dir(name, isa)
+    return build_dir.is_dir() and any(build_dir.glob(f"{_module_name(name, isa)}*.so"))
 
 
 def _build(name: str) -> ModuleType:
     from torch.utils.cpp_extension import load
 
-    build_dir = _build_dir(name)
+    isa = kernel_isa()
+    module, build_dir = _module_name(name, isa), _build_dir(name, isa)
     build_dir.mkdir(parents=True, exist_ok=True)
-    if not any(build_dir.glob(f"{name}*.so")):
-        logger.warning(f"sam_hf: compiling the {name} CPU kernel once (about 30 s) into {build_dir}")
+    if not any(build_dir.glob(f"{module}*.so")):
+        logger.warning(f"sam_hf: compiling the {name} CPU kernel ({isa}) once (about 30 s) into {build_dir}")
     staged = _staged_source(name, build_dir)
-    return load(name, [str(staged)], build_directory=str(build_dir), extra_cflags=list(REQUIREMENTS[name]["cflags"]), verbose=False)
+    return load(module, [str(staged)], build_directory=str(build_dir), extra_cflags=_cflags(name, isa), verbose=False)
 
 
 def kernel_for(name: str, dtype: torch.dtype) -> ModuleType | None:
@@ -262,7 +295,8 @@ def unavailable_reason(name: str) -> str | None:
 
 
 def reset() -> None:
-    """Forget loaded kernels and reasons, so that the next `kernel()` call looks again (tests, env changes)."""
+    """Forget loaded kernels and reasons, so that the next `kernel()` call looks again (tests, a changed
+    `SAM_HF_KERNELS` or `SAM_HF_KERNEL_ISA`)."""
     with _LOCK:
         _LOADED.clear()
         _REASONS.clear()

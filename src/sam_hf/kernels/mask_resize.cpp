@@ -1,5 +1,5 @@
 // Bilinear resizing of mask logits (align_corners=False), bit for bit as ATen's CPU upsample_bilinear2d computes it
-// for float32 on x86 CPUs with FMA, several times faster (x86 CPUs with AVX-512):
+// for float32 on x86 CPUs with FMA, several times faster (x86 CPUs with AVX-512 or AVX2):
 //
 //   source coordinate  c = fma(scale, i + 0.5, -0.5), clamped at 0; i0 = min(floor(c), in - 1), i1 = i0 + 1 below
 //                      the last row or column, else i0; w1 = clamp(c - i0, 0, 1), w0 = 1 - w1 (the same index and
@@ -68,14 +68,14 @@ Axis make_axis(int64_t in, int64_t out, int64_t first, int64_t count, std::optio
 // dst[j] = fma(row[low[j]], u0[j], row[high[j]] * u1[j]) for j < cols.
 void horizontal(const float* row, const Axis& axis, int64_t cols, float* dst) {
   for (int64_t j = 0; j < cols; j += 16) {
-    const __mmask16 lanes = lanes_below(cols - j);
-    const __m512i low = _mm512_maskz_loadu_epi32(lanes, axis.low.data() + j);
-    const __m512i high = _mm512_maskz_loadu_epi32(lanes, axis.high.data() + j);
-    const __m512 a = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes, low, row, 4);
-    const __m512 b = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes, high, row, 4);
-    const __m512 u0 = _mm512_maskz_loadu_ps(lanes, axis.w0.data() + j);
-    const __m512 u1 = _mm512_maskz_loadu_ps(lanes, axis.w1.data() + j);
-    _mm512_mask_storeu_ps(dst + j, lanes, _mm512_fmadd_ps(a, u0, _mm512_mul_ps(b, u1)));
+    const mask16 lanes = lanes_below(cols - j);
+    const vi16 low = v16_maskz_loadu_epi32(lanes, axis.low.data() + j);
+    const vi16 high = v16_maskz_loadu_epi32(lanes, axis.high.data() + j);
+    const vf16 a = v16_mask_i32gather_ps(v16_setzero_ps(), lanes, low, row, 4);
+    const vf16 b = v16_mask_i32gather_ps(v16_setzero_ps(), lanes, high, row, 4);
+    const vf16 u0 = v16_maskz_loadu_ps(lanes, axis.w0.data() + j);
+    const vf16 u1 = v16_maskz_loadu_ps(lanes, axis.w1.data() + j);
+    v16_mask_storeu_ps(dst + j, lanes, v16_fmadd_ps(a, u0, v16_mul_ps(b, u1)));
   }
 }
 
@@ -143,17 +143,17 @@ torch::Tensor resize(const torch::Tensor& src, int64_t out_h, int64_t out_w, std
       for (int64_t i = first; i < std::min(rows, first + block); ++i) {
         const float* top = cache.get(down.low[i]);
         const float* bottom = cache.get(down.high[i]);
-        const __m512 w0 = _mm512_set1_ps(down.w0[i]), w1 = _mm512_set1_ps(down.w1[i]);
+        const vf16 w0 = v16_set1_ps(down.w0[i]), w1 = v16_set1_ps(down.w1[i]);
         const int64_t offset = (n * rows + i) * cols;
         for (int64_t j = 0; j < cols; j += 16) {
-          const __mmask16 lanes = lanes_below(cols - j);
-          const __m512 value = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(lanes, top + j), w0,
-                                               _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, bottom + j), w1));
+          const mask16 lanes = lanes_below(cols - j);
+          const vf16 value = v16_fmadd_ps(v16_maskz_loadu_ps(lanes, top + j), w0,
+                                               v16_mul_ps(v16_maskz_loadu_ps(lanes, bottom + j), w1));
           if (binary) {
-            const __mmask16 above = _mm512_mask_cmp_ps_mask(lanes, value, _mm512_set1_ps(limit), _CMP_GT_OQ);
-            _mm_mask_storeu_epi8(binary_out + offset + j, lanes, _mm_maskz_set1_epi8(above, 1));
+            const mask16 above = v16_mask_cmp_ps_mask(lanes, value, v16_set1_ps(limit), _CMP_GT_OQ);
+            v16_store_flags(binary_out + offset + j, lanes, above);
           } else {
-            _mm512_mask_storeu_ps(float_out + offset + j, lanes, value);
+            v16_mask_storeu_ps(float_out + offset + j, lanes, value);
           }
         }
       }
@@ -178,6 +178,7 @@ std::vector<torch::Tensor> axis_table(int64_t in, int64_t out) {
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("isa", [] { return std::string(SAM_HF_VEC16_ISA); }, "the instruction set of this build: avx512 or avx2 (vec16.h)");
   m.def("resize", &resize, "ATen's bilinear upsample_bilinear2d (align_corners=False) of float32 planes, bit for bit, "
         "a rows x cols window of the output from (row0, col0), as logits or `> threshold`",
         pybind11::arg("src"), pybind11::arg("out_h"), pybind11::arg("out_w"), pybind11::arg("scale_h"), pybind11::arg("scale_w"),

@@ -1,5 +1,5 @@
 // The mask decoder's upscaling and hypernetwork product in fp32 or bf16, one grid row of one prompt at a time in
-// cache (x86 CPUs with AVX-512; bf16 where oneDNN's bf16 brgemm runs, AVX512-BF16):
+// cache (x86 CPUs with AVX-512 or AVX2; bf16 where oneDNN's bf16 brgemm runs, AVX512-BF16):
 //
 //   masks[m] = hyper[m] . GELU(conv2(GELU(LayerNorm(conv1(x)))))
 //
@@ -90,25 +90,25 @@ class Gelu {
   Gelu() {
     static const GeluCoefficients<D> table;  // built once, thread-safely
     for (int k = 0; k < D; ++k) {
-      low_[k] = _mm512_loadu_ps(table.c[k]);
-      high_[k] = _mm512_loadu_ps(table.c[k] + 16);
+      low_[k] = v16_loadu_ps(table.c[k]);
+      high_[k] = v16_loadu_ps(table.c[k] + 16);
     }
   }
 
-  __m512 operator()(__m512 x) const {
+  vf16 operator()(vf16 x) const {
     constexpr float scale = kGeluIntervals / (2 * kGeluRange);
-    __m512 u = _mm512_fmadd_ps(x, _mm512_set1_ps(scale), _mm512_set1_ps(kGeluIntervals / 2.0f));  // intervals from -6
-    u = _mm512_min_ps(_mm512_max_ps(u, _mm512_setzero_ps()), _mm512_set1_ps(kGeluIntervals - 1e-4f));  // NaN -> 0
-    const __m512 start = _mm512_roundscale_ps(u, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-    const __m512 t = _mm512_sub_ps(u, start);
-    const __m512i interval = _mm512_cvttps_epi32(start);
-    __m512 phi = _mm512_permutex2var_ps(low_[D - 1], interval, high_[D - 1]);
-    for (int k = D - 2; k >= 0; --k) phi = _mm512_fmadd_ps(phi, t, _mm512_permutex2var_ps(low_[k], interval, high_[k]));
-    return _mm512_mul_ps(x, phi);  // NaN stays NaN
+    vf16 u = v16_fmadd_ps(x, v16_set1_ps(scale), v16_set1_ps(kGeluIntervals / 2.0f));  // intervals from -6
+    u = v16_min_ps(v16_max_ps(u, v16_setzero_ps()), v16_set1_ps(kGeluIntervals - 1e-4f));  // NaN -> 0
+    const vf16 start = v16_roundscale_ps(u, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    const vf16 t = v16_sub_ps(u, start);
+    const vi16 interval = v16_cvttps_epi32(start);
+    vf16 phi = v16_permutex2var_ps(low_[D - 1], interval, high_[D - 1]);
+    for (int k = D - 2; k >= 0; --k) phi = v16_fmadd_ps(phi, t, v16_permutex2var_ps(low_[k], interval, high_[k]));
+    return v16_mul_ps(x, phi);  // NaN stays NaN
   }
 
  private:
-  __m512 low_[D], high_[D];
+  vf16 low_[D], high_[D];
 };
 
 // The GELU of each path: fp32 keeps F.gelu's accuracy, bf16 takes the cubic.
@@ -116,11 +116,11 @@ template <typename T>
 using GeluFor = Gelu<std::is_same_v<T, float> ? 5 : 4>;
 
 // (lo, hi) = the lanes of u and v interleaved: u0 v0 u1 v1 ... u15 v15.
-inline void interleave(__m512 u, __m512 v, __m512& lo, __m512& hi) {
-  const __m512i low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-  const __m512i high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-  lo = _mm512_permutex2var_ps(u, low, v);
-  hi = _mm512_permutex2var_ps(u, high, v);
+inline void interleave(vf16 u, vf16 v, vf16& lo, vf16& hi) {
+  const vi16 low = v16_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const vi16 high = v16_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  lo = v16_permutex2var_ps(u, low, v);
+  hi = v16_permutex2var_ps(u, high, v);
 }
 
 template <typename T>
@@ -145,16 +145,16 @@ void pack_tokens(const BFloat16* x, int64_t grid, int64_t channels, int64_t widt
 
 // Channels c and c + 1 of the second product's right operand mid[a] (C/4, 2G), 32 columns from `column`: rows of
 // floats, or in bf16 the VNNI form (C/8, 2G, 2) whose word (c / 2, q) holds channels c, c + 1 of column q.
-void store_mid(float* mid, int64_t c, int64_t columns, int64_t column, const __m512 (&lo)[2], const __m512 (&hi)[2]) {
+void store_mid(float* mid, int64_t c, int64_t columns, int64_t column, const vf16 (&lo)[2], const vf16 (&hi)[2]) {
   for (int64_t k = 0; k < 2; ++k) {
-    _mm512_storeu_ps(mid + (c + k) * columns + column, lo[k]);
-    _mm512_storeu_ps(mid + (c + k) * columns + column + 16, hi[k]);
+    v16_storeu_ps(mid + (c + k) * columns + column, lo[k]);
+    v16_storeu_ps(mid + (c + k) * columns + column + 16, hi[k]);
   }
 }
-void store_mid(BFloat16* mid, int64_t c, int64_t columns, int64_t column, const __m512 (&lo)[2], const __m512 (&hi)[2]) {
+void store_mid(BFloat16* mid, int64_t c, int64_t columns, int64_t column, const vf16 (&lo)[2], const vf16 (&hi)[2]) {
   uint32_t* words = reinterpret_cast<uint32_t*>(mid) + (c / 2) * columns + column;
-  _mm512_storeu_si512(words, bf16_pairs(lo[0], lo[1]));
-  _mm512_storeu_si512(words + 16, bf16_pairs(hi[0], hi[1]));
+  v16_storeu_si512(words, bf16_pairs(lo[0], lo[1]));
+  v16_storeu_si512(words + 16, bf16_pairs(hi[0], hi[1]));
 }
 
 // The first convolution of one grid row: tokens x (g, C) -> up (C = [a, b, C/4], G) without its bias, G = g rounded up
@@ -216,14 +216,14 @@ void folded_row(const Fold<T>& f, int64_t source, int64_t length, int64_t grid, 
       column_scale[j] = stats2[2 * j + 1];
     }
     for (int64_t j = std::max(grid, j0); j < j0 + 16; ++j) column_scale[j] = 0.0f;
-    const __m512 first_scale = _mm512_load_ps(r1), ones = _mm512_load_ps(live);
-    const __m512 first_shift = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(first_scale, _mm512_load_ps(m1)));
-    const __m512 second_shift = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_load_ps(m2));
+    const vf16 first_scale = v16_load_ps(r1), ones = v16_load_ps(live);
+    const vf16 first_shift = v16_sub_ps(v16_setzero_ps(), v16_mul_ps(first_scale, v16_load_ps(m1)));
+    const vf16 second_shift = v16_sub_ps(v16_setzero_ps(), v16_load_ps(m2));
     for (int64_t c = 0; c < channels; ++c) {
-      __m512 v = _mm512_mul_ps(first_scale, _mm512_loadu_ps(shared_t + c * width + j0));
-      v = _mm512_fmadd_ps(first_shift, _mm512_set1_ps(a1[c]), v);
-      v = _mm512_fmadd_ps(ones, _mm512_set1_ps(e1[c]), v);
-      _mm512_storeu_ps(up + c * width + j0, _mm512_fmadd_ps(second_shift, _mm512_set1_ps(a2[c]), v));
+      vf16 v = v16_mul_ps(first_scale, v16_loadu_ps(shared_t + c * width + j0));
+      v = v16_fmadd_ps(first_shift, v16_set1_ps(a1[c]), v);
+      v = v16_fmadd_ps(ones, v16_set1_ps(e1[c]), v);
+      v16_storeu_ps(up + c * width + j0, v16_fmadd_ps(second_shift, v16_set1_ps(a2[c]), v));
     }
   }
   gemm(channels, width, 2 * n, f.mix + source * channels * 2 * n, 2 * n, operand, width, up, width, true);
@@ -241,31 +241,31 @@ void upscale_row(const float* up, const float* column_scale, const float* hyper,
   // LayerNorm over the C/4 channels of each (a, b, j), then GELU, into mid[a] with columns 2j + b
   for (int64_t a = 0; a < 2; ++a)
     for (int64_t j0 = 0; j0 < width; j0 += 16) {
-      __m512 mean[2], scale[2];
-      const __m512 columns = _mm512_loadu_ps(column_scale + j0);
+      vf16 mean[2], scale[2];
+      const vf16 columns = v16_loadu_ps(column_scale + j0);
       for (int64_t b = 0; b < 2; ++b) {
         const float* rows = up + (2 * a + b) * quarter * width + j0;
         const float* bias = w.bias1 + (2 * a + b) * quarter;
-        __m512 sum = _mm512_setzero_ps();
-        for (int64_t c = 0; c < quarter; ++c) sum = _mm512_add_ps(sum, _mm512_fmadd_ps(_mm512_loadu_ps(rows + c * width), columns, _mm512_set1_ps(bias[c])));
-        mean[b] = _mm512_div_ps(sum, _mm512_set1_ps(static_cast<float>(quarter)));
-        __m512 squares = _mm512_setzero_ps();
+        vf16 sum = v16_setzero_ps();
+        for (int64_t c = 0; c < quarter; ++c) sum = v16_add_ps(sum, v16_fmadd_ps(v16_loadu_ps(rows + c * width), columns, v16_set1_ps(bias[c])));
+        mean[b] = v16_div_ps(sum, v16_set1_ps(static_cast<float>(quarter)));
+        vf16 squares = v16_setzero_ps();
         for (int64_t c = 0; c < quarter; ++c) {
-          const __m512 d = _mm512_sub_ps(_mm512_fmadd_ps(_mm512_loadu_ps(rows + c * width), columns, _mm512_set1_ps(bias[c])), mean[b]);
-          squares = _mm512_fmadd_ps(d, d, squares);
+          const vf16 d = v16_sub_ps(v16_fmadd_ps(v16_loadu_ps(rows + c * width), columns, v16_set1_ps(bias[c])), mean[b]);
+          squares = v16_fmadd_ps(d, d, squares);
         }
-        const __m512 variance = _mm512_div_ps(squares, _mm512_set1_ps(static_cast<float>(quarter)));
-        scale[b] = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_sqrt_ps(_mm512_add_ps(variance, _mm512_set1_ps(w.eps))));
+        const vf16 variance = v16_div_ps(squares, v16_set1_ps(static_cast<float>(quarter)));
+        scale[b] = v16_div_ps(v16_set1_ps(1.0f), v16_sqrt_ps(v16_add_ps(variance, v16_set1_ps(w.eps))));
       }
       for (int64_t c = 0; c < quarter; c += 2) {  // channel pairs (C/4 is even): bf16's VNNI words hold two channels
-        __m512 lo[2], hi[2];
+        vf16 lo[2], hi[2];
         for (int64_t k = 0; k < 2; ++k) {
-          __m512 y[2];
+          vf16 y[2];
           for (int64_t b = 0; b < 2; ++b) {
             const int64_t r = (2 * a + b) * quarter + c + k;
-            const __m512 v = _mm512_fmadd_ps(_mm512_loadu_ps(up + r * width + j0), columns, _mm512_set1_ps(w.bias1[r]));
-            const __m512 normed = _mm512_mul_ps(_mm512_sub_ps(v, mean[b]), scale[b]);
-            y[b] = gelu(_mm512_fmadd_ps(normed, _mm512_set1_ps(w.norm_w[c + k]), _mm512_set1_ps(w.norm_b[c + k])));
+            const vf16 v = v16_fmadd_ps(v16_loadu_ps(up + r * width + j0), columns, v16_set1_ps(w.bias1[r]));
+            const vf16 normed = v16_mul_ps(v16_sub_ps(v, mean[b]), scale[b]);
+            y[b] = gelu(v16_fmadd_ps(normed, v16_set1_ps(w.norm_w[c + k]), v16_set1_ps(w.norm_b[c + k])));
           }
           interleave(y[0], y[1], lo[k], hi[k]);
         }
@@ -280,17 +280,17 @@ void upscale_row(const float* up, const float* column_scale, const float* hyper,
            2 * width, false);  // (C/4 = [d, C/8], 2G)
       const float* bias = w.bias2 + c * quarter;
       for (int64_t q0 = 0; q0 < 2 * grid; q0 += 16) {
-        __m512 acc[kMaxMasks][2];
-        for (int64_t m = 0; m < masks; ++m) acc[m][0] = acc[m][1] = _mm512_setzero_ps();
+        vf16 acc[kMaxMasks][2];
+        for (int64_t m = 0; m < masks; ++m) acc[m][0] = acc[m][1] = v16_setzero_ps();
         for (int64_t d = 0; d < 2; ++d)
           for (int64_t k = 0; k < eighth; ++k) {
             const int64_t r = d * eighth + k;
-            const __m512 f = gelu(_mm512_add_ps(_mm512_loadu_ps(fine + r * 2 * width + q0), _mm512_set1_ps(bias[r])));
-            for (int64_t m = 0; m < masks; ++m) acc[m][d] = _mm512_fmadd_ps(_mm512_set1_ps(hyper[m * eighth + k]), f, acc[m][d]);
+            const vf16 f = gelu(v16_add_ps(v16_loadu_ps(fine + r * 2 * width + q0), v16_set1_ps(bias[r])));
+            for (int64_t m = 0; m < masks; ++m) acc[m][d] = v16_fmadd_ps(v16_set1_ps(hyper[m * eighth + k]), f, acc[m][d]);
           }
         const int64_t columns = std::min<int64_t>(32, side - 2 * q0);
         for (int64_t m = 0; m < masks; ++m) {
-          __m512 lo, hi;
+          vf16 lo, hi;
           interleave(acc[m][0], acc[m][1], lo, hi);
           T* row = out + (m * side + 4 * i + 2 * a + c) * side + 2 * q0;
           store16(row, lanes_below(columns), lo);
@@ -449,8 +449,8 @@ at::Tensor gelu(const at::Tensor& x, bool bf16_path) {
   float* dst = out.data_ptr<float>();
   const auto apply = [&](const auto& f) {
     for (int64_t i = 0; i < x.numel(); i += 16) {
-      const __mmask16 lanes = lanes_below(x.numel() - i);
-      _mm512_mask_storeu_ps(dst + i, lanes, f(_mm512_maskz_loadu_ps(lanes, src + i)));
+      const mask16 lanes = lanes_below(x.numel() - i);
+      v16_mask_storeu_ps(dst + i, lanes, f(v16_maskz_loadu_ps(lanes, src + i)));
     }
   };
   if (bf16_path) {
@@ -464,6 +464,7 @@ at::Tensor gelu(const at::Tensor& x, bool bf16_path) {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("isa", [] { return std::string(SAM_HF_VEC16_ISA); }, "the instruction set of this build: avx512 or avx2 (vec16.h)");
   m.def("upscale_masks", &upscale_masks, "masks = hyper . GELU(conv2(GELU(LayerNorm(conv1(image))))) in fp32 or bf16");
   m.def("upscale_masks_folded", &upscale_masks_folded, "upscale_masks with conv1(image) folded through the decoder's last two attentions");
   m.def("gelu", &gelu, "the kernel's GELU of an fp32 tensor (its fp32 path, or its bf16 path's before rounding), for tests",

@@ -1,10 +1,10 @@
-// Attention with SAM's decomposed relative positions in fp32 on x86 CPUs with AVX-512, and in bf16 where they also
+// Attention with SAM's decomposed relative positions in fp32 on x86 CPUs with AVX-512 or AVX2, and in bf16 where they
 // have AVX512-BF16 (AMX or not):
 //   out = softmax(scale * q k^T + rel_h[q, key_row] + rel_w[q, key_col]) v
 // computed flash-style (online softmax over key blocks, nothing of size L x L in memory) with the two
 // relative-position terms added to each block of logits while it is in cache. The matmuls are ATen's
 // brgemm (oneDNN, bf16 x bf16 -> fp32: AMX tiles where the CPU has them, else AVX512-BF16 dot products; fp32
-// x fp32 -> fp32); the bias, softmax and bf16 rounding are AVX-512 here. In fp32 the probabilities stay fp32
+// x fp32 -> fp32); the bias, softmax and bf16 rounding are 16-lane vector code here (vec16.h). In fp32 the probabilities stay fp32
 // (no rounding anywhere but the products' own).
 // Compared with SDPA on query/key widened by the one-hot relative-position columns, the matmuls keep the
 // head width (64 instead of 192 for ViT global attention). Built on first use by sam_hf.kernels.loader.
@@ -184,7 +184,7 @@ torch::Tensor relpos_attention_typed(torch::Tensor query, torch::Tensor key, tor
     }
   });
 
-  const __m512 vscale = _mm512_set1_ps(static_cast<float>(scale));
+  const vf16 vscale = v16_set1_ps(static_cast<float>(scale));
   const float neg_inf = -std::numeric_limits<float>::infinity();
   at::parallel_for(0, G * m_blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> logits(block_m * block_n), acc(block_m * D), row_max(block_m), row_sum(block_m);
@@ -212,74 +212,74 @@ torch::Tensor relpos_attention_typed(torch::Tensor query, torch::Tensor key, tor
           const float* rw = terms_w.data() + r * width;
           T* p = probs.data() + r * block_n_pad;
           if (aligned_width && j > 0) {  // one pass against the running max (see kLazyRescaleMargin)
-            const __m512 vref = _mm512_set1_ps(row_max[r]);
-            __m512 vmax = _mm512_set1_ps(neg_inf), vsum = _mm512_setzero_ps();
+            const vf16 vref = v16_set1_ps(row_max[r]);
+            vf16 vmax = v16_set1_ps(neg_inf), vsum = v16_setzero_ps();
             for (int64_t kr = 0; kr < n / width; ++kr) {
               const float* srow = s + kr * width;
-              const __m512 vh = _mm512_set1_ps(rh[kr]);
+              const vf16 vh = v16_set1_ps(rh[kr]);
               for (int64_t c = 0; c < width; c += 16) {
-                const __m512 x = _mm512_fmadd_ps(_mm512_loadu_ps(srow + c), vscale, _mm512_add_ps(_mm512_loadu_ps(rw + c), vh));
-                vmax = _mm512_max_ps(vmax, x);
-                const __m512 e = exp16(_mm512_sub_ps(x, vref));
-                vsum = _mm512_add_ps(vsum, e);
-                store16(p + kr * width + c, static_cast<__mmask16>(0xFFFF), e);
+                const vf16 x = v16_fmadd_ps(v16_loadu_ps(srow + c), vscale, v16_add_ps(v16_loadu_ps(rw + c), vh));
+                vmax = v16_max_ps(vmax, x);
+                const vf16 e = exp16(v16_sub_ps(x, vref));
+                vsum = v16_add_ps(vsum, e);
+                store16(p + kr * width + c, static_cast<mask16>(0xFFFF), e);
               }
             }
-            if (_mm512_reduce_max_ps(vmax) <= row_max[r] + kLazyRescaleMargin) {
-              row_sum[r] += _mm512_reduce_add_ps(vsum);
+            if (v16_reduce_max_ps(vmax) <= row_max[r] + kLazyRescaleMargin) {
+              row_sum[r] += v16_reduce_add_ps(vsum);
               if (n_pad > n) p[n] = T(0.0f);
               continue;
             }
           }
-          __m512 vmax = _mm512_set1_ps(neg_inf);
+          vf16 vmax = v16_set1_ps(neg_inf);
           if (aligned_width) {
             for (int64_t kr = 0; kr < n / width; ++kr) {
               float* srow = s + kr * width;
-              const __m512 vh = _mm512_set1_ps(rh[kr]);
+              const vf16 vh = v16_set1_ps(rh[kr]);
               for (int64_t c = 0; c < width; c += 16) {
-                const __m512 x = _mm512_fmadd_ps(_mm512_loadu_ps(srow + c), vscale, _mm512_add_ps(_mm512_loadu_ps(rw + c), vh));
-                _mm512_storeu_ps(srow + c, x);
-                vmax = _mm512_max_ps(vmax, x);
+                const vf16 x = v16_fmadd_ps(v16_loadu_ps(srow + c), vscale, v16_add_ps(v16_loadu_ps(rw + c), vh));
+                v16_storeu_ps(srow + c, x);
+                vmax = v16_max_ps(vmax, x);
               }
             }
           } else if (small_grid) {
-            const __m512 table_h = _mm512_maskz_loadu_ps(lanes_below(height), rh);
-            const __m512 table_w = _mm512_maskz_loadu_ps(lanes_below(width), rw);
+            const vf16 table_h = v16_maskz_loadu_ps(lanes_below(height), rh);
+            const vf16 table_w = v16_maskz_loadu_ps(lanes_below(width), rw);
             for (int64_t c = 0; c < n; c += 16) {
-              const __mmask16 lanes = lanes_below(n - c);
-              const __m512i rows = _mm512_maskz_loadu_epi32(lanes, key_row_of.data() + c);
-              const __m512i cols = _mm512_maskz_loadu_epi32(lanes, key_col_of.data() + c);
-              const __m512 bias = _mm512_add_ps(_mm512_permutexvar_ps(rows, table_h), _mm512_permutexvar_ps(cols, table_w));
-              const __m512 x = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(lanes, s + c), vscale, bias);
-              _mm512_mask_storeu_ps(s + c, lanes, x);
-              vmax = _mm512_mask_max_ps(vmax, lanes, vmax, x);
+              const mask16 lanes = lanes_below(n - c);
+              const vi16 rows = v16_maskz_loadu_epi32(lanes, key_row_of.data() + c);
+              const vi16 cols = v16_maskz_loadu_epi32(lanes, key_col_of.data() + c);
+              const vf16 bias = v16_add_ps(v16_permutexvar_ps(rows, table_h), v16_permutexvar_ps(cols, table_w));
+              const vf16 x = v16_fmadd_ps(v16_maskz_loadu_ps(lanes, s + c), vscale, bias);
+              v16_mask_storeu_ps(s + c, lanes, x);
+              vmax = v16_mask_max_ps(vmax, lanes, vmax, x);
             }
           } else {
             for (int64_t c = 0; c < n; c += 16) {
-              const __mmask16 lanes = lanes_below(n - c);
-              const __m512i rows = _mm512_maskz_loadu_epi32(lanes, key_row_of.data() + c);
-              const __m512i cols = _mm512_maskz_loadu_epi32(lanes, key_col_of.data() + c);
-              const __m512 bias = _mm512_add_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes, rows, rh, 4),
-                                                _mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes, cols, rw, 4));
-              const __m512 x = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(lanes, s + c), vscale, bias);
-              _mm512_mask_storeu_ps(s + c, lanes, x);
-              vmax = _mm512_mask_max_ps(vmax, lanes, vmax, x);
+              const mask16 lanes = lanes_below(n - c);
+              const vi16 rows = v16_maskz_loadu_epi32(lanes, key_row_of.data() + c);
+              const vi16 cols = v16_maskz_loadu_epi32(lanes, key_col_of.data() + c);
+              const vf16 bias = v16_add_ps(v16_mask_i32gather_ps(v16_setzero_ps(), lanes, rows, rh, 4),
+                                                v16_mask_i32gather_ps(v16_setzero_ps(), lanes, cols, rw, 4));
+              const vf16 x = v16_fmadd_ps(v16_maskz_loadu_ps(lanes, s + c), vscale, bias);
+              v16_mask_storeu_ps(s + c, lanes, x);
+              vmax = v16_mask_max_ps(vmax, lanes, vmax, x);
             }
           }
-          const float new_max = std::max(row_max[r], _mm512_reduce_max_ps(vmax));
+          const float new_max = std::max(row_max[r], v16_reduce_max_ps(vmax));
           const float correction = std::exp(row_max[r] - new_max);  // 0 on the first block
           row_max[r] = new_max;
           // p = exp(logits - max), in bf16 rounded for the second matmul, summed in fp32
-          const __m512 vnew_max = _mm512_set1_ps(new_max);
-          __m512 vsum = _mm512_setzero_ps();
+          const vf16 vnew_max = v16_set1_ps(new_max);
+          vf16 vsum = v16_setzero_ps();
           for (int64_t c = 0; c < n; c += 16) {
-            const __mmask16 lanes = lanes_below(n - c);
-            const __m512 e = _mm512_maskz_mov_ps(lanes, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, s + c), vnew_max)));
-            vsum = _mm512_add_ps(vsum, e);
+            const mask16 lanes = lanes_below(n - c);
+            const vf16 e = v16_maskz_mov_ps(lanes, exp16(v16_sub_ps(v16_maskz_loadu_ps(lanes, s + c), vnew_max)));
+            vsum = v16_add_ps(vsum, e);
             store16(p + c, lanes, e);
           }
           if (n_pad > n) p[n] = T(0.0f);
-          row_sum[r] = row_sum[r] * correction + _mm512_reduce_add_ps(vsum);
+          row_sum[r] = row_sum[r] * correction + v16_reduce_add_ps(vsum);
           if (correction != 1.0f) {
             float* a = acc.data() + r * D;
             for (int64_t d = 0; d < D; ++d) a[d] *= correction;
@@ -302,6 +302,7 @@ torch::Tensor relpos_attention_typed(torch::Tensor query, torch::Tensor key, tor
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.def("isa", [] { return std::string(SAM_HF_VEC16_ISA); }, "the instruction set of this build: avx512 or avx2 (vec16.h)");
   // the loader's check (fp32 products) and `kernel_for`'s (bf16 ones: AVX512-BF16, which the bf16 path's rounding uses)
   module.def("brgemm_usable", &sam_hf_brgemm::brgemm_usable, "whether ATen's fp32 brgemm serves this CPU");
   module.def("bf16_usable", &sam_hf_brgemm::bf16_brgemm_usable, "whether oneDNN's bf16 brgemm serves this CPU (then it takes bf16)");

@@ -4,7 +4,7 @@ hypernetwork MLPs (one per mask token) and the IoU head.
 The two 2x2 stride-2 transposed convolutions of the upscaling touch disjoint pixels, so each is a plain
 matmul per input pixel (C -> 2*2*C'), done channels-last; the first one's pixels are put in raster order by
 its LayerNorm, and the second runs per output-row offset, so the hypernetwork products come out as whole rows
-of the masks (see `_upscale`). In fp32 on CPUs with AVX-512, and in bf16 where the CPU runs oneDNN's bf16
+of the masks (see `_upscale`). In fp32 on CPUs with AVX-512 or AVX2, and in bf16 where the CPU runs oneDNN's bf16
 products (AVX512-BF16), where autograd records nothing, the compiled `mask_upscaling` kernel (`sam_hf.kernels`)
 does the whole upscaling and hypernetwork product instead, one grid row of one prompt at a time in cache, the rows
 spread over the threads.
