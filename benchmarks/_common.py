@@ -27,6 +27,8 @@ IMPLS = ("sam_hf", "transformers", "meta")
 # sam_hf's model under `torch.compile` (Inductor, default mode): while the compiler traces, sam_hf's compiled kernels and
 # direct oneDNN calls step aside and it gets the PyTorch paths (README, "torch.compile"); its first call compiles
 COMPILED = "sam_hf_compiled"
+# sam_hf with its compiled kernels off (`sam_hf.kernels.disabled()` around each call): what they gain, in the same run
+WITHOUT_KERNELS = "sam_hf_pytorch"
 HERE = os.path.dirname(os.path.abspath(__file__))
 STUBS = os.path.join(HERE, "..", "tests", "_stubs")
 
@@ -97,6 +99,8 @@ def load_model(impl: str, variant: str, path: str, config=None) -> torch.nn.Modu
 
     if impl == COMPILED:
         return torch.compile(load_model("sam_hf", variant, path, config))
+    if impl == WITHOUT_KERNELS:
+        return load_model("sam_hf", variant, path, config)
     config = config if config is not None else config_for_variant(variant)
     state = torch.load(path, weights_only=True)
     with torch.device("meta"):
@@ -129,6 +133,17 @@ def load_model(impl: str, variant: str, path: str, config=None) -> torch.nn.Modu
     if impl == "transformers":
         model.set_attn_implementation("sdpa")
     return model.eval()
+
+
+def without_kernels(fn):
+    """`fn` called with sam_hf's compiled kernels off (`WITHOUT_KERNELS`)."""
+    from sam_hf import kernels
+
+    def call(*args, **kwargs):
+        with kernels.disabled():
+            return fn(*args, **kwargs)
+
+    return call
 
 
 def synchronize(device: torch.device | str = "cpu") -> None:

@@ -22,14 +22,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    COMPILED, DTYPES, IMPLS, add_worker_arguments, interleaved, load_model, matmul_peak, memory_cell, peak_rss_mb, per_process_runs,
+    COMPILED, DTYPES, IMPLS, WITHOUT_KERNELS, add_worker_arguments, interleaved, load_model, matmul_peak, memory_cell, peak_rss_mb, per_process_runs,
     print_table, speedup, summary, timed, write_weights,
 )
 from _flops import decoder_gflop  # noqa: E402
 
-
-# sam_hf with its compiled kernels off (`sam_hf.kernels.disabled()`): what they gain, in the same run
-WITHOUT_KERNELS = "sam_hf_pytorch"
 
 
 def prompt_inputs(config, batch: int):

@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    DTYPES, IMPLS, add_worker_arguments, interleaved, load_model, matmul_peak, memory_cell, peak_rss_mb, per_process_runs,
-    print_table, speedup, summary, timed, write_weights,
+    DTYPES, IMPLS, WITHOUT_KERNELS, add_worker_arguments, interleaved, load_model, matmul_peak, memory_cell, peak_rss_mb,
+    per_process_runs, print_table, speedup, summary, timed, without_kernels, write_weights,
 )
 
 from _flops import encoder_gflop  # noqa: E402
@@ -32,6 +32,8 @@ VARIANTS = ("vit_b", "vit_l", "vit_h")
 
 
 def encode(impl: str, model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    if impl == WITHOUT_KERNELS:
+        return without_kernels(encode)("sam_hf", model, pixels)
     if impl == "meta":
         return model.image_encoder(pixels)
     return model.get_image_embeddings(pixels)
@@ -66,7 +68,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", default="vit_b", choices=VARIANTS)
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
-    parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
+    parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=[*IMPLS, WITHOUT_KERNELS],
+                        help=f"{WITHOUT_KERNELS}: sam_hf with its compiled kernels off")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)

@@ -25,7 +25,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    COMPILED, DTYPES, IMPLS, interleaved, load_model, print_table, speedup, summary, write_model_weights, write_weights,
+    COMPILED, DTYPES, IMPLS, WITHOUT_KERNELS, interleaved, load_model, print_table, speedup, summary, without_kernels,
+    write_model_weights, write_weights,
 )
 from bench_segment_everything import image_settings, synthetic_image, transformers_image_processor  # noqa: E402
 
@@ -76,6 +77,8 @@ def make_clicker(impl: str, model, dtype: str, image: np.ndarray, settings):
             return processor.post_process_masks(out.pred_masks.float(), original, resized)[0][0].numpy()
 
         return click
+    if impl == WITHOUT_KERNELS:
+        return without_kernels(without_kernels(make_clicker)("sam_hf", model, dtype, image, settings))
     raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
 
 
@@ -85,8 +88,9 @@ def main() -> None:
     parser.add_argument("--model", help="a saved SamHf model folder, loaded into all three implementations")
     parser.add_argument("--image-size", nargs=2, type=int, default=[1024, 683], metavar=("W", "H"))
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
-    parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=[*IMPLS, COMPILED],
-                        help=f"{COMPILED}: sam_hf's predictor on its model under torch.compile (the first click, a warm-up, compiles)")
+    parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=[*IMPLS, COMPILED, WITHOUT_KERNELS],
+                        help=f"{COMPILED}: sam_hf's predictor on its model under torch.compile (the first click, a warm-up, compiles); "
+                             f"{WITHOUT_KERNELS}: sam_hf with its compiled kernels off (the image embedded without them too)")
     parser.add_argument("--clicks", type=int, default=8, help="clicks per timed run")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)

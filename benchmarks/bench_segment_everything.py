@@ -1,7 +1,8 @@
 """Segment everything (automatic mask generation) end to end: sam_hf's `SamHfAutomaticMaskGenerator` vs
 transformers' stock `pipeline("mask-generation")` on its `SamModel` vs Meta's `SamAutomaticMaskGenerator`,
 same weights, same image, fp32 and bf16. `sam_hf_stock` is transformers' stock pipeline on sam_hf's model and
-image processor: what `pipeline("mask-generation", model=<a sam_hf folder>)` runs without `pipeline_class`.
+image processor: what `pipeline("mask-generation", model=<a sam_hf folder>)` runs without `pipeline_class`;
+`sam_hf_pytorch` is sam_hf's generator with its compiled kernels off.
 
     nice -n 10 python benchmarks/bench_segment_everything.py --variant vit_b --runs 1
     nice -n 10 python benchmarks/bench_segment_everything.py --model models/sam-hf-shapes-352 --image-size 192 160 \\
@@ -40,8 +41,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    DTYPES, IMPLS, add_worker_arguments, interleaved, load_model, matmul_peak, memory_cell, peak_rss_mb, per_process_runs,
-    print_table, summary, timed, write_model_weights, write_weights,
+    DTYPES, IMPLS, WITHOUT_KERNELS, add_worker_arguments, interleaved, load_model, matmul_peak, memory_cell, peak_rss_mb,
+    per_process_runs, print_table, summary, timed, without_kernels, write_model_weights, write_weights,
 )
 from _flops import decoder_gflop, encoder_gflop  # noqa: E402
 
@@ -124,7 +125,7 @@ def transformers_mask_pipeline(model, settings):
 
 
 STOCK = "sam_hf_stock"  # transformers' stock pipeline class on sam_hf's model and image processor
-SEGMENT_IMPLS = (*IMPLS, STOCK)
+SEGMENT_IMPLS = (*IMPLS, STOCK, WITHOUT_KERNELS)
 MIXED = "bf16+fp32"  # sam_hf's mixed precision: bf16 vision encoder, fp32 prompt encoder and mask decoder
 
 
@@ -227,6 +228,8 @@ def build(impl: str, dtype: str, args, config, paths: dict, processor, settings,
     model = load_model("sam_hf" if impl == STOCK else impl, args.variant, paths["fp32" if dtype == MIXED else dtype], config=config)
     if dtype == MIXED:
         model.mixed_precision(torch.bfloat16)
+    if impl == WITHOUT_KERNELS:
+        return without_kernels(make_runner("sam_hf", model, dtype, image, args, processor, settings))
     return make_runner(impl, model, dtype, image, args, processor, settings)
 
 
