@@ -12,8 +12,7 @@ def kernel_isas() -> list[str]:
     `SAM_HF_KERNEL_ISA` set, that one alone."""
     from sam_hf.kernels import loader
 
-    flags = loader.cpu_flags()
-    isas = [isa for isa, spec in loader.ISAS.items() if all(flag in flags for flag in spec["cpu_flags"])]
+    isas = loader.runnable_isas()
     asked = os.environ.get(loader.ISA_VARIABLE, "auto").strip().lower()
     return [asked] if asked in isas else isas or ["none"]
 

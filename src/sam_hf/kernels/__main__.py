@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from .loader import ISA_VARIABLE, ISAS, build_all, cache_dir, cpu_flags, kernel_for, kernel_isa, reset, unavailable_reason
+from .loader import ISA_VARIABLE, ISAS, build_all, cache_dir, kernel_for, kernel_isa, reset, runnable_isas, unavailable_reason
 
 
 def report() -> None:
@@ -30,8 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.all_isas:
         return report()
-    flags = cpu_flags()
-    runnable = [isa for isa, spec in ISAS.items() if all(flag in flags for flag in spec["cpu_flags"])]
+    runnable = runnable_isas()
     if not runnable:
         print(f"none: this CPU has none of {list(ISAS)}")  # report() says why for each kernel
         return report()

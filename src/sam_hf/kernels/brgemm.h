@@ -150,8 +150,9 @@ inline bool bf16_brgemm_usable() {
 #endif
 }
 
-// A kernel's bf16 path runs AVX512-BF16 instructions (simd.h): on a CPU without them, or in an AVX2 build, it raises instead of stopping the
-// process with an illegal instruction (sam_hf routes bf16 there only after `bf16_usable()`; this guards direct calls).
+// A kernel's bf16 path runs AVX512-BF16 instructions (simd.h): on a CPU without them, or in an AVX2 build, it raises
+// instead of stopping the process with an illegal instruction (sam_hf routes bf16 there only after `bf16_usable()`;
+// this guards direct calls).
 inline void check_bf16_cpu(const char* kernel) {
 #if defined(__AVX512F__)
   TORCH_CHECK(__builtin_cpu_supports("avx512bf16"), kernel, ": bf16 inputs need a CPU with AVX512-BF16, which this one "

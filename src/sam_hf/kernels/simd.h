@@ -15,7 +15,7 @@ namespace sam_hf_simd {
 inline vf16 exp16(vf16 x) {
   x = v16_max_ps(x, v16_set1_ps(-87.0f));
   const vf16 n = v16_roundscale_ps(v16_mul_ps(x, v16_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   vf16 r = v16_fnmadd_ps(n, v16_set1_ps(0.693359375f), x);  // ln2 split in two for precision
   r = v16_fnmadd_ps(n, v16_set1_ps(-2.12194440e-4f), r);
   vf16 p = v16_set1_ps(1.0f / 720.0f);
