@@ -43,15 +43,21 @@ namespace {
 constexpr int64_t kMaxMasks = 8;
 
 // GELU (the erf form, as F.gelu) by a table: x Phi(x), the normal CDF Phi as a polynomial of degree D - 1 in each of
-// 32 equal intervals of [-6, 6], interpolating Phi at D Chebyshev points of the interval; Phi is taken as 0 left of
+// N equal intervals of [-6, 6], interpolating Phi at D Chebyshev points of the interval; Phi is taken as 0 left of
 // -6 (the first coefficient is set to 0: F.gelu's -0 there, and NaN for -inf) and as its value at 6, 1 in fp32, right
-// of it. The coefficients are found in double once per process. Error of the GELU over [-8, 8]: D = 5 3.7e-7 (fp32
-// rounding; PyTorch's vectorised erf, Abramowitz-Stegun 7.1.26 with an exponential, is no closer), D = 4 3.6e-6 (for
-// bf16, whose activations and masks are rounded to 2^-9 relative). An evaluation is a few arithmetic instructions
-// and D two-table lane permutes: about half the time of the exponential form at D = 5 (Zen 4, 16 floats in cache:
-// 3.6 against 7.2 ns; D = 4 2.9 ns, against 4.9 for the polynomial-and-reciprocal erf the bf16 path used before).
-constexpr int kGeluIntervals = 32;
+// of it. The coefficients are found in double once per process. Error of the GELU over [-8, 8]: N = 32, D = 5 3.7e-7
+// (fp32 rounding; PyTorch's vectorised erf, Abramowitz-Stegun 7.1.26 with an exponential, is no closer), D = 4 3.6e-6
+// (for bf16, whose activations and masks are rounded to 2^-9 relative); N = 8, D = 8 (AVX2 builds) 4.8e-7 against
+// N = 32, D = 5's 4.5e-7 in the same check. An evaluation is a few arithmetic instructions and one lane permute per
+// coefficient (two-table on AVX-512: 32 intervals in two registers; one 8-lane register per half on AVX2, so 8
+// intervals): on AVX-512 about half the time of the exponential form at D = 5 (Zen 4, 16 floats in cache: 3.6 against
+// 7.2 ns; D = 4 2.9 ns, against 4.9 for the polynomial-and-reciprocal erf the bf16 path used before).
 constexpr double kGeluRange = 6.0;
+#if defined(__AVX512F__)
+constexpr int kGeluIntervals = 32;
+#else
+constexpr int kGeluIntervals = 8;
+#endif
 
 template <int D>
 struct GeluCoefficients {
@@ -83,15 +89,19 @@ struct GeluCoefficients {
   }
 };
 
-// The table of degree D - 1 held in registers (two vectors of 16 intervals per coefficient) for a loop of GELUs.
+// The table of degree D - 1 held in registers for a loop of GELUs.
 template <int D>
 class Gelu {
  public:
   Gelu() {
     static const GeluCoefficients<D> table;  // built once, thread-safely
     for (int k = 0; k < D; ++k) {
-      low_[k] = v16_loadu_ps(table.c[k]);
-      high_[k] = v16_loadu_ps(table.c[k] + 16);
+#if defined(__AVX512F__)
+      low_[k] = v16_loadu_ps(table.c[k]);  // intervals 0-15
+      high_[k] = v16_loadu_ps(table.c[k] + 16);  // 16-31
+#else
+      table_[k] = _mm256_loadu_ps(table.c[k]);
+#endif
     }
   }
 
@@ -102,18 +112,34 @@ class Gelu {
     const vf16 start = v16_roundscale_ps(u, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
     const vf16 t = v16_sub_ps(u, start);
     const vi16 interval = v16_cvttps_epi32(start);
+#if defined(__AVX512F__)
     vf16 phi = v16_permutex2var_ps(low_[D - 1], interval, high_[D - 1]);
     for (int k = D - 2; k >= 0; --k) phi = v16_fmadd_ps(phi, t, v16_permutex2var_ps(low_[k], interval, high_[k]));
+#else
+    vf16 phi = {_mm256_permutevar8x32_ps(table_[D - 1], interval.lo), _mm256_permutevar8x32_ps(table_[D - 1], interval.hi)};
+    for (int k = D - 2; k >= 0; --k)
+      phi = v16_fmadd_ps(phi, t, {_mm256_permutevar8x32_ps(table_[k], interval.lo), _mm256_permutevar8x32_ps(table_[k], interval.hi)});
+#endif
     return v16_mul_ps(x, phi);  // NaN stays NaN
   }
 
  private:
+#if defined(__AVX512F__)
   vf16 low_[D], high_[D];
+#else
+  __m256 table_[D];
+#endif
 };
 
-// The GELU of each path: fp32 keeps F.gelu's accuracy, bf16 takes the cubic.
+// The GELU of each path: fp32 keeps F.gelu's accuracy, bf16 takes the cubic (AVX-512 builds; AVX2 builds take fp32
+// only, at degree 7 on their 8 intervals).
+#if defined(__AVX512F__)
 template <typename T>
 using GeluFor = Gelu<std::is_same_v<T, float> ? 5 : 4>;
+#else
+template <typename T>
+using GeluFor = Gelu<8>;
+#endif
 
 // (lo, hi) = the lanes of u and v interleaved: u0 v0 u1 v1 ... u15 v15.
 inline void interleave(vf16 u, vf16 v, vf16& lo, vf16& hi) {
