@@ -39,4 +39,3 @@ _import_segment_anything_with_stub()
 def _seed():
     torch.manual_seed(0)
     yield
-

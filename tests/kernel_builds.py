@@ -1,7 +1,6 @@
 """Running the kernels' tests once per instruction set whose builds this CPU runs (sam_hf.kernels.loader.ISAS)."""
 
 import contextlib
-import os
 
 import pytest
 
@@ -12,9 +11,8 @@ def kernel_isas() -> list[str]:
     `SAM_HF_KERNEL_ISA` set, that one alone."""
     from sam_hf.kernels import loader
 
-    isas = loader.runnable_isas()
-    asked = os.environ.get(loader.ISA_VARIABLE, "auto").strip().lower()
-    return [asked] if asked in isas else isas or ["none"]
+    runnable = loader.runnable_isas()
+    return [isa for isa in loader._wanted_isas() if isa in runnable] or ["none"]
 
 
 @contextlib.contextmanager
