@@ -53,6 +53,13 @@ def attention(
     Returns the output (..., Lq, Dv) and, for eager with `output_attentions`, the weights (..., Lq, Lk).
     """
     if implementation == "sdpa" and not output_attentions:
+        if query.dim() > 4 and torch.compiler.is_exporting():  # 4-D, as ONNX's exporter takes SDPA: (B*P, h, L, D)
+            lead = torch.broadcast_shapes(query.shape[:-3], key.shape[:-3], value.shape[:-3], () if mask is None else mask.shape[:-3])
+            query, key, value = (t.expand(*lead, *t.shape[-3:]).reshape(-1, *t.shape[-3:]) for t in (query, key, value))
+            if mask is not None:
+                mask = mask.expand(*lead, *mask.shape[-3:]).reshape(-1, *mask.shape[-3:])
+            out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
+            return out.view(*lead, *out.shape[-3:]), None
         return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale), None
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"attn_implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")

@@ -26,12 +26,13 @@ def cpu_inference(module: torch.nn.Module) -> bool:
 
 def eager_on_cpu_inference(forward):
     """Decorator for a method of a module (a forward): while `torch.compile` traces a call of it for CPU inference
-    (`cpu_inference`), the call runs eagerly, outside the graph; otherwise as it is."""
+    (`cpu_inference`), the call runs eagerly, outside the graph; otherwise (`torch.export` included: an exported program
+    is the reference computation, see `sam_hf.export`) as it is."""
     eager = torch.compiler.disable(forward)
 
     @functools.wraps(forward)
     def wrapper(self, *args, **kwargs):
-        if torch.compiler.is_compiling() and cpu_inference(self):
+        if torch.compiler.is_compiling() and not torch.compiler.is_exporting() and cpu_inference(self):
             return eager(self, *args, **kwargs)
         return forward(self, *args, **kwargs)
 

@@ -228,7 +228,8 @@ class SamHfVisionLayer(nn.Module):
         hidden_states, weights = self.attn(normed, output_attentions=output_attentions, residual=hidden_states)
         tokens = hidden_states.view(-1, hidden_states.shape[-1])  # (B*g*g, C), a fresh tensor
         chunk = mlp_chunk_tokens(self.mlp_dim, hidden_states.element_size())
-        if hidden_states.requires_grad or tokens.shape[0] <= chunk:  # autograd records: nothing in place
+        # autograd records: nothing in place; traced: one MLP call (chunks would fix the batch size in the graph)
+        if hidden_states.requires_grad or torch.compiler.is_compiling() or tokens.shape[0] <= chunk:
             return self.mlp.residual_forward(self.layer_norm2(hidden_states), hidden_states), weights
         for part in tokens.split(chunk):  # (chunk, C) views, updated in place
             part.copy_(self.mlp.residual_forward(self.layer_norm2(part), part))

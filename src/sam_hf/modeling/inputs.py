@@ -16,11 +16,20 @@ def _tensor(name: str, value) -> torch.Tensor:
     return value
 
 
+def _require(ok: torch.Tensor, message: str) -> None:
+    """Raises a ValueError with `message` unless the boolean tensor `ok` holds True. While `torch.export` traces, where
+    values are unknown, the check goes into the exported program as a runtime assertion with the same message (which
+    raises a RuntimeError there)."""
+    if torch.compiler.is_exporting():
+        torch._assert_async(ok, message)
+    elif not bool(ok):
+        raise ValueError(message)
+
+
 def _finite(name: str, value: torch.Tensor) -> None:
     if not value.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
-    if not bool(torch.isfinite(value).all()):
-        raise ValueError(f"{name} must contain only finite values, got NaN or inf")
+    _require(torch.isfinite(value).all(), f"{name} must contain only finite values, got NaN or inf")
 
 
 def check_pixel_values(pixel_values, image_size: int, num_channels: int) -> None:
@@ -60,9 +69,12 @@ def check_prompts(*, batch_size: int, input_points, input_labels, input_boxes, i
                 raise ValueError(f"input_labels must have shape (B, P, N) = {tuple(input_points.shape[:3])}, got {tuple(input_labels.shape)}")
             if input_labels.is_floating_point() or input_labels.dtype == torch.bool:
                 raise TypeError(f"input_labels must be an integer tensor, got dtype {input_labels.dtype}")
-            bad = input_labels[~torch.isin(input_labels, torch.tensor(VALID_LABELS, device=input_labels.device))]
-            if bad.numel():
-                raise ValueError(f"input_labels must be in {VALID_LABELS} (1 positive, 0 negative, -1 not a point, -10 padding), got {sorted(set(bad.tolist()))}")
+            valid = (input_labels[..., None] == torch.tensor(VALID_LABELS, device=input_labels.device)).any(-1)  # (ONNX has no isin)
+            expected = f"input_labels must be in {VALID_LABELS} (1 positive, 0 negative, -1 not a point, -10 padding)"
+            if torch.compiler.is_exporting():
+                _require(valid.all(), expected)
+            elif not bool(valid.all()):
+                raise ValueError(f"{expected}, got {sorted(set(input_labels[~valid].tolist()))}")
     if input_boxes is not None:
         input_boxes = _tensor("input_boxes", input_boxes)
         if input_boxes.dim() != 3 or input_boxes.shape[-1] != 4:
@@ -70,8 +82,8 @@ def check_prompts(*, batch_size: int, input_points, input_labels, input_boxes, i
         _finite("input_boxes", input_boxes)
         if input_boxes.shape[0] != batch_size:
             raise ValueError(f"input_boxes has {input_boxes.shape[0]} images but the image batch has {batch_size}")
-        if bool((input_boxes[..., 2] < input_boxes[..., 0]).any() or (input_boxes[..., 3] < input_boxes[..., 1]).any()):
-            raise ValueError("input_boxes must be (x0, y0, x1, y1) with x1 >= x0 and y1 >= y0, got a box with x1 < x0 or y1 < y0")
+        _require(((input_boxes[..., 2] >= input_boxes[..., 0]) & (input_boxes[..., 3] >= input_boxes[..., 1])).all(),
+                 "input_boxes must be (x0, y0, x1, y1) with x1 >= x0 and y1 >= y0, got a box with x1 < x0 or y1 < y0")
         if prompts is not None and input_boxes.shape[1] != prompts:
             raise ValueError(f"input_boxes has {input_boxes.shape[1]} prompts per image but input_points has {prompts}")
         prompts = input_boxes.shape[1]

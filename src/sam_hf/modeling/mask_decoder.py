@@ -43,6 +43,8 @@ def channels_last_tokens(maps: torch.Tensor, dense: torch.Tensor) -> torch.Tenso
     """maps (B, C, g, g) + dense (B, P', C, g, g) -> image tokens (B, P', g*g, C), contiguous: one 2-D transposing
     copy per map, about 5x faster than PyTorch's N-dimensional one (one Zen 4 core, a ViT-B image, fp32: 0.6 vs
     3.0 ms). A spatially constant `dense` (the no-mask embedding, expanded) is added per channel after the copy."""
+    if torch.compiler.is_compiling():  # traced: one expression (the loop below would fix B and P' in the graph)
+        return (maps[:, None] + dense).flatten(-2).transpose(-1, -2).contiguous()
     constant = dense.shape[1] == 1 and dense.stride(-1) == 0 and dense.stride(-2) == 0
     summed = maps[:, None] if constant else maps[:, None] + dense
     flat = summed.flatten(-2)  # (B, P', C, g*g)
@@ -320,16 +322,18 @@ class SamHfMaskDecoder(nn.Module):
         kernel = self.transformer.kernel_for(image, tokens, pe, output_attentions) is not None
         cache["fold_upscaling"] = kernel and mask_iou_threshold is None and self._folds_upscaling(image, prompts, cache)
         cache.pop("upscaling_record", None)  # only this call's groups leave records (a failed call's must not be read)
-        group = prompts if output_attentions else prompt_group(per_prompt, image.device, kernel=kernel, fold=cache["fold_upscaling"])
+        # while torch.export traces, one group: a loop over groups would fix P in the exported program
+        one_group = output_attentions or torch.compiler.is_exporting()
+        group = prompts if one_group else prompt_group(per_prompt, image.device, kernel=kernel, fold=cache["fold_upscaling"])
         # one image's groups write their masks straight into the output (no concatenation of B x P x M x 4g x 4g logits)
         masks = None
-        if batch == 1 and group < prompts:
+        if not one_group and batch == 1 and group < prompts:
             masks = image.new_empty(batch, prompts, len(range(self.num_mask_tokens)[mask_slice]), 4 * grid, 4 * grid)
         results = [
             self._decode(tokens[:, i : i + group], None if token_mask is None else token_mask[:, i : i + group],
                          image if image.shape[1] == 1 else image[:, i : i + group], pe, mask_slice, output_attentions, cache,
                          mask_iou_threshold, out=None if masks is None else masks[0, i : i + group])
-            for i in range(0, prompts, group)
+            for i in ([0] if one_group else range(0, prompts, group))
         ]
         if masks is None:
             masks = torch.cat([r[0] for r in results], dim=1) if len(results) > 1 else results[0][0]

@@ -1,0 +1,139 @@
+"""sam_hf models for other runtimes: `torch.export` programs and ONNX files of the image encoder and of the prompt
+decoder (prompt encoder + mask decoder on given image embeddings, the part Meta's ONNX example ships for browsers),
+with the numbers of images, prompts and points left dynamic.
+
+While `torch.export` traces, sam_hf takes Meta's form (`modeling/module_calls.py`): every layer is called, and none of
+the CPU inference paths (compiled kernels, per-call caches, the choice of route by the number of prompts, prompt
+groups) enters the program, so the program holds the reference computation for every size. The input checks on values
+(finite points, boxes and masks, known labels, ordered box corners) become runtime assertions inside the program; they
+raise a `RuntimeError` with the same message there. Shapes are checked when the program is called.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.export import Dim
+
+PARTS = ("encoder", "decoder")
+
+
+class SamHfEncoderForExport(nn.Module):
+    """pixel_values (B, 3, S, S) -> image_embeddings (B, C, g, g) of a `SamHfModel`."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.get_image_embeddings(pixel_values)
+
+
+class SamHfDecoderForExport(nn.Module):
+    """(image_embeddings (B, C, g, g), input_points (B, P, N, 2), input_labels (B, P, N), input_boxes (B, P, 4),
+    input_masks (B, P, 4g, 4g); prompt inputs optional as in `SamHfModel.forward`) -> (iou_scores (B, P, M), pred_masks
+    (B, P, M, 4g, 4g)) of a `SamHfModel`, M = 3 with `multimask_output`, else 1."""
+
+    def __init__(self, model: nn.Module, *, multimask_output: bool = True) -> None:
+        super().__init__()
+        self.model = model
+        self.multimask_output = multimask_output
+
+    def forward(self, image_embeddings: torch.Tensor, input_points: torch.Tensor | None = None, input_labels: torch.Tensor | None = None,
+                input_boxes: torch.Tensor | None = None, input_masks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(image_embeddings=image_embeddings, input_points=input_points, input_labels=input_labels, input_boxes=input_boxes,
+                         input_masks=input_masks, multimask_output=self.multimask_output)
+        return out.iou_scores, out.pred_masks
+
+
+def _check_model(model) -> None:
+    from .modeling import SamHfModel
+
+    if not isinstance(model, SamHfModel):
+        raise TypeError(f"model must be a SamHfModel, got {type(model).__name__}")
+
+
+def _wrapper_and_inputs(model, part: str, points: bool, boxes: bool, masks: bool, multimask_output: bool):
+    """The module to trace, example inputs (2 images, 3 prompts, 2 points: no size of 0 or 1, which the tracer would fix)
+    and their dynamic sizes."""
+    _check_model(model)
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
+    for name, value in (("points", points), ("boxes", boxes), ("masks", masks), ("multimask_output", multimask_output)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    if part == "decoder" and not (points or boxes):
+        raise ValueError("the decoder needs points or boxes (or both): got points=False and boxes=False")
+    parameter = next(model.parameters())
+    device, dtype = parameter.device, parameter.dtype
+    images = Dim("images", min=1)
+    if part == "encoder":
+        size = model.config.vision_config.image_size
+        wrapper = SamHfEncoderForExport(model).train(model.training)  # the model's mode (the exporter warns in training mode)
+        return wrapper, {"pixel_values": torch.zeros(2, 3, size, size, device=device, dtype=dtype)}, {"pixel_values": {0: images}}
+    wrapper = SamHfDecoderForExport(model, multimask_output=multimask_output).train(model.training)
+    prompt_cfg = model.config.prompt_encoder_config
+    grid, size = prompt_cfg.image_embedding_size, prompt_cfg.image_size
+    prompts, count = Dim("prompts", min=1), Dim("points", min=1)
+    example = {"image_embeddings": torch.zeros(2, prompt_cfg.hidden_size, grid, grid, device=device, dtype=dtype)}
+    shapes: dict = {"image_embeddings": {0: images}}
+    if points:
+        example["input_points"] = torch.full((2, 3, 2, 2), size / 2, device=device)
+        example["input_labels"] = torch.ones(2, 3, 2, dtype=torch.long, device=device)
+        shapes["input_points"] = shapes["input_labels"] = {0: images, 1: prompts, 2: count}
+    if boxes:
+        example["input_boxes"] = torch.tensor([0.0, 0.0, size / 2, size / 2], device=device).expand(2, 3, 4).contiguous()
+        shapes["input_boxes"] = {0: images, 1: prompts}
+    if masks:
+        example["input_masks"] = torch.zeros(2, 3, 4 * grid, 4 * grid, device=device, dtype=dtype)
+        shapes["input_masks"] = {0: images, 1: prompts}
+    return wrapper, example, shapes
+
+
+def export_program(model, part: str = "decoder", *, points: bool = True, boxes: bool = False, masks: bool = False,
+                   multimask_output: bool = True) -> torch.export.ExportedProgram:
+    """A `torch.export` program of `part` of `model` (a `SamHfModel`, on its device and in its dtype), called with
+    keyword arguments:
+
+    - "encoder": `program.module()(pixel_values=...)` -> image_embeddings, for any number of images;
+    - "decoder": `program.module()(image_embeddings=..., input_points=..., input_labels=...)` -> (iou_scores,
+      pred_masks), for any number of images, prompts and points. The prompt inputs are those chosen here: `points`
+      (input_points and input_labels), `boxes` (input_boxes) and `masks` (input_masks, one per prompt: (B, P, 4g, 4g)).
+      `multimask_output` is fixed in the program.
+    """
+    wrapper, example, shapes = _wrapper_and_inputs(model, part, points, boxes, masks, multimask_output)
+    with torch.no_grad():
+        return torch.export.export(wrapper, (), example, dynamic_shapes=shapes)
+
+
+def export_onnx(model, path: str | os.PathLike, part: str = "decoder", *, points: bool = True, boxes: bool = False,
+                masks: bool = False, multimask_output: bool = True, overwrite: bool = False) -> Path:
+    """`export_program`'s program written as an ONNX file at `path` (torch's dynamo exporter; needs `onnx` and
+    `onnxscript`: `pip install "sam-hf[onnx]"`), with named inputs (as `export_program` lists them) and outputs
+    ("image_embeddings"; "iou_scores", "pred_masks") and dynamic sizes. Runs in onnxruntime, for example. An
+    existing file is kept (a `ValueError`) unless `overwrite`. Returns the path."""
+    for module in ("onnx", "onnxscript"):
+        try:
+            __import__(module)
+        except ImportError as error:
+            raise ImportError(f'export_onnx needs the packages onnx and onnxscript: pip install "sam-hf[onnx]" ({error})') from error
+    path = Path(path)
+    if path.suffix != ".onnx":
+        raise ValueError(f"path must name a .onnx file, got {str(path)!r}")
+    if not path.parent.is_dir():
+        raise ValueError(f"path's folder {str(path.parent)!r} does not exist")
+    if path.exists() and not overwrite:
+        raise ValueError(f"path {str(path)!r} exists: pass overwrite=True to replace it")
+    wrapper, example, shapes = _wrapper_and_inputs(model, part, points, boxes, masks, multimask_output)
+    outputs = ["image_embeddings"] if part == "encoder" else ["iou_scores", "pred_masks"]
+    with torch.no_grad(), warnings.catch_warnings():
+        # the exporter names each dynamic axis once per input and warns that inputs share it (images, prompts, points)
+        warnings.filterwarnings("ignore", message=".*will not be used, since it shares the same shape constraints", category=UserWarning)
+        program = torch.onnx.export(wrapper, (), kwargs=example, dynamic_shapes=shapes, input_names=list(example), output_names=outputs,
+                                    dynamo=True, verbose=False)
+    program.save(str(path))
+    return path
