@@ -141,3 +141,36 @@ def test_precision_is_checked(capsys):
 
     with pytest.raises(ValueError, match="precision must be one of fp32, bf16, bf16-encoder, got 'half'"):
         load_model("m", None, "cpu", "half")
+
+
+def test_export_onnx_writes_a_decoder_that_matches_the_model(model_dir, tmp_path, capsys):
+    import onnxruntime  # in the test extras
+
+    output = tmp_path / "decoder.onnx"
+    assert main(["export-onnx", "--model", model_dir, "--output", str(output), "--boxes", "--single-mask"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image_embeddings", "input_points", "input_labels", "input_boxes"]
+    model = sam_hf.SamHfModel.from_pretrained(model_dir).eval()
+    generator = torch.Generator().manual_seed(0)
+    grid = model.config.prompt_encoder_config.image_embedding_size
+    inputs = dict(image_embeddings=torch.randn(1, 32, grid, grid, generator=generator), input_points=torch.rand(1, 2, 1, 2, generator=generator) * 100,
+                  input_labels=torch.ones(1, 2, 1, dtype=torch.long), input_boxes=torch.tensor([[[10.0, 20.0, 90.0, 80.0], [0.0, 0.0, 50.0, 60.0]]]))
+    iou, masks = session.run(None, {k: v.numpy() for k, v in inputs.items()})
+    with torch.no_grad():
+        expected = model(multimask_output=False, **inputs)
+    assert masks.shape == (1, 2, 1, 4 * grid, 4 * grid)
+    np.testing.assert_allclose(masks, expected.pred_masks.numpy(), atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(iou, expected.iou_scores.numpy(), atol=2e-5, rtol=1e-5)
+    # an existing file is kept without --overwrite
+    before = output.read_bytes()
+    assert main(["export-onnx", "--model", model_dir, "--output", str(output)]) == 0
+    assert "kept" in capsys.readouterr().err and output.read_bytes() == before
+
+
+@pytest.mark.parametrize("flags", [["--output", "decoder.pt"], ["--output", "encoder.onnx", "--part", "encoder", "--boxes"]])
+def test_export_onnx_bad_flags(model_dir, tmp_path, flags, capsys):
+    flags = [tmp_path / f if f.endswith((".pt", ".onnx")) else f for f in flags]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export-onnx", "--model", model_dir, *map(str, flags)])
+    assert exit_info.value.code == 2 and "usage" in capsys.readouterr().err

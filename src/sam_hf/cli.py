@@ -2,6 +2,7 @@
 
     sam-hf segment-everything photos/ --model facebook/sam-vit-base --output masks/ [--convert-to-rle]
     sam-hf segment photo.jpg --points 500,375 --points 600,300,0 --box 400,300,700,500 --model ... --output out/
+    sam-hf export-onnx --model facebook/sam-vit-base --output decoder.onnx [--part encoder] [--boxes] [--masks]
 
 `--model` is a saved sam_hf/transformers folder or Hub id, or Meta's `.pth` checkpoint with
 `--model-type vit_b|vit_l|vit_h`; `--precision fp32|bf16|bf16-encoder` (default fp32, exact; bf16-encoder is
@@ -66,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(prompted)
     prompted.add_argument("--points", action="append", default=[], metavar="X,Y[,LABEL]", help="a point (label 1 positive, 0 negative); repeat for more")
     prompted.add_argument("--box", metavar="X0,Y0,X1,Y1", help="a box around the object")
+    exporter = commands.add_parser("export-onnx", help="the prompt decoder or the image encoder as an ONNX file (sam_hf.export)")
+    exporter.add_argument("--model", required=True, help="saved model folder, Hub id, or Meta .pth checkpoint")
+    exporter.add_argument("--model-type", choices=["vit_b", "vit_l", "vit_h"], help="variant of a Meta .pth checkpoint")
+    exporter.add_argument("--output", required=True, help="the .onnx file to write")
+    exporter.add_argument("--part", choices=["decoder", "encoder"], default="decoder",
+                          help="decoder: image embeddings and prompts -> IoU scores and low-res mask logits; encoder: pixels -> embeddings")
+    exporter.add_argument("--no-points", action="store_true", help="the decoder takes no input_points / input_labels (use with --boxes)")
+    exporter.add_argument("--boxes", action="store_true", help="the decoder takes input_boxes")
+    exporter.add_argument("--masks", action="store_true", help="the decoder takes input_masks, one low-res mask per prompt")
+    exporter.add_argument("--single-mask", action="store_true", help="one mask per prompt instead of three")
+    exporter.add_argument("--overwrite", action="store_true", help="replace the file if it exists")
     return parser
 
 
@@ -200,6 +212,23 @@ def _segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_onnx(args: argparse.Namespace) -> int:
+    from .export import export_onnx
+
+    if not args.output.endswith(".onnx"):
+        raise ValueError(f"--output must name a .onnx file, got {args.output!r}")
+    if os.path.exists(args.output) and not args.overwrite:
+        _report(f"{args.output} exists, kept (use --overwrite to replace it)")
+        return 0
+    if args.part == "encoder" and (args.no_points or args.boxes or args.masks or args.single_mask):
+        raise ValueError("--no-points, --boxes, --masks and --single-mask choose the decoder's inputs and outputs: not with --part encoder")
+    model, _ = load_model(args.model, args.model_type, "cpu")
+    path = export_onnx(model, args.output, args.part, points=not args.no_points, boxes=args.boxes, masks=args.masks,
+                       multimask_output=not args.single_mask, overwrite=args.overwrite)
+    print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `sam-hf`; returns the exit status (0 success, 1 some image failed, 2 bad usage)."""
     parser = build_parser()
@@ -207,6 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "segment-everything":
             return _segment_everything(args)
+        if args.command == "export-onnx":
+            return _export_onnx(args)
         return _segment(args)
     except (argparse.ArgumentTypeError, ValueError, TypeError, ImportError) as err:
         parser.error(str(err))  # exits with status 2
