@@ -29,6 +29,9 @@ IMPLS = ("sam_hf", "transformers", "meta")
 COMPILED = "sam_hf_compiled"
 # sam_hf with its compiled kernels off (`sam_hf.kernels.disabled()` around each call): what they gain, in the same run
 WITHOUT_KERNELS = "sam_hf_pytorch"
+# sam_hf's model exported to ONNX (`sam_hf.export.export_onnx`: the decoder, or the encoder) and run by onnxruntime on the
+# CPU with torch's thread count; fp32 only
+ONNX = "sam_hf_onnx"
 HERE = os.path.dirname(os.path.abspath(__file__))
 STUBS = os.path.join(HERE, "..", "tests", "_stubs")
 
@@ -89,9 +92,9 @@ def write_model_weights(model_path: str, dtypes: list[str], folder: str):
     return model.config, paths
 
 
-def load_model(impl: str, variant: str, path: str, config=None) -> torch.nn.Module:
+def load_model(impl: str, variant: str, path: str, config=None, *, part: str = "decoder") -> torch.nn.Module:
     """One implementation with the saved weights, in their dtype, in eval mode (SDPA where offered); `COMPILED`: sam_hf's
-    model under `torch.compile`.
+    model under `torch.compile`; `ONNX`: the model's `part` ("decoder" or "encoder") in onnxruntime (`OnnxPart`).
 
     `config` (a SamHfConfig) replaces the variant's preset, for weights from `write_model_weights`.
     """
@@ -101,6 +104,8 @@ def load_model(impl: str, variant: str, path: str, config=None) -> torch.nn.Modu
         return torch.compile(load_model("sam_hf", variant, path, config))
     if impl == WITHOUT_KERNELS:
         return load_model("sam_hf", variant, path, config)
+    if impl == ONNX:
+        return OnnxPart(load_model("sam_hf", variant, path, config), part)
     config = config if config is not None else config_for_variant(variant)
     state = torch.load(path, weights_only=True)
     with torch.device("meta"):
@@ -133,6 +138,35 @@ def load_model(impl: str, variant: str, path: str, config=None) -> torch.nn.Modu
     if impl == "transformers":
         model.set_attn_implementation("sdpa")
     return model.eval()
+
+
+class OnnxPart:
+    """A part ("decoder" or "encoder") of a sam_hf model exported to ONNX (`sam_hf.export.export_onnx`) in an onnxruntime
+    session on the CPU, `intra_op_num_threads` torch's thread count (`ONNX`). Called with torch tensors as
+    `program.module()` would be (keywords), it returns torch tensors. The ONNX file is read into the session and deleted."""
+
+    def __init__(self, model: torch.nn.Module, part: str) -> None:
+        import shutil
+        import tempfile
+
+        import onnxruntime
+        from sam_hf.export import export_onnx
+
+        if next(model.parameters()).dtype != torch.float32:
+            raise ValueError("the ONNX rows run fp32 only (onnxruntime's CPU provider has no bf16 products)")
+        folder = tempfile.mkdtemp(prefix="sam_hf_onnx_")
+        try:
+            path = export_onnx(model, os.path.join(folder, f"{part}.onnx"), part)
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
+            self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        finally:
+            shutil.rmtree(folder)
+        self.config = model.config
+
+    def __call__(self, **inputs: torch.Tensor):
+        outputs = self.session.run(None, {name: value.contiguous().numpy() for name, value in inputs.items()})
+        return tuple(torch.from_numpy(output) for output in outputs)
 
 
 def without_kernels(fn):

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    COMPILED, DTYPES, IMPLS, WITHOUT_KERNELS, add_worker_arguments, interleaved, load_model, matmul_peak, memory_cell, peak_rss_mb, per_process_runs,
+    COMPILED, DTYPES, IMPLS, ONNX, WITHOUT_KERNELS, add_worker_arguments, interleaved, load_model, matmul_peak, memory_cell, peak_rss_mb, per_process_runs,
     print_table, speedup, summary, timed, write_weights,
 )
 from _flops import decoder_gflop  # noqa: E402
@@ -53,6 +53,9 @@ def decode(impl: str, model, embeddings: torch.Tensor, points: torch.Tensor, lab
                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True,
             )
         return masks, iou
+    if impl == ONNX:
+        iou, masks = model(image_embeddings=embeddings, input_points=points, input_labels=labels)
+        return masks[0], iou[0]
     out = model(image_embeddings=embeddings, input_points=points, input_labels=labels, multimask_output=True)
     return out.pred_masks[0], out.iou_scores[0]
 
@@ -61,9 +64,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", default="vit_b", help="only sets the weights; the decoder is the same for all")
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
-    parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=[*IMPLS, WITHOUT_KERNELS, COMPILED],
+    parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=[*IMPLS, WITHOUT_KERNELS, COMPILED, ONNX],
                         help=f"{WITHOUT_KERNELS}: sam_hf with its compiled kernels off; {COMPILED}: sam_hf under torch.compile "
-                             "(its first call, a warm-up, compiles)")
+                             f"(its first call, a warm-up, compiles); {ONNX}: sam_hf's decoder exported to ONNX, run by onnxruntime "
+                             "(fp32)")
     parser.add_argument("--batch", type=int, default=64, help="prompts per call")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    DTYPES, IMPLS, WITHOUT_KERNELS, add_worker_arguments, interleaved, load_model, matmul_peak, memory_cell, peak_rss_mb,
+    DTYPES, IMPLS, ONNX, WITHOUT_KERNELS, add_worker_arguments, interleaved, load_model, matmul_peak, memory_cell, peak_rss_mb,
     per_process_runs, print_table, speedup, summary, timed, without_kernels, write_weights,
 )
 
@@ -36,6 +36,8 @@ def encode(impl: str, model: torch.nn.Module, pixels: torch.Tensor) -> torch.Ten
         return without_kernels(encode)("sam_hf", model, pixels)
     if impl == "meta":
         return model.image_encoder(pixels)
+    if impl == ONNX:
+        return model(pixel_values=pixels)[0]
     return model.get_image_embeddings(pixels)
 
 
@@ -56,7 +58,7 @@ def mask_logits(model, embeddings: torch.Tensor) -> torch.Tensor:
 def worker(args) -> None:
     """One configuration in a fresh process: load, warm up, run; print timings and peak RSS."""
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    model = load_model(args.impl, args.variant, args.weights)
+    model = load_model(args.impl, args.variant, args.weights, part="encoder")
     loaded = peak_rss_mb()
     pixels = pixels_for(args.variant, args.dtype)
     with torch.inference_mode():
@@ -68,8 +70,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", default="vit_b", choices=VARIANTS)
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
-    parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=[*IMPLS, WITHOUT_KERNELS],
-                        help=f"{WITHOUT_KERNELS}: sam_hf with its compiled kernels off")
+    parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=[*IMPLS, WITHOUT_KERNELS, ONNX],
+                        help=f"{WITHOUT_KERNELS}: sam_hf with its compiled kernels off; {ONNX}: sam_hf's encoder exported to ONNX, "
+                             "run by onnxruntime (fp32)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
@@ -89,7 +92,7 @@ def main() -> None:
             models, fns = {}, {}
             for impl in args.impls:
                 try:
-                    models[impl] = load_model(impl, args.variant, paths[dtype])
+                    models[impl] = load_model(impl, args.variant, paths[dtype], part="encoder")
                     with torch.inference_mode():
                         outputs[impl, dtype] = encode(impl, models[impl], pixels).float()
                     fns[impl] = lambda impl=impl: encode(impl, models[impl], pixels)
