@@ -142,7 +142,7 @@ def load_model(impl: str, variant: str, path: str, config=None, *, part: str = "
 
 class OnnxPart:
     """A part ("decoder" or "encoder") of a sam_hf model exported to ONNX (`sam_hf.export.export_onnx`) in an onnxruntime
-    session on the CPU, `intra_op_num_threads` torch's thread count (`ONNX`). Called with torch tensors as
+    session on the CPU, `intra_op_num_threads` torch's thread count, no spinning between runs (`ONNX`). Called with torch tensors as
     `program.module()` would be (keywords), it returns torch tensors. The ONNX file is read into the session and deleted."""
 
     def __init__(self, model: torch.nn.Module, part: str) -> None:
@@ -159,6 +159,9 @@ class OnnxPart:
             path = export_onnx(model, os.path.join(folder, f"{part}.onnx"), part)
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
+            # no spinning after a run: onnxruntime's idle threads would spin on the cores the next implementation's run needs
+            # (transformers' decoder calls took 4x longer in the round-robin)
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         finally:
             shutil.rmtree(folder)
@@ -271,6 +274,20 @@ def add_worker_arguments(parser) -> None:
     parser.add_argument("--impl", help=argparse.SUPPRESS)
     parser.add_argument("--dtype", help=argparse.SUPPRESS)
     parser.add_argument("--weights", help=argparse.SUPPRESS)
+
+
+# Implementations timed in a fresh process of their own (`timed_apart`), not in the round-robin: while an onnxruntime
+# session lived in the process, the others' PyTorch code ran slower (ViT-B, 64-prompt decoder calls: transformers 65-93
+# -> 141-198 ms per prompt, Meta's alike, sam_hf's kernels unaffected; back to normal once the session was deleted;
+# session 25, cause not found: not threads spinning, CPU affinity, page faults or memory pressure)
+APART = (ONNX,)
+
+
+def timed_apart(script: str, impl: str, dtype: str, job: list[str], threads: int) -> dict | str:
+    """`impl` in `dtype` timed by `script --worker --impl impl --dtype dtype *job` in a fresh process: its summary,
+    or the table's "failed: ..." text."""
+    result = run_worker(script, ["--impl", impl, "--dtype", dtype, *job], threads)
+    return summary(result["seconds"]) if "seconds" in result else f"failed: {result.get('error', 'no result')}"
 
 
 def per_process_runs(script: str, jobs: dict, threads: int, mode: str, timings: dict) -> dict:

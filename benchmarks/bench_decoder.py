@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    COMPILED, DTYPES, IMPLS, ONNX, WITHOUT_KERNELS, add_worker_arguments, interleaved, load_model, matmul_peak, memory_cell, peak_rss_mb, per_process_runs,
-    print_table, speedup, summary, timed, write_weights,
+    APART, COMPILED, DTYPES, IMPLS, ONNX, WITHOUT_KERNELS, add_worker_arguments, interleaved, load_model, matmul_peak, memory_cell, peak_rss_mb, per_process_runs,
+    print_table, speedup, summary, timed, timed_apart, write_weights,
 )
 from _flops import decoder_gflop  # noqa: E402
 
@@ -90,6 +90,8 @@ def main() -> None:
         models, fns = {}, {}
         inputs = embeddings.to(DTYPES[dtype])
         for impl in args.impls:
+            if impl in APART:
+                continue
             try:
                 models[impl] = load_model("sam_hf" if impl == WITHOUT_KERNELS else impl, args.variant, paths[dtype])
                 with torch.inference_mode():
@@ -102,6 +104,13 @@ def main() -> None:
                 timings[impl, dtype] = summary(times)
         del models, fns
         gc.collect()
+        for impl in (i for i in args.impls if i in APART):  # after the round-robin, in a process of its own (see APART)
+            job = ["--variant", args.variant, "--weights", paths[dtype], "--batch", str(args.batch), "--runs", str(args.runs),
+                   "--warmup", str(args.warmup)]
+            timings[impl, dtype] = timed_apart(os.path.abspath(__file__), impl, dtype, job, args.threads)
+            if isinstance(timings[impl, dtype], dict):
+                with torch.inference_mode():
+                    masks[impl, dtype] = decode(impl, load_model(impl, args.variant, paths[dtype]), inputs, points, labels)[0].float()
     if args.mode in ("both", "rss"):
         jobs = {(impl, dtype): ["--impl", impl, "--dtype", dtype, "--variant", args.variant, "--weights", paths[dtype],
                                 "--batch", str(args.batch), "--runs", "1", "--warmup", str(args.warmup)]

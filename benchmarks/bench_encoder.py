@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    DTYPES, IMPLS, ONNX, WITHOUT_KERNELS, add_worker_arguments, interleaved, load_model, matmul_peak, memory_cell, peak_rss_mb,
-    per_process_runs, print_table, speedup, summary, timed, without_kernels, write_weights,
+    APART, DTYPES, IMPLS, ONNX, WITHOUT_KERNELS, add_worker_arguments, interleaved, load_model, matmul_peak, memory_cell, peak_rss_mb,
+    per_process_runs, print_table, speedup, summary, timed, timed_apart, without_kernels, write_weights,
 )
 
 from _flops import encoder_gflop  # noqa: E402
@@ -91,6 +91,8 @@ def main() -> None:
             pixels = pixels_for(args.variant, dtype)
             models, fns = {}, {}
             for impl in args.impls:
+                if impl in APART:
+                    continue
                 try:
                     models[impl] = load_model(impl, args.variant, paths[dtype], part="encoder")
                     with torch.inference_mode():
@@ -105,6 +107,12 @@ def main() -> None:
                     masks[dtype] = mask_logits(models["sam_hf"], outputs["sam_hf", dtype].to(DTYPES[dtype]))
             del models, fns
             gc.collect()
+            for impl in (i for i in args.impls if i in APART):  # after the round-robin, in a process of its own (see APART)
+                job = ["--variant", args.variant, "--weights", paths[dtype], "--runs", str(args.runs), "--warmup", str(args.warmup)]
+                timings[impl, dtype] = timed_apart(os.path.abspath(__file__), impl, dtype, job, args.threads)
+                if isinstance(timings[impl, dtype], dict):
+                    with torch.inference_mode():
+                        outputs[impl, dtype] = encode(impl, load_model(impl, args.variant, paths[dtype], part="encoder"), pixels).float()
     if args.mode in ("both", "rss"):
         jobs = {(impl, dtype): ["--impl", impl, "--dtype", dtype, "--variant", args.variant, "--weights", paths[dtype],
                                 "--runs", "1", "--warmup", str(args.warmup)]
