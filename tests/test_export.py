@@ -157,3 +157,19 @@ def test_onnx_decoder_and_encoder_run_in_onnxruntime(model, embeddings, tmp_path
     with torch.no_grad():
         expected = model.get_image_embeddings(pixels)
     np.testing.assert_allclose(encoder.run(None, {"pixel_values": pixels.numpy()})[0], expected.numpy(), atol=2e-5, rtol=1e-5)
+
+
+def test_mixed_precision_decoder_program_takes_the_encoders_bf16_embeddings(model):
+    # mixed_precision(): bf16 encoder, fp32 decoder; the program is traced on embeddings in the encoder's dtype
+    mixed = randomize(SamHfModel(config_for_variant("tiny")), seed=1).eval().mixed_precision(torch.bfloat16)
+    size = model.config.vision_config.image_size
+    with torch.no_grad():
+        embeddings = mixed.get_image_embeddings(torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(4)))
+    assert embeddings.dtype == torch.bfloat16
+    inputs = prompts(model, 2, 3, 1, seed=9)
+    iou, masks = export_program(mixed).module()(image_embeddings=embeddings, **inputs)
+    with torch.no_grad():
+        expected = mixed(image_embeddings=embeddings, **inputs)
+    assert masks.dtype == expected.pred_masks.dtype
+    torch.testing.assert_close(masks, expected.pred_masks, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(iou, expected.iou_scores, atol=2e-5, rtol=1e-5)

@@ -68,7 +68,7 @@ def _wrapper_and_inputs(model, part: str, points: bool, boxes: bool, masks: bool
             raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
     if part == "decoder" and not (points or boxes):
         raise ValueError("the decoder needs points or boxes (or both): got points=False and boxes=False")
-    parameter = next(model.parameters())
+    parameter = next(model.vision_encoder.parameters())  # the images' and embeddings' dtype (bf16 under mixed_precision())
     device, dtype = parameter.device, parameter.dtype
     images = Dim("images", min=1)
     if part == "encoder":
