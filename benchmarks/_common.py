@@ -159,8 +159,7 @@ class OnnxPart:
             path = export_onnx(model, os.path.join(folder, f"{part}.onnx"), part)
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
-            # no spinning after a run: onnxruntime's idle threads would spin on the cores the next implementation's run needs
-            # (transformers' decoder calls took 4x longer in the round-robin)
+            # no spinning after a run: idle threads would keep the cores the next run needs
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         finally:
@@ -278,7 +277,7 @@ def add_worker_arguments(parser) -> None:
 
 # Implementations timed in a fresh process of their own (`timed_apart`), not in the round-robin: while an onnxruntime
 # session lived in the process, the others' PyTorch code ran slower (ViT-B, 64-prompt decoder calls: transformers 65-93
-# -> 141-198 ms per prompt, Meta's alike, sam_hf's kernels unaffected; back to normal once the session was deleted;
+# -> 141-246 ms per prompt, Meta's alike, sam_hf's kernels unaffected; back to normal once the session was deleted;
 # session 25, cause not found: not threads spinning, CPU affinity, page faults or memory pressure)
 APART = (ONNX,)
 
