@@ -173,3 +173,25 @@ def test_mixed_precision_decoder_program_takes_the_encoders_bf16_embeddings(mode
     assert masks.dtype == expected.pred_masks.dtype
     torch.testing.assert_close(masks, expected.pred_masks, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(iou, expected.iou_scores, atol=2e-5, rtol=1e-5)
+
+
+def test_onnx_example_segments_like_the_pytorch_model(tmp_path, capsys):
+    """examples/onnx_segment.py on the shipped model and the demo image: the click on the blue ellipse gives the PyTorch
+    model's mask, pixel for pixel, and an existing mask is kept."""
+    import importlib.util
+    import os
+
+    root = os.path.join(os.path.dirname(__file__), "..")
+    spec = importlib.util.spec_from_file_location("onnx_segment_example", os.path.join(root, "examples", "onnx_segment.py"))
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    argv = [os.path.join(root, "models", "sam-hf-shapes-352"), os.path.join(root, "examples", "sample.png"), "--point", "228", "65",
+            "--output", str(tmp_path)]
+    result = example.main(argv)
+    assert result["pixels_differing_from_pytorch"] == 0 and result["max_iou_difference"] < 1e-4
+    assert result["score"] > 0.9 and 1000 < result["area"] < 5000  # the ellipse, not the background
+    assert sorted(os.listdir(tmp_path)) == ["decoder.onnx", "encoder.onnx", "mask.png"]
+    kept = (tmp_path / "mask.png").read_bytes()
+    with pytest.raises(SystemExit, match="exists"):
+        example.main(argv)
+    assert (tmp_path / "mask.png").read_bytes() == kept
