@@ -39,8 +39,9 @@ def folds(prompts: int, cache: dict | None) -> bool:
     `image_cache` holds the embeddings' own image side (no mask input: `cache["reuses_image_side"]`), whose projections
     then serve every later click (ViT-B fp32 clicks, two cores: 23.5 -> 19.0 ms; with a mask input the side is new in
     every call, and the shared route would cost 71.5 against 43.5 ms on one thread). Never inside `calling_modules()`
-    (Meta's form takes no route; under `torch.export` the number of prompts is not known)."""
-    if calling_modules():
+    (Meta's form takes no route), nor while `torch.export` traces (the number of prompts is not known there: the
+    program takes the shared route, whose prompt-independent work is done once per image for any number of prompts)."""
+    if calling_modules() or torch.compiler.is_exporting():
         return False
     return prompts <= FOLD_UP_TO_PROMPTS and not (cache is not None and cache.get("reuses_image_side", False))
 

@@ -103,7 +103,9 @@ class SamHfMaskDecoder(nn.Module):
         only on its own image token, so this is exact. `folded` (`folded_operands`, for these image tokens as the
         decoder's two-way transformer made them): the kernel takes the first convolution in its folded form.
         """
-        if calling_modules():  # layers wrapped (module_calls.py): Meta's form, every layer called
+        # layers wrapped (module_calls.py): Meta's form, every layer called; likewise while torch.export traces, where the
+        # loop over blocks of prompts below would fix the number of prompts in the program
+        if calling_modules() or torch.compiler.is_exporting():
             return self._upscale_by_modules(image if index is None else image[index], hyper_in, grid, out)
         module = self._upscaling_kernel(image, hyper_in, out)
         if module is not None:

@@ -15,7 +15,6 @@ import contextlib
 import functools
 import threading
 
-import torch
 from torch import nn
 from torch.nn.modules import module as torch_module
 
@@ -50,10 +49,9 @@ def weights_readable(module: nn.Module) -> bool:
 
 
 def active() -> bool:
-    """Whether this thread runs inside `calling_modules()`, or `torch.export` traces (an exported program is Meta's form,
-    every layer called: sam_hf's choices by the number of prompts, per-call caches and grouping would fix the traced
-    shapes)."""
-    return getattr(_THIS_THREAD, "active", False) or torch.compiler.is_exporting()
+    """Whether this thread runs inside `calling_modules()`. (`torch.export` traces sam_hf's own PyTorch paths, as
+    `torch.compile` does: see `sam_hf.export`.)"""
+    return getattr(_THIS_THREAD, "active", False)
 
 
 @contextlib.contextmanager
