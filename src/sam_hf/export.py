@@ -143,7 +143,7 @@ def export_onnx(model, path: str | os.PathLike, part: str = "decoder", *, points
         raise ValueError(f"path {str(path)!r} exists: pass overwrite=True to replace it")
     wrapper, example, shapes = _wrapper_and_inputs(model, part, points, boxes, masks, multimask_output)
     outputs = ["image_embeddings"] if part == "encoder" else ["iou_scores", "pred_masks"]
-    exported = _export(wrapper, example, shapes)  # ONNX's exporter would export without the deferred checks
+    exported = _export(wrapper, example, shapes)  # torch.onnx.export on the wrapper would not defer the unprovable size conditions
     with torch.no_grad(), warnings.catch_warnings():
         # the exporter names each dynamic axis once per input and warns that inputs share it (images, prompts, points)
         warnings.filterwarnings("ignore", message=".*will not be used, since it shares the same shape constraints", category=UserWarning)
