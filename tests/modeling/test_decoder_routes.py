@@ -96,3 +96,20 @@ def test_gradients_match_transformers(prompts):
         assert name.startswith("mask_decoder.output_hypernetworks_mlps.0.") and not theirs[name].any(), name
     for name in ours:
         assert_close(ours[name], theirs[name], rtol=1e-3, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("prompts", [1, 2])
+@pytest.mark.parametrize("per_prompt_masks", [False, True])
+@torch.no_grad()
+def test_iou_threshold_on_several_images_in_the_fold_route(tiny_model, prompts, per_prompt_masks):
+    """A threshold first runs the final attention for the IoU token alone (a slice of the tokens): with several images in
+    the "fold" route that slice reached a view its strides could not give (found by fuzzing, kernels off). A threshold
+    below every prediction keeps every mask: the same outputs as without one."""
+    embeddings = torch.randn(2, 32, 8, 8)
+    masks = torch.randn(2, prompts if per_prompt_masks else 1, 32, 32)
+    boxes = torch.tensor([[10.0, 20.0, 70.0, 90.0], [40.0, 5.0, 120.0, 60.0]])[:prompts].expand(2, prompts, 4)
+    full = tiny_model(image_embeddings=embeddings, input_boxes=boxes, input_masks=masks)
+    kept = tiny_model(image_embeddings=embeddings, input_boxes=boxes, input_masks=masks,
+                      mask_iou_threshold=full.iou_scores.min().item() - 1.0)
+    assert_close(kept.iou_scores, full.iou_scores, rtol=1e-5, atol=1e-6)
+    assert_close(kept.pred_masks, full.pred_masks, rtol=1e-5, atol=1e-5)

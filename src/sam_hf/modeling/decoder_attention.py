@@ -190,7 +190,7 @@ class SamHfAttention(nn.Module):
         given. A shared side (P' = 1) meets all prompts' rows in one product."""
         batch, prompts, length, _ = rows.shape
         sides, tokens, channels = batch * with_pe.shape[1], with_pe.shape[2], with_pe.shape[3]
-        folded = self._per_head_product(rows, layer.weight).view(sides, -1, channels)  # (B*P', P/P' * h*T, C)
+        folded = self._per_head_product(rows, layer.weight).reshape(sides, -1, channels)  # (B*P', P/P' * h*T, C); rows may be a slice of T
         bias = (rows.view(batch, prompts, length, self.num_heads, -1) * layer.bias.view(self.num_heads, -1)).sum(-1)  # (B, P, T, h)
         bias = bias.transpose(2, 3).reshape(sides, -1, 1)  # (B*P', P/P' * h*T, 1), rows in the order of `folded`
         logits = out.view(sides, -1, tokens) if out is not None else rows.new_empty(sides, folded.shape[1], tokens)
