@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from sam_hf.generation import generator as generator_module
 from sam_hf.generation.generator import SamHfAutomaticMaskGenerator
-from sam_hf.generation.upscale import upscale_in_boxes
+from sam_hf.generation.upscale import _axis, upscale_in_boxes
 from sam_hf.processing import SamHfImageProcessor
 from sam_hf.processing.masks import upscale_and_crop
 from sam_hf.processing.resize import get_preprocess_shape
@@ -99,6 +99,32 @@ def test_with_the_kernel_equal_to_every_pixel_upscaled_bit_for_bit(low_side, pad
         mask[result.y0 : result.y0 + height, result.x0 : result.x0 + width] = result.mask
         assert torch.equal(mask, full > 0.5)
         assert (result.high, result.low) == (int((full > 1.5).sum()), int((full > -0.5).sum()))
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("which", [0, -1])  # the first unread source, the last (past every pixel's)
+def test_shrunk_mask_whose_possible_sources_no_pixel_reads_is_empty(axis, which):
+    """An image smaller than the model's resized frame (a small crop of segment everything) is shrunk: some source rows
+    (or columns) are read by no pixel. A mask that can pass only there is empty at image size (found by fuzzing the
+    generator against Meta's: the box's first row was looked up past the end)."""
+    resized_size, size = (17, 128), (5, 36)  # about 3.5 sources per pixel
+    resampling = _axis(resized_size[axis], size[axis])  # PyTorch's source indices and weights along that axis
+    read = set(resampling.low.tolist()) | set(resampling.high.tolist())
+    index = [i for i in range(resized_size[axis]) if i not in read][which]
+    resized = torch.full((2, *resized_size), -40.0)
+    if axis == 0:
+        resized[0, index] = 25.0
+    else:
+        resized[0, :, index] = 25.0
+    resized[1, 5:9, 40:60] = 25.0  # an ordinary mask beside it
+    dense = F.interpolate(resized[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    assert not bool((dense[0] > -1.0).any())
+    for result, full in zip(upscale_in_boxes(resized, size, 0.0, 1.0), dense):
+        mask = torch.zeros(size, dtype=torch.bool)
+        height, width = result.mask.shape
+        mask[result.y0 : result.y0 + height, result.x0 : result.x0 + width] = result.mask
+        assert torch.equal(mask, full > 0.0)
+        assert (result.high, result.low) == (int((full > 1.0).sum()), int((full > -1.0).sum()))
 
 
 def test_box_is_tight():

@@ -98,6 +98,10 @@ def upscale_in_boxes(resized: torch.Tensor, size: tuple[int, int], threshold: fl
         vertical, horizontal = _Axis(*kernel.axis_table(resized.shape[1], height)), _Axis(*kernel.axis_table(resized.shape[2], width))
     out = []
     for source, row_span, col_span in zip(resized, rows, cols):
+        if row_span is not None and not same_size:
+            (y0, y1), (x0, x1) = vertical.span(*row_span), horizontal.span(*col_span)
+            if y0 >= y1 or x0 >= x1:  # shrinking (a small crop): no pixel reads a source that can pass
+                row_span = None
         if row_span is None:  # nothing can pass any threshold
             out.append(UpscaledMask(torch.zeros(0, 0, dtype=torch.bool), 0, 0, 0, 0))
             continue
@@ -105,10 +109,8 @@ def upscale_in_boxes(resized: torch.Tensor, size: tuple[int, int], threshold: fl
             (y0, y1), (x0, x1) = (row_span[0], row_span[1] + 1), (col_span[0], col_span[1] + 1)
             logits = source[y0:y1, x0:x1]
         elif kernel is not None:  # F.interpolate's window, bit for bit
-            (y0, y1), (x0, x1) = vertical.span(*row_span), horizontal.span(*col_span)
             logits = kernel.resize(source[None], height, width, None, None, y1 - y0, x1 - x0, None, y0, x0)[0]
         else:
-            (y0, y1), (x0, x1) = vertical.span(*row_span), horizontal.span(*col_span)
             first = int(vertical.low[y0])  # the first source row read by the box
             band = source[first : int(vertical.high[y1 - 1]) + 1]  # (r, w): the source rows read
             across = horizontal.resample(band, 1, x0, x1)  # (r, x1 - x0)
