@@ -171,10 +171,26 @@ def test_generator_paths_agree(meta_and_ours, blocks_image, monkeypatch, kwargs)
     in_boxes = generator.generate(blocks_image)
     monkeypatch.setattr(SamHfAutomaticMaskGenerator, "_upscales_in_boxes", lambda self, device: False)
     dense = generator.generate(blocks_image)
+    _assert_same_records(in_boxes, dense)
+
+
+def _assert_same_records(in_boxes: list[dict], dense: list[dict]) -> None:
     assert len(in_boxes) == len(dense) > 0
     for a, b in zip(in_boxes, dense):
         np.testing.assert_array_equal(a.pop("segmentation"), b.pop("segmentation"))
         assert a == b
+
+
+def test_generator_paths_agree_on_a_small_image_with_crop_layers(meta_and_ours, monkeypatch):
+    """An image smaller than the model's input, in crops two layers deep: the crops are shrunk to their size, where
+    some of a mask's possible source rows are read by no pixel (the in-box path's IndexError before the fix)."""
+    image = np.kron((np.random.default_rng(27).random((3, 8, 3)) * 255).astype(np.uint8), np.ones((6, 18, 1), dtype=np.uint8))[:17, :141]
+    kwargs = dict(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.3, stability_score_offset=0.2, box_nms_thresh=0.5,
+                  crop_n_layers=2, crop_nms_thresh=0.7, crop_overlap_ratio=0.1, points_per_batch=64)
+    generator = SamHfAutomaticMaskGenerator(meta_and_ours[1], **kwargs)
+    in_boxes = generator.generate(image)
+    monkeypatch.setattr(SamHfAutomaticMaskGenerator, "_upscales_in_boxes", lambda self, device: False)
+    _assert_same_records(in_boxes, generator.generate(image))
 
 
 def test_generator_uses_dense_steps_for_another_processor(meta_and_ours):
