@@ -38,6 +38,14 @@ CASES = [  # (low-res side, padded input side, image (H, W))
 ]
 
 
+def _placed(result, size: tuple[int, int]) -> torch.Tensor:
+    """An `UpscaledMask`'s box placed in an image of `size`: the whole mask (H, W) bool."""
+    mask = torch.zeros(size, dtype=torch.bool)
+    height, width = result.mask.shape
+    mask[result.y0 : result.y0 + height, result.x0 : result.x0 + width] = result.mask
+    return mask
+
+
 def _assert_same_up_to_rounding(mask: torch.Tensor, count: int, full: torch.Tensor, threshold: float, name: str):
     """`mask` (or `count`) is `full > threshold` except where `full` lies within float32 rounding of the threshold
     (this module's interpolation and F.interpolate's round differently by a few ulps)."""
@@ -67,10 +75,7 @@ def test_equal_to_every_pixel_upscaled(low_side, pad, size, threshold, offset, k
     assert len(results) == len(logits)
     ties = 0
     for result, full in zip(results, dense):
-        # the box result placed in the image; everything outside it must be False in the dense masks too
-        mask = torch.zeros(size, dtype=torch.bool)
-        height, width = result.mask.shape
-        mask[result.y0 : result.y0 + height, result.x0 : result.x0 + width] = result.mask
+        mask = _placed(result, size)  # everything outside the box must be False in the dense masks too
         ties += _assert_same_up_to_rounding(mask, int(mask.sum()), full, threshold, "mask")
         ties += _assert_same_up_to_rounding(None, result.high, full, threshold + offset, "high count")
         ties += _assert_same_up_to_rounding(None, result.low, full, threshold - offset, "low count")
@@ -94,9 +99,7 @@ def test_with_the_kernel_equal_to_every_pixel_upscaled_bit_for_bit(low_side, pad
     dense = SamHfImageProcessor(longest_edge=pad).post_process_masks(logits[None, :, None], [size], [resized_size], binarize=False)[0][:, 0]
     resized = upscale_and_crop(logits[:, None], pad, *resized_size)[:, 0]
     for result, full in zip(upscale_in_boxes(resized, size, 0.5, 1.0), dense):
-        mask = torch.zeros(size, dtype=torch.bool)
-        height, width = result.mask.shape
-        mask[result.y0 : result.y0 + height, result.x0 : result.x0 + width] = result.mask
+        mask = _placed(result, size)
         assert torch.equal(mask, full > 0.5)
         assert (result.high, result.low) == (int((full > 1.5).sum()), int((full > -0.5).sum()))
 
@@ -120,9 +123,7 @@ def test_shrunk_mask_whose_possible_sources_no_pixel_reads_is_empty(axis, which)
     dense = F.interpolate(resized[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
     assert not bool((dense[0] > -1.0).any())
     for result, full in zip(upscale_in_boxes(resized, size, 0.0, 1.0), dense):
-        mask = torch.zeros(size, dtype=torch.bool)
-        height, width = result.mask.shape
-        mask[result.y0 : result.y0 + height, result.x0 : result.x0 + width] = result.mask
+        mask = _placed(result, size)
         assert torch.equal(mask, full > 0.0)
         assert (result.high, result.low) == (int((full > 1.0).sum()), int((full > -1.0).sum()))
 
