@@ -143,8 +143,9 @@ class SamHfModel(SamHfPreTrainedModel):
         input_masks (`(B, 1, 4g, 4g)` or `(B, P, 4g, 4g)`): low-res mask logits, one per image or per prompt.
         multimask_output (`bool`): three masks per prompt (True) or the single best-trained one.
         mask_iou_threshold (`float`, optional): skip the mask upscaling (and the mask tokens' final attention) of
-            every prompt none of whose returned masks has a predicted IoU above this value; their `pred_masks` are -1e4 everywhere (empty). `iou_scores` are
-            always computed. Segment-everything uses it with its `pred_iou_thresh` (an exact shortcut there).
+            every prompt none of whose returned masks has a predicted IoU above this value; their `pred_masks` are -1e4
+            everywhere (empty; -9984 in bf16, the nearest value it holds). `iou_scores` are always computed.
+            Segment-everything uses it with its `pred_iou_thresh` (an exact shortcut there).
         image_cache (`dict`, optional): with `image_embeddings`, a dict (empty at first) that the caller passes to every
             call on the same embeddings: the decoder's prompt-independent work on the image (its tokens channels-last,
             the projections all prompts share) is computed in the first call and kept there; calls of one or two
