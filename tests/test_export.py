@@ -92,6 +92,17 @@ def test_decoder_program_shares_the_image_side_among_prompts(model, embeddings, 
     assert 0 < ours < 0.8 * meta, (ours, meta)
 
 
+def test_decoder_program_upscales_without_convolutions(decoder_program, tmp_path, model):
+    """The program's mask upscaling is the linear form: with a convolution in it, Inductor would lay the image tokens out
+    channels-last (modeling/export_form.py). ONNX files keep Meta's transposed convolutions, onnxruntime's faster form."""
+    import onnx
+
+    targets = {str(node.target) for node in decoder_program.graph.nodes if node.op == "call_function"}
+    assert not [target for target in targets if "conv" in target] and "aten.linear.default" in targets
+    kinds = {node.op_type for node in onnx.load(str(export_onnx(model, tmp_path / "decoder.onnx"))).graph.node}
+    assert "ConvTranspose" in kinds
+
+
 def test_decoder_program_leaves_its_inputs_alone(model, embeddings, decoder_program):
     inputs = {"image_embeddings": embeddings[:2].clone(), **prompts(model, 2, 4, 2, seed=5)}
     kept = {name: value.clone() for name, value in inputs.items()}

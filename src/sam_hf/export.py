@@ -5,9 +5,11 @@ with the numbers of images, prompts and points left dynamic.
 While `torch.export` traces, sam_hf takes its PyTorch paths, as under `torch.compile`: in the decoder the image side
 that all prompts of an image share is projected once per image, not once per prompt, and each prompt's tokens are
 folded into the projections of its own image tokens (`modeling/decoder_attention.py`, the "shared" and "per_prompt"
-routes); the mask upscaling is Meta's. What depends on the call's sizes stays out of the program: the compiled kernels,
-the caches, the "fold" route for one or two prompts, prompt groups. So one program serves every size, and it does
-about half the work of Meta's form per prompt (onnxruntime, ViT-B, 64 prompts per call: 1.7x faster than Meta's form).
+routes). The mask upscaling is its linear form in `torch.export` programs and Meta's transposed convolutions in ONNX
+files, whichever runs faster where each goes (`modeling/export_form.py`). What depends on the call's sizes stays out of
+the program: the compiled kernels, the caches, the "fold" route for one or two prompts, prompt groups. So one program
+serves every size, and it does about half the work of Meta's form per prompt (onnxruntime, ViT-B, 64 prompts per call:
+1.7x faster than Meta's form).
 
 Some shape facts the exporter cannot prove (a view's contiguity for sizes of at least 1) are checked in the program at
 run time instead (`prefer_deferred_runtime_asserts_over_guards`); they hold for every size. The input checks on values
@@ -24,6 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.export import Dim
+
+from .modeling import export_form
 
 PARTS = ("encoder", "decoder")
 
@@ -143,7 +147,8 @@ def export_onnx(model, path: str | os.PathLike, part: str = "decoder", *, points
         raise ValueError(f"path {str(path)!r} exists: pass overwrite=True to replace it")
     wrapper, example, shapes = _wrapper_and_inputs(model, part, points, boxes, masks, multimask_output)
     outputs = ["image_embeddings"] if part == "encoder" else ["iou_scores", "pred_masks"]
-    exported = _export(wrapper, example, shapes)  # torch.onnx.export on the wrapper would not defer the unprovable size conditions
+    with export_form.with_convolutions():  # onnxruntime's transposed convolutions (modeling/export_form.py)
+        exported = _export(wrapper, example, shapes)  # torch.onnx.export on the wrapper would not defer the unprovable size conditions
     with torch.no_grad(), warnings.catch_warnings():
         # the exporter names each dynamic axis once per input and warns that inputs share it (images, prompts, points)
         warnings.filterwarnings("ignore", message=".*will not be used, since it shares the same shape constraints", category=UserWarning)

@@ -20,6 +20,7 @@ from ..configuration import SamHfMaskDecoderConfig
 from ..kernels import kernel_for
 from .autocast import in_own_dtype
 from .bf16_compute import fp32_for_bf16
+from . import export_form
 from .compile_support import eager_on_cpu_inference
 from .module_calls import active as calling_modules, when_wrapped
 from .image_cache import cached, call_cache, kept
@@ -103,10 +104,12 @@ class SamHfMaskDecoder(nn.Module):
         only on its own image token, so this is exact. `folded` (`folded_operands`, for these image tokens as the
         decoder's two-way transformer made them): the kernel takes the first convolution in its folded form.
         """
-        # layers wrapped (module_calls.py): Meta's form, every layer called; likewise while torch.export traces, where the
-        # loop over blocks of prompts below would fix the number of prompts in the program
-        if calling_modules() or torch.compiler.is_exporting():
+        # layers wrapped (module_calls.py): Meta's form, every layer called; likewise in ONNX exports (export_form.py)
+        if calling_modules() or (torch.compiler.is_exporting() and export_form.convolutions()):
             return self._upscale_by_modules(image if index is None else image[index], hyper_in, grid, out)
+        if torch.compiler.is_exporting():  # one block of all prompts (the loop below would fix their number in the program)
+            masks = self._upscale(image if index is None else image[index], hyper_in, grid, self._linear_weights())
+            return masks if out is None else out.copy_(masks)
         module = self._upscaling_kernel(image, hyper_in, out)
         if module is not None:
             out = image.new_empty(hyper_in.shape[0], hyper_in.shape[1], 4 * grid, 4 * grid) if out is None else out
@@ -123,8 +126,7 @@ class SamHfMaskDecoder(nn.Module):
         rows = _UPSCALE_BAND_BUDGET // per_row if image.device.type == "cpu" else prompt_group(per_row * grid, image.device) * grid
         rows = max(1, rows)
         out = image.new_empty(batch, masks, 4 * grid, 4 * grid) if out is None else out
-        # the convolutions as linear layers, rearranged once per call rather than once per block
-        weights = (_conv_transpose_weight(self.upscale_conv1), *(_conv_transpose_weight(self.upscale_conv2, rows=c) for c in range(2)))
+        weights = self._linear_weights()  # once per call rather than once per block
         if rows >= grid:  # whole prompts per block
             group = rows // grid
             for n in range(0, batch, group):
@@ -248,6 +250,11 @@ class SamHfMaskDecoder(nn.Module):
         norm = self.upscale_layer_norm
         return (conv1, bias1.float(), norm.weight.float().contiguous(), norm.bias.float().contiguous(), norm.eps,
                 torch.stack([w for w, _ in second]), torch.stack([b for _, b in second]).float())
+
+    def _linear_weights(self) -> tuple:
+        """The two transposed convolutions as linear layers, as `_upscale` takes them: the first conv's, and the second
+        conv's for each of its two kernel rows (`_conv_transpose_weight`)."""
+        return (_conv_transpose_weight(self.upscale_conv1), *(_conv_transpose_weight(self.upscale_conv2, rows=c) for c in range(2)))
 
     def _upscale(self, image: torch.Tensor, hyper_in: torch.Tensor, grid: int, weights) -> torch.Tensor:
         """image tokens (N, R*g, C) of R whole grid rows, hypernetwork weights (N, M, C/8) -> logits (N, M, 4R, 4g);
