@@ -10,7 +10,7 @@ there are two, the same arithmetic:
   per call, AOTInductor: 21.6 ms per prompt in the linear form against 115-152 with the convolutions.
 - Meta's form (`SamHfMaskDecoder._upscale_by_modules`: the two `ConvTranspose2d` layers), in ONNX files
   (`with_convolutions()`, entered by `export_onnx`): onnxruntime's transposed convolution is faster there than the
-  products of the linear form for one prompt per call (ViT-B: 34.9-39.5 against 39.4-46.6 ms), and even for 64.
+  products of the linear form for one prompt per call (ViT-B: 34.9-39.5 against 39.4-46.6 ms), about the same for 64.
 """
 
 from __future__ import annotations
