@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.export import Dim
 
-from .modeling import export_form
+from .modeling.export_form import with_convolutions
 
 PARTS = ("encoder", "decoder")
 
@@ -147,7 +147,7 @@ def export_onnx(model, path: str | os.PathLike, part: str = "decoder", *, points
         raise ValueError(f"path {str(path)!r} exists: pass overwrite=True to replace it")
     wrapper, example, shapes = _wrapper_and_inputs(model, part, points, boxes, masks, multimask_output)
     outputs = ["image_embeddings"] if part == "encoder" else ["iou_scores", "pred_masks"]
-    with export_form.with_convolutions():  # onnxruntime's transposed convolutions (modeling/export_form.py)
+    with with_convolutions():  # onnxruntime's transposed convolutions (modeling/export_form.py)
         exported = _export(wrapper, example, shapes)  # torch.onnx.export on the wrapper would not defer the unprovable size conditions
     with torch.no_grad(), warnings.catch_warnings():
         # the exporter names each dynamic axis once per input and warns that inputs share it (images, prompts, points)

@@ -20,8 +20,8 @@ from ..configuration import SamHfMaskDecoderConfig
 from ..kernels import kernel_for
 from .autocast import in_own_dtype
 from .bf16_compute import fp32_for_bf16
-from . import export_form
 from .compile_support import eager_on_cpu_inference
+from .export_form import convolutions as exports_convolutions
 from .module_calls import active as calling_modules, when_wrapped
 from .image_cache import cached, call_cache, kept
 from .layers import SamHfFeedForward, SamHfLayerNorm2d, linear_activation, matmul_nt, records_nothing
@@ -105,7 +105,7 @@ class SamHfMaskDecoder(nn.Module):
         decoder's two-way transformer made them): the kernel takes the first convolution in its folded form.
         """
         # layers wrapped (module_calls.py): Meta's form, every layer called; likewise in ONNX exports (export_form.py)
-        if calling_modules() or (torch.compiler.is_exporting() and export_form.convolutions()):
+        if calling_modules() or (torch.compiler.is_exporting() and exports_convolutions()):
             return self._upscale_by_modules(image if index is None else image[index], hyper_in, grid, out)
         if torch.compiler.is_exporting():  # one block of all prompts (the loop below would fix their number in the program)
             masks = self._upscale(image if index is None else image[index], hyper_in, grid, self._linear_weights())
