@@ -15,23 +15,16 @@ there are two, the same arithmetic:
 
 from __future__ import annotations
 
-import contextlib
-import threading
+from .thread_flag import ThreadFlag
 
-_THIS_THREAD = threading.local()
+_CONVOLUTIONS = ThreadFlag()
 
 
 def convolutions() -> bool:
     """Whether a program exported now (in this thread) takes Meta's form of the mask upscaling."""
-    return getattr(_THIS_THREAD, "convolutions", False)
+    return _CONVOLUTIONS()
 
 
-@contextlib.contextmanager
 def with_convolutions():
     """Within this context (in this thread), exported decoder programs take Meta's form of the mask upscaling."""
-    previous = convolutions()
-    _THIS_THREAD.convolutions = True
-    try:
-        yield
-    finally:
-        _THIS_THREAD.convolutions = previous
+    return _CONVOLUTIONS.on()

@@ -11,17 +11,17 @@ decoder's attentions and mask upscaling take Meta's form (`SamHfAttention.by_mod
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import threading
 
 from torch import nn
 from torch.nn.modules import module as torch_module
 
+from .thread_flag import ThreadFlag
+
 # torch building blocks that sam_hf instantiates, read by its fast paths exactly as torch computes them
 _BUILDING_BLOCKS = (nn.Linear, nn.LayerNorm, nn.Conv2d, nn.ConvTranspose2d, nn.Embedding, nn.ModuleList)
 _OWN: dict[type, bool] = {}
-_THIS_THREAD = threading.local()
+_CALLING = ThreadFlag()  # calling_modules()
 
 
 def _own(cls: type) -> bool:
@@ -51,18 +51,12 @@ def weights_readable(module: nn.Module) -> bool:
 def active() -> bool:
     """Whether this thread runs inside `calling_modules()`. (`torch.export` traces sam_hf's own PyTorch paths, as
     `torch.compile` does: see `sam_hf.export`.)"""
-    return getattr(_THIS_THREAD, "active", False)
+    return _CALLING()
 
 
-@contextlib.contextmanager
 def calling_modules():
     """Within this context (in this thread) sam_hf calls every layer instead of reading its weights."""
-    previous = active()
-    _THIS_THREAD.active = True
-    try:
-        yield
-    finally:
-        _THIS_THREAD.active = previous
+    return _CALLING.on()
 
 
 def when_wrapped(forward):
