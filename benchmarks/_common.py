@@ -32,6 +32,9 @@ WITHOUT_KERNELS = "sam_hf_pytorch"
 # sam_hf's model exported to ONNX (`sam_hf.export.export_onnx`: the decoder, or the encoder) and run by onnxruntime on the
 # CPU with torch's thread count; fp32 only
 ONNX = "sam_hf_onnx"
+# sam_hf's model exported (`sam_hf.export.export_program`: the decoder, or the encoder) and compiled by AOTInductor
+# (`torch._inductor.aoti_compile_and_package`, its default settings: about a minute for ViT-B's decoder on two cores)
+AOTI = "sam_hf_aoti"
 HERE = os.path.dirname(os.path.abspath(__file__))
 STUBS = os.path.join(HERE, "..", "tests", "_stubs")
 
@@ -94,7 +97,8 @@ def write_model_weights(model_path: str, dtypes: list[str], folder: str):
 
 def load_model(impl: str, variant: str, path: str, config=None, *, part: str = "decoder") -> torch.nn.Module:
     """One implementation with the saved weights, in their dtype, in eval mode (SDPA where offered); `COMPILED`: sam_hf's
-    model under `torch.compile`; `ONNX`: the model's `part` ("decoder" or "encoder") in onnxruntime (`OnnxPart`).
+    model under `torch.compile`; `ONNX`: the model's `part` ("decoder" or "encoder") in onnxruntime (`OnnxPart`); `AOTI`:
+    that part compiled by AOTInductor (`AotiPart`).
 
     `config` (a SamHfConfig) replaces the variant's preset, for weights from `write_model_weights`.
     """
@@ -106,6 +110,8 @@ def load_model(impl: str, variant: str, path: str, config=None, *, part: str = "
         return load_model("sam_hf", variant, path, config)
     if impl == ONNX:
         return OnnxPart(load_model("sam_hf", variant, path, config), part)
+    if impl == AOTI:
+        return AotiPart(load_model("sam_hf", variant, path, config), part)
     config = config if config is not None else config_for_variant(variant)
     state = torch.load(path, weights_only=True)
     with torch.device("meta"):
@@ -169,6 +175,30 @@ class OnnxPart:
     def __call__(self, **inputs: torch.Tensor):
         outputs = self.session.run(None, {name: value.contiguous().numpy() for name, value in inputs.items()})
         return tuple(torch.from_numpy(output) for output in outputs)
+
+
+class AotiPart:
+    """A part ("decoder" or "encoder") of a sam_hf model as a `torch.export` program (`sam_hf.export.export_program`)
+    compiled by AOTInductor and loaded back (`AOTI`), called as `program.module()` would be (keywords). The package is
+    written to a temporary folder, deleted once loaded."""
+
+    def __init__(self, model: torch.nn.Module, part: str) -> None:
+        import shutil
+        import tempfile
+
+        from sam_hf.export import export_program
+
+        folder = tempfile.mkdtemp(prefix="sam_hf_aoti_")
+        try:
+            program = export_program(model, part)
+            path = torch._inductor.aoti_compile_and_package(program, package_path=os.path.join(folder, f"{part}.pt2"))
+            self.runner = torch._inductor.aoti_load_package(path)
+        finally:
+            shutil.rmtree(folder)
+        self.config = model.config
+
+    def __call__(self, **inputs: torch.Tensor):
+        return self.runner(**inputs)
 
 
 def without_kernels(fn):
@@ -278,8 +308,9 @@ def add_worker_arguments(parser) -> None:
 # Implementations timed in a fresh process of their own (`timed_apart`), not in the round-robin: while an onnxruntime
 # session lived in the process, the others' PyTorch code ran slower (ViT-B, 64-prompt decoder calls: transformers 65-93
 # -> 141-246 ms per prompt, Meta's alike, sam_hf's kernels unaffected; back to normal once the session was deleted;
-# session 25, cause not found: not threads spinning, CPU affinity, page faults or memory pressure)
-APART = (ONNX,)
+# session 25, cause not found: not threads spinning, CPU affinity, page faults or memory pressure). An AOTInductor
+# package did the same (session 27: transformers 85.8 -> 119.5 ms per prompt in the same command)
+APART = (ONNX, AOTI)
 
 
 def timed_apart(script: str, impl: str, dtype: str, job: list[str], threads: int) -> dict | str:

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    APART, COMPILED, DTYPES, IMPLS, ONNX, WITHOUT_KERNELS, add_worker_arguments, interleaved, load_model, matmul_peak, memory_cell, peak_rss_mb, per_process_runs,
+    AOTI, APART, COMPILED, DTYPES, IMPLS, ONNX, WITHOUT_KERNELS, add_worker_arguments, interleaved, load_model, matmul_peak, memory_cell, peak_rss_mb, per_process_runs,
     print_table, speedup, summary, timed, timed_apart, write_weights,
 )
 from _flops import decoder_gflop  # noqa: E402
@@ -53,7 +53,7 @@ def decode(impl: str, model, embeddings: torch.Tensor, points: torch.Tensor, lab
                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True,
             )
         return masks, iou
-    if impl == ONNX:
+    if impl in (ONNX, AOTI):
         iou, masks = model(image_embeddings=embeddings, input_points=points, input_labels=labels)
         return masks[0], iou[0]
     out = model(image_embeddings=embeddings, input_points=points, input_labels=labels, multimask_output=True)
@@ -64,10 +64,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", default="vit_b", help="only sets the weights; the decoder is the same for all")
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
-    parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=[*IMPLS, WITHOUT_KERNELS, COMPILED, ONNX],
+    parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=[*IMPLS, WITHOUT_KERNELS, COMPILED, ONNX, AOTI],
                         help=f"{WITHOUT_KERNELS}: sam_hf with its compiled kernels off; {COMPILED}: sam_hf under torch.compile "
                              f"(its first call, a warm-up, compiles); {ONNX}: sam_hf's decoder exported to ONNX, run by onnxruntime "
-                             "(fp32)")
+                             f"(fp32); {AOTI}: sam_hf's decoder exported and compiled by AOTInductor (about a minute, twice per dtype: in its own "
+                             "timing process, then for its masks)")
     parser.add_argument("--batch", type=int, default=64, help="prompts per call")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
