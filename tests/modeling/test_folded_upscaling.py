@@ -9,7 +9,7 @@ from torch.testing import assert_close
 from references import random_mask_decoder, randomize
 from sam_hf import SamHfModel, config_for_variant, kernels
 from sam_hf.kernels import loader
-from sam_hf.modeling import mask_decoder
+from sam_hf.modeling import mask_decoder, upscaling_linear
 from sam_hf.modeling.mask_decoder import SamHfMaskDecoder
 
 KERNEL = "mask_upscaling"  # the `module` fixture (conftest.py) builds it
@@ -39,7 +39,7 @@ def _two_passes(prompts: int, grid: int, channels: int, heads: int, tokens: int,
 def _folded(decoder: SamHfMaskDecoder, x0, passes, grid: int, dtype=torch.float32) -> dict:
     """The folded operands, written out from the formula in `SamHfMaskDecoder.folded_operands`."""
     (first, stats1, values1, (g1, b1)), (second, stats2, values2, (g2, b2)) = passes
-    conv1, bias1 = (t.float() for t in mask_decoder._conv_transpose_weight(decoder.upscale_conv1))
+    conv1, bias1 = (t.float() for t in upscaling_linear.conv_transpose_weight(decoder.upscale_conv1))
     inner, outer = conv1 * (g2 * g1), conv1 * g2
     width, channels = -(-grid // 16) * 16, x0.shape[-1]
     shared = torch.nn.functional.pad((x0[0] @ inner.t()).view(grid, grid, channels), (0, 0, 0, width - grid)).transpose(1, 2).contiguous()

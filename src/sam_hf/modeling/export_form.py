@@ -3,7 +3,7 @@
 The eager model's CPU kernels stay out of exported programs, which hold sam_hf's PyTorch paths. For the mask upscaling
 there are two, the same arithmetic:
 
-- the linear form (`SamHfMaskDecoder._upscale`: both transposed convolutions as products on channels-last pixels), in
+- the linear form (`upscaling_linear.py`: both transposed convolutions as products on channels-last pixels), in
   `torch.export` programs. A program with a convolution in it would have Inductor (AOTInductor, `torch.compile` of the
   program) lay out every 4-D tensor upstream of that convolution channels-last, among them the decoder's (B, P, HW, C)
   image tokens, with the prompt axis innermost; every later product then copies them per prompt. ViT-B, 64 prompts

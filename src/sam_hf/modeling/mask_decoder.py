@@ -4,7 +4,7 @@ hypernetwork MLPs (one per mask token) and the IoU head.
 The two 2x2 stride-2 transposed convolutions of the upscaling touch disjoint pixels, so each is a plain
 matmul per input pixel (C -> 2*2*C'), done channels-last; the first one's pixels are put in raster order by
 its LayerNorm, and the second runs per output-row offset, so the hypernetwork products come out as whole rows
-of the masks (see `_upscale`). In fp32 on CPUs with AVX-512 or AVX2, and in bf16 where the CPU runs oneDNN's bf16
+of the masks (see `upscaling_linear.py`). In fp32 on CPUs with AVX-512 or AVX2, and in bf16 where the CPU runs oneDNN's bf16
 products (AVX512-BF16), where autograd records nothing, the compiled `mask_upscaling` kernel (`sam_hf.kernels`)
 does the whole upscaling and hypernetwork product instead, one grid row of one prompt at a time in cache, the rows
 spread over the threads.
@@ -24,20 +24,11 @@ from .compile_support import eager_on_cpu_inference
 from .export_form import convolutions as exports_convolutions
 from .module_calls import active as calling_modules, when_wrapped
 from .image_cache import cached, call_cache, kept
-from .layers import SamHfFeedForward, SamHfLayerNorm2d, linear_activation, matmul_nt, records_nothing
+from .layers import SamHfFeedForward, SamHfLayerNorm2d, linear_activation, records_nothing
 from .prompt_groups import prompt_group
 from .decoder_attention import folds
 from .two_way_transformer import SamHfTwoWayTransformer
-
-
-def _conv_transpose_weight(conv: nn.ConvTranspose2d, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """A 2x2 stride-2 ConvTranspose2d as a linear layer on one channels-last pixel: weight ([a, b, C_out], C_in)
-    (contiguous, as F.linear takes it) and bias; with `rows` = a, only the outputs of that kernel row: ([b, C_out], C_in)."""
-    weight = conv.weight.permute(2, 3, 1, 0)  # (a, b, C_out, C_in)
-    if rows is not None:
-        weight = weight[rows]
-    c_in, c_out = weight.shape[-1], weight.shape[-2]
-    return weight.reshape(-1, c_in).contiguous(), conv.bias.repeat(weight[..., 0].numel() // c_out)
+from .upscaling_linear import conv_transpose_weight, linear_weights, upscale
 
 
 def channels_last_tokens(maps: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
@@ -200,7 +191,7 @@ class SamHfMaskDecoder(nn.Module):
         weights = cache.get("upscale_fold_weights")  # from the parameters only: once per call, or per kept cache
         if weights is None:
             norm1, norm2 = (layer.layer_norm4 for layer in self.transformer.layers)
-            conv1, bias1 = (t.float() for t in _conv_transpose_weight(self.upscale_conv1))  # (C, C), (C,)
+            conv1, bias1 = (t.float() for t in conv_transpose_weight(self.upscale_conv1))  # (C, C), (C,)
             g1, b1, g2, b2 = norm1.weight.float(), norm1.bias.float(), norm2.weight.float(), norm2.bias.float()
             inner, outer = conv1 * (g2 * g1), conv1 * g2  # M = W1 diag(g2 g1), W1 diag(g2)
             # per block: M Wo (C, C') and M bo / heads (C,), M = inner or outer
@@ -245,38 +236,18 @@ class SamHfMaskDecoder(nn.Module):
     def _kernel_weights(self) -> tuple:
         """The upscaling's parameters as the `mask_upscaling` kernel takes them: conv1 ([a, b, C/4], C) and its
         bias, the LayerNorm's weight, bias and eps, conv2 per output-row offset (2, [d, C/8], C/4) and its bias."""
-        conv1, bias1 = _conv_transpose_weight(self.upscale_conv1)
-        second = [_conv_transpose_weight(self.upscale_conv2, rows=c) for c in range(2)]
+        (conv1, bias1), *second = self._linear_weights()
         norm = self.upscale_layer_norm
         return (conv1, bias1.float(), norm.weight.float().contiguous(), norm.bias.float().contiguous(), norm.eps,
                 torch.stack([w for w, _ in second]), torch.stack([b for _, b in second]).float())
 
     def _linear_weights(self) -> tuple:
-        """The two transposed convolutions as linear layers, as `_upscale` takes them: the first conv's, and the second
-        conv's for each of its two kernel rows (`_conv_transpose_weight`)."""
-        return (_conv_transpose_weight(self.upscale_conv1), *(_conv_transpose_weight(self.upscale_conv2, rows=c) for c in range(2)))
+        """Both transposed convolutions as linear layers (`upscaling_linear.linear_weights`)."""
+        return linear_weights(self.upscale_conv1, self.upscale_conv2)
 
     def _upscale(self, image: torch.Tensor, hyper_in: torch.Tensor, grid: int, weights) -> torch.Tensor:
-        """image tokens (N, R*g, C) of R whole grid rows, hypernetwork weights (N, M, C/8) -> logits (N, M, 4R, 4g);
-        `weights`: the first conv's and the second conv's two kernel rows as linear layers (`_conv_transpose_weight`).
-
-        Output pixel (4i + 2a + c, 4j + 2b + d) comes from token (i, j), first-conv offset (a, b), second-conv
-        offset (c, d). The first conv's pixels are put in raster order (i, a, j, b) as their LayerNorm reads
-        them; the second conv then runs once per row offset c, so the hypernetwork product of each c is already
-        a set of whole output rows (4i + 2a + c, all columns) in raster order: no permutation of single pixels.
-        """
-        norm = self.upscale_layer_norm
-        batch, tokens, _ = image.shape
-        rows, masks = tokens // grid, hyper_in.shape[1]
-        up = linear_activation(image, *weights[0], None)  # (N, R*g, [a, b, C/4])
-        up = up.view(batch, rows, grid, 2, 2, -1).transpose(2, 3)  # (N, i, a, j, b, C/4) as a view
-        up = F.gelu(F.layer_norm(up, norm.normalized_shape, norm.weight, norm.bias, norm.eps))  # contiguous, raster order
-        up = up.view(batch, 4 * tokens, -1)  # (N, 2R * 2g, C/4)
-        out = image.new_empty(batch, masks, 2 * rows, 2, 4 * grid)  # (N, M, [i, a], c, [j, b, d])
-        for c in range(2):
-            features = linear_activation(up, *weights[1 + c], "gelu")  # (N, 2R * 2g, [d, C/8])
-            out[:, :, :, c] = matmul_nt(hyper_in, features.view(batch, 8 * tokens, -1)).view(batch, masks, 2 * rows, -1)
-        return out.view(batch, masks, 4 * rows, 4 * grid)
+        """The linear form of the upscaling on image tokens (N, R*g, C) of R whole grid rows (`upscaling_linear.upscale`)."""
+        return upscale(self.upscale_layer_norm, image, hyper_in, grid, weights)
 
     @eager_on_cpu_inference
     @in_own_dtype
