@@ -30,9 +30,9 @@ import weakref
 import torch
 
 from ..kernels.loader import cpu_flags
-from .image_cache import tensor_version, weights_key
 from .layers import records_nothing
 from .module_calls import weights_readable
+from .tensor_state import TensorsState
 
 MODES = ("auto", "native", "fp32")
 _ACTIVE = threading.local()  # inside a call this module made: the nested forward runs as it is
@@ -103,15 +103,14 @@ def _fp32_copies(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 def _fp32_tensors(module: torch.nn.Module, slots: list, keep: bool) -> list[torch.Tensor]:
     """The fp32 tensors for `slots` (`_slots(module)`): kept beside the module (`keep`) and recast only when one of
-    its tensors changed (storage, dtype or version), else made for this call."""
+    its tensors changed (`tensor_state.py`), else made for this call."""
     tensors = [tensor for _, _, tensor in slots]
     if not keep:
         return _fp32_copies(tensors)
-    key = weights_key(tensors)
     kept = _KEPT.setdefault(module, {})
     held = kept.get("weights")
-    if held is None or held[0] != key:
-        held = kept["weights"] = (key, _fp32_copies(tensors))
+    if held is None or not held[0].holds(tensors):
+        held = kept["weights"] = (TensorsState(tensors), _fp32_copies(tensors))
     return held[1]
 
 
@@ -141,10 +140,10 @@ def _kept_cast(module: torch.nn.Module, name: str, value):
         return value
     kept = _KEPT.setdefault(module, {}).setdefault("inputs", {})
     held = kept.get(name)
-    if held is not None and held[0]() is value and held[1] == tensor_version(value):
+    if held is not None and held[0]() is value and held[1].holds((value,)):
         return held[2]
     cast = value.float()
-    kept[name] = (weakref.ref(value), tensor_version(value), cast)
+    kept[name] = (weakref.ref(value), TensorsState((value,)), cast)
     return cast
 
 

@@ -16,11 +16,11 @@ later click. `SamHfPredictor.set_image` fills its dict with one decoder call on 
 click is as fast as the next ones (ViT-B: 30.5 MB beyond the embeddings in fp32, 23.5 MB in bf16).
 
 The dict holds tensors computed from the embeddings, the positional encoding and the decoder's weights. It is
-emptied and refilled whenever a call brings other embeddings (another tensor, or the same one changed in place:
-its version counter), another positional encoding (compared by value) or other decoder weights (changed in place:
-their version counters; or swapped: their storage and dtype). Embeddings made under `torch.inference_mode()` keep no version counter: changed in
-place there, they are not noticed. It is used only where autograd records nothing (a cached projection must
-not carry one call's graph into the next); elsewhere a call keeps its work to itself.
+emptied and refilled whenever a call brings other embeddings (another tensor, or the same one changed), another
+positional encoding (compared by value) or other decoder weights (changed in place, by an optimizer step or through
+`.data`, or swapped for other tensors): `tensor_state.py` says how changes are told, and which writes it can miss.
+It is used only where autograd records nothing (a cached projection must not carry one call's graph into the next);
+elsewhere a call keeps its work to itself.
 """
 
 from __future__ import annotations
@@ -28,21 +28,9 @@ from __future__ import annotations
 import torch
 
 from .layers import records_nothing
+from .tensor_state import TensorsState
 
 _KEY = "sam_hf.image_cache.key"
-
-
-def tensor_version(tensor: torch.Tensor) -> int | None:
-    try:
-        return tensor._version
-    except RuntimeError:  # an inference tensor keeps no version counter
-        return None
-
-
-def weights_key(tensors) -> tuple:
-    """What tells whether weights changed: each one's storage, dtype and version counter (`module.to(...)` and
-    `param.data = ...` swap storage without a version bump; in-place updates bump the version)."""
-    return tuple((t.data_ptr(), t.dtype, tensor_version(t)) for t in tensors)
 
 
 def call_cache(image_cache: dict | None, image_embeddings: torch.Tensor, image_pe: torch.Tensor, parameters, *tensors) -> dict:
@@ -56,17 +44,16 @@ def call_cache(image_cache: dict | None, image_embeddings: torch.Tensor, image_p
     parameters = tuple(parameters)
     if not records_nothing(image_embeddings, image_pe, *tensors, *parameters):
         return {}
-    # a parameter's storage and dtype too: `module.to(...)` and `param.data = ...` swap tensors without a version bump
-    versions = (tensor_version(image_embeddings), weights_key(parameters))
+    watched = (image_embeddings, *parameters)  # changed in place, or swapped: see `tensor_state.py`
     held = image_cache.get(_KEY)
     if not (
         held is not None
         and held[0] is image_embeddings
-        and held[1] == versions
         and (held[2] is image_pe or (held[2].shape == image_pe.shape and held[2].dtype == image_pe.dtype and torch.equal(held[2], image_pe)))
+        and held[1].holds(watched)
     ):
         image_cache.clear()
-        image_cache[_KEY] = (image_embeddings, versions, image_pe)
+        image_cache[_KEY] = (image_embeddings, TensorsState(watched), image_pe)
     return image_cache
 
 

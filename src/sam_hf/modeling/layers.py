@@ -16,6 +16,7 @@ from transformers.activations import ACT2FN
 
 from .autocast import in_own_dtype
 from .module_calls import active as calling_modules
+from .tensor_state import TensorsState
 
 
 _WORKSPACE = threading.local()
@@ -356,22 +357,17 @@ class SamHfPositionalEmbedding(nn.Module):
     def grid(self, size: int) -> torch.Tensor:
         """Encoding of the centres of a size x size grid -> (2F, size, size). With grad disabled (no_grad or
         inference mode) the result is kept for the next such call until the Gaussian matrix changes (another
-        tensor, dtype or device, or an in-place update: its version counter); callers do not write to it. Not kept
-        while `torch.compile` traces the call (the compiled graph computes it)."""
+        tensor, dtype or device, or its values: `tensor_state.py`); callers do not write to it. Not kept while
+        `torch.compile` traces the call (the compiled graph computes it)."""
         weight = self.positional_embedding
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or torch.is_grad_enabled():
             return self._grid(size)
-        try:
-            key = (size, weight.data_ptr(), weight._version, weight.dtype, weight.device, torch.is_inference_mode_enabled())
-        except RuntimeError:  # a parameter created under inference mode keeps no version counter: not cached
-            key = None
-        if key is not None and not torch.is_grad_enabled():
-            cached = getattr(self, "_grid_cache", None)
-            if cached is not None and cached[0] == key:
-                return cached[1]
-            self._grid_cache = (key, self._grid(size))
-            return self._grid_cache[1]
-        return self._grid(size)
+        key = (size, torch.is_inference_mode_enabled())
+        cached = getattr(self, "_grid_cache", None)
+        if cached is not None and cached[0] == key and cached[1].holds((weight,)):
+            return cached[2]
+        self._grid_cache = (key, TensorsState((weight,)), self._grid(size))
+        return self._grid_cache[2]
 
     def _grid(self, size: int) -> torch.Tensor:
         centres = (torch.arange(size, device=self.positional_embedding.device, dtype=torch.float32) + 0.5) / size
