@@ -70,6 +70,40 @@ def test_bad_files_are_skipped_with_failure_status(model_dir, images, tmp_path, 
     assert main(["segment-everything", str(tmp_path / "missing.png"), "--model", model_dir, "--output", str(out)]) == 1
 
 
+def test_an_image_that_cannot_be_segmented_is_skipped(model_dir, images, tmp_path, capsys):
+    Image.fromarray(np.zeros((1, 500, 3), np.uint8)).save(images / "thin.png")  # no row left at the model's 128 pixels
+    out = tmp_path / "out"
+    assert main(["segment-everything", str(images), "--model", model_dir, "--output", str(out), *OPEN]) == 1
+    err = capsys.readouterr().err
+    assert "could not segment" in err and "thin.png" in err
+    assert (out / "a" / "metadata.csv").exists() and (out / "b" / "metadata.csv").exists()  # the others are done
+
+
+def _unavailable_device() -> str:
+    return next(name for name in ("cuda", "xpu", "mps") if not getattr(torch, name).is_available())
+
+
+@pytest.mark.parametrize(
+    "flags,words",
+    [
+        (["--points", "10,12,0.5"], "label 1 (positive) or 0 (negative)"),
+        (["--points", "10,12,inf"], "label 1 (positive) or 0 (negative)"),
+        (["--points", "10,12", "--device", "nonsense"], "--device must be a torch device"),
+        (["--points", "10,12", "--device", "UNAVAILABLE"], "device is available here"),
+        (["--points", "10,12", "--model", "MISSING"], "is not a saved model folder"),
+        (["--points", "10,12", "--output", "A_FILE"], "cannot be made a folder"),
+    ],
+)
+def test_unusable_prompt_model_device_or_output_is_a_usage_error(model_dir, images, tmp_path, flags, words, capsys):
+    (tmp_path / "a_file").write_text("kept")
+    names = {"UNAVAILABLE": _unavailable_device(), "MISSING": str(tmp_path / "no_model"), "A_FILE": str(tmp_path / "a_file")}
+    argv = ["segment", str(images / "a.png"), "--model", model_dir, "--output", str(tmp_path / "out"), *flags]
+    with pytest.raises(SystemExit) as exit_info:
+        main([names.get(a, a) for a in argv])  # the later --model / --output replace the earlier ones
+    assert exit_info.value.code == 2 and words in capsys.readouterr().err
+    assert (tmp_path / "a_file").read_text() == "kept"
+
+
 def test_segment_with_points_and_box(model_dir, images, tmp_path):
     out = tmp_path / "out"
     args = ["segment", str(images / "a.png"), "--model", model_dir, "--output", str(out), "--points", "10,12", "--points", "30,20,0", "--box", "5,5,50,35"]
@@ -168,7 +202,10 @@ def test_export_onnx_writes_a_decoder_that_matches_the_model(model_dir, tmp_path
     assert "kept" in capsys.readouterr().err and output.read_bytes() == before
 
 
-@pytest.mark.parametrize("flags", [["--output", "decoder.pt"], ["--output", "encoder.onnx", "--part", "encoder", "--boxes"]])
+@pytest.mark.parametrize(
+    "flags",
+    [["--output", "decoder.pt"], ["--output", "encoder.onnx", "--part", "encoder", "--boxes"], ["--output", "missing/decoder.onnx"]],
+)
 def test_export_onnx_bad_flags(model_dir, tmp_path, flags, capsys):
     flags = [tmp_path / f if f.endswith((".pt", ".onnx")) else f for f in flags]
     with pytest.raises(SystemExit) as exit_info:

@@ -7,8 +7,10 @@
 `--model` is a saved sam_hf/transformers folder or Hub id, or Meta's `.pth` checkpoint with
 `--model-type vit_b|vit_l|vit_h`; `--precision fp32|bf16|bf16-encoder` (default fp32, exact; bf16-encoder is
 `SamHfModel.mixed_precision()`). Generator flags carry the names of Meta's scripts/amg.py. Images that
-cannot be read are reported and skipped, and the exit status is 1 at the end; outputs already written
-stay; an existing output is kept (and reported) unless `--overwrite`. Outputs: see `cli_outputs.py`.
+cannot be read or segmented (too thin for the model's frame, say) are reported and skipped, and the exit status is 1
+at the end; outputs already written stay; an existing output is kept (and reported) unless `--overwrite`. A model,
+device or output folder that cannot be used is a usage error (status 2), found before any work. Outputs: see
+`cli_outputs.py`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from typing import Sequence
 
 import numpy as np
@@ -91,6 +94,38 @@ def _numbers(text: str, counts: tuple[int, ...], flag: str) -> list[float]:
     return values
 
 
+def _point(text: str) -> list[float]:
+    """--points X,Y[,LABEL] -> [x, y] or [x, y, label] with the label 0 or 1."""
+    values = _numbers(text, (2, 3), "--points")
+    if len(values) == 3 and values[2] not in (0.0, 1.0):
+        raise argparse.ArgumentTypeError(f"--points X,Y,LABEL takes the label 1 (positive) or 0 (negative), got {text!r}")
+    return values
+
+
+def _device(device: str | None):
+    """--device as a torch.device (default: cuda where available, else cpu); one this machine lacks is a usage error."""
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"--device must be a torch device such as cpu or cuda:0, got {device!r} ({err})") from None
+    accelerator = getattr(torch, parsed.type, None)
+    if parsed.type != "cpu" and not (accelerator is not None and hasattr(accelerator, "is_available") and accelerator.is_available()):
+        raise ValueError(f"--device {device!r}: no {parsed.type} device is available here")
+    return parsed
+
+
+def _output_folder(path: str) -> None:
+    """Make the --output folder now, before any work: a path that cannot be one is a usage error."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--output {path!r} cannot be made a folder: {err.strerror or err}") from None
+
+
 def load_model(model: str, model_type: str | None, device: str | None, precision: str = "fp32"):
     """(model, processor) from a saved folder / Hub id, or from a Meta checkpoint with its variant, in `precision`
     (one of PRECISIONS)."""
@@ -101,14 +136,17 @@ def load_model(model: str, model_type: str | None, device: str | None, precision
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device(device)
     if model.endswith((".pth", ".pt")):
         if model_type is None:
             raise ValueError(f"--model-type (vit_b, vit_l or vit_h) is needed with a Meta checkpoint, got --model {model}")
         sam = SamHfModel.from_meta_checkpoint(model, variant=model_type)
         processor = SamHfImageProcessor(longest_edge=sam.config.vision_config.image_size)
     else:
-        sam = SamHfModel.from_pretrained(model)
+        try:
+            sam = SamHfModel.from_pretrained(model)
+        except OSError as err:
+            raise ValueError(f"--model {model!r} is not a saved model folder or a Hub id that can be reached: {err}") from None
         try:
             processor = SamHfProcessor.from_pretrained(model).image_processor
         except (OSError, ValueError):
@@ -152,12 +190,12 @@ def _segment_everything(args: argparse.Namespace) -> int:
     if not os.path.exists(args.input):
         _report(f"input {args.input!r} does not exist")
         return 1
+    _output_folder(args.output)
     model, processor = load_model(args.model, args.model_type, args.device, args.precision)
     generator = SamHfAutomaticMaskGenerator(
         model, processor, output_mode="coco_rle" if args.convert_to_rle else "binary_mask",
         multimask_output=not args.single_mask, **knobs,
     )
-    os.makedirs(args.output, exist_ok=True)
     failures = 0
     for path in tqdm(list_images(args.input), desc="images", unit="image"):
         name = os.path.splitext(os.path.basename(path))[0]
@@ -170,7 +208,12 @@ def _segment_everything(args: argparse.Namespace) -> int:
             _report(f"could not read {path!r} as an image, skipped ({err})")
             failures += 1
             continue
-        records = generator.generate(image)
+        try:
+            records = generator.generate(image)
+        except ValueError as err:  # this image cannot be segmented (too thin for the model's frame, say): the next can
+            _report(f"could not segment {path!r}, skipped ({err})")
+            failures += 1
+            continue
         write_everything(records, overlay(image, records), args.output, name, args.convert_to_rle)
     return 1 if failures else 0
 
@@ -180,7 +223,7 @@ def _segment(args: argparse.Namespace) -> int:
     from .predictor import SamHfPredictor
     from .visualize import overlay
 
-    points = [_numbers(p, (2, 3), "--points") for p in args.points]
+    points = [_point(p) for p in args.points]
     box = _numbers(args.box, (4,), "--box") if args.box else None
     if not points and box is None:
         raise argparse.ArgumentTypeError("segment needs at least one --points or a --box")
@@ -193,6 +236,7 @@ def _segment(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         _report(f"could not read {args.input!r} as an image ({err})")
         return 1
+    _output_folder(args.output)
     model, processor = load_model(args.model, args.model_type, args.device, args.precision)
     predictor = SamHfPredictor(model, processor)
     predictor.set_image(image)
@@ -206,7 +250,6 @@ def _segment(args: argparse.Namespace) -> int:
     best = int(np.argmax(scores))
     summary = {"score": float(scores[best]), "area": int(masks[best].sum()), "points": points, "box": box}
     picture = overlay(image, masks[best], points=coords, labels=labels, boxes=None if box is None else [box])
-    os.makedirs(args.output, exist_ok=True)
     write_prompted(masks[best], summary, picture, args.output, name)
     print(f"{args.input}: score {summary['score']:.4f}, area {summary['area']} px")
     return 0
@@ -222,6 +265,11 @@ def _export_onnx(args: argparse.Namespace) -> int:
         return 0
     if args.part == "encoder" and (args.no_points or args.boxes or args.masks or args.single_mask):
         raise ValueError("--no-points, --boxes, --masks and --single-mask choose the decoder's inputs and outputs: not with --part encoder")
+    folder = os.path.dirname(os.path.abspath(args.output))
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as err:
+        raise ValueError(f"--output {args.output!r}: no file can be written in {folder!r} ({err.strerror or err})") from None
     model, _ = load_model(args.model, args.model_type, "cpu")
     path = export_onnx(model, args.output, args.part, points=not args.no_points, boxes=args.boxes, masks=args.masks,
                        multimask_output=not args.single_mask, overwrite=args.overwrite)
