@@ -234,3 +234,24 @@ def test_predict_torch_and_set_image_bad_input(models, predictors):
         SamHfPredictor(models[0], SamHfImageProcessor(longest_edge=256))
     with pytest.raises(TypeError, match="processor"):
         SamHfPredictor(models[0], processor="sam")
+    for model in (None, "facebook/sam-vit-base"):
+        with pytest.raises(TypeError, match="model must be a SamHfModel"):
+            SamHfPredictor(model)
+    for size in ((float("inf"), 70), (50.5, 70), ("50", 70), (50,)):
+        with pytest.raises(ValueError, match="original_image_size must be"):
+            fresh.set_torch_image(torch.zeros(1, 3, 128, 100), size)
+    with pytest.raises(TypeError, match="return_logits must be a bool"):
+        predictor.predict_torch(torch.zeros(1, 1, 2), torch.ones(1, 1, dtype=torch.long), return_logits="yes")
+
+
+def test_no_prompt_and_numpy_bools(predictors):
+    """Zero prompts give empty results of the usual shapes; numpy bools are bools."""
+    predictor = predictors[0]
+    masks, scores, low_res = predictor.predict_torch(torch.zeros(0, 1, 2), torch.zeros(0, 1, dtype=torch.long))
+    height, width = predictor.original_size
+    assert masks.shape == (0, 3, height, width) and masks.dtype == torch.bool
+    assert scores.shape == (0, 3) and low_res.shape == (0, 3, 32, 32)
+    point = dict(point_coords=np.array([[10.0, 12.0]]), point_labels=np.array([1]))
+    one, _, _ = predictor.predict(**point, multimask_output=np.bool_(False), return_logits=np.bool_(True))
+    expected, _, _ = predictor.predict(**point, multimask_output=False, return_logits=True)
+    np.testing.assert_array_equal(one, expected)

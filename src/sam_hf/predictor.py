@@ -18,7 +18,7 @@ import torch
 from .modeling.module_calls import weights_readable
 from .processing.image_processing import SamHfImageProcessor, normalize_and_pad
 from .processing.images import to_rgb_uint8
-from .processing.masks import post_process_masks
+from .processing.masks import is_whole_number, post_process_masks
 from .processing.processor import SamHfProcessor
 from .processing.resize import ResizeLongestSide, get_preprocess_shape, scale_coords
 
@@ -64,6 +64,8 @@ class SamHfPredictor:
     """
 
     def __init__(self, model, processor: SamHfProcessor | SamHfImageProcessor | None = None) -> None:
+        if not callable(getattr(model, "get_image_embeddings", None)) or not hasattr(getattr(model, "config", None), "vision_config"):
+            raise TypeError(f"model must be a SamHfModel, got {type(model).__name__}")
         image_size = model.config.vision_config.image_size
         if processor is None:
             processor = SamHfImageProcessor(longest_edge=image_size)
@@ -129,8 +131,9 @@ class SamHfPredictor:
             raise ValueError(
                 f"transformed_image must be (1, 3, h, w) with max(h, w) = {self.image_size}, got shape {shape}"
             )
-        if len(original_image_size) != 2 or min(original_image_size) < 1:
-            raise ValueError(f"original_image_size must be (H, W) of positive ints, got {tuple(original_image_size)}")
+        if not (isinstance(original_image_size, (tuple, list, torch.Size, np.ndarray)) and len(original_image_size) == 2
+                and all(is_whole_number(v) and v >= 1 for v in original_image_size)):
+            raise ValueError(f"original_image_size must be (H, W) of positive ints, got {original_image_size!r}")
         original = (int(original_image_size[0]), int(original_image_size[1]))
         expected = get_preprocess_shape(*original, self.image_size)
         if expected != shape[2:]:
@@ -235,8 +238,10 @@ class SamHfPredictor:
             raise ImageNotSetError(_NOT_SET.format(what="predict_torch"))
         if (point_coords is None) != (point_labels is None):
             raise ValueError("point_coords and point_labels must be given together (or both None)")
-        if not isinstance(multimask_output, bool):
-            raise TypeError(f"multimask_output must be a bool, got {type(multimask_output).__name__}")
+        for name, value in (("multimask_output", multimask_output), ("return_logits", return_logits)):
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+        multimask_output, return_logits = bool(multimask_output), bool(return_logits)
         counts = {}
         if point_coords is not None:
             if not isinstance(point_coords, torch.Tensor) or point_coords.ndim != 3 or point_coords.shape[-1] != 2:

@@ -37,6 +37,13 @@ L = torch.ones(1, 1, 2, dtype=torch.long)
         (dict(image_embeddings=E, input_points=P, input_masks=torch.randn(1, 3, 32, 32)), ValueError, "1 or P=1 masks"),
         (dict(image_embeddings=E, input_masks=torch.full((1, 1, 32, 32), float("nan"))), ValueError, "input_masks must contain only finite"),
         (dict(image_embeddings=E, bogus=1), TypeError, "unexpected arguments"),
+        (dict(pixel_values=torch.zeros(1, 3, 128, 128, dtype=torch.uint8)), TypeError, "pixel_values must be a floating-point tensor"),
+        (dict(image_embeddings=E.long()), TypeError, "image_embeddings must be a floating-point tensor"),
+        (dict(image_embeddings=torch.zeros(0, 32, 8, 8), input_points=torch.zeros(0, 1, 1, 2)), ValueError, "image_embeddings must hold at least one image"),
+        (dict(image_embeddings=E, multimask_output="no"), TypeError, "multimask_output must be a bool, got str"),
+        (dict(image_embeddings=E, multimask_output=None), TypeError, "multimask_output must be a bool"),
+        (dict(image_embeddings=E, mask_iou_threshold=float("nan")), ValueError, "mask_iou_threshold must be a finite number"),
+        (dict(image_embeddings=E, mask_iou_threshold="0.5"), TypeError, "mask_iou_threshold must be a float"),
     ],
 )
 def test_bad_model_inputs(tiny_model, kwargs, error, words):
@@ -47,3 +54,30 @@ def test_bad_model_inputs(tiny_model, kwargs, error, words):
 def test_bad_attention_implementation(tiny_model):
     with pytest.raises(ValueError, match="attn_implementation must be one of"):
         tiny_model.set_attn_implementation("flash")
+
+
+@pytest.mark.parametrize(
+    "prompts",
+    [dict(input_points=torch.zeros(1, 0, 1, 2)), dict(input_points=torch.zeros(1, 0, 1, 2), input_labels=torch.ones(1, 0, 1, dtype=torch.long)),
+     dict(input_boxes=torch.zeros(1, 0, 4)), dict(input_masks=torch.zeros(1, 0, 32, 32))],
+)
+@pytest.mark.parametrize("multimask", [True, False])
+def test_no_prompt_gives_empty_outputs_of_the_usual_shapes(tiny_model, prompts, multimask):
+    """P = 0 prompts (an empty selection, a filtered batch) is valid: masks (B, 0, M, 4g, 4g), scores (B, 0, M)."""
+    with torch.no_grad():
+        out = tiny_model(image_embeddings=E, multimask_output=multimask, **prompts)
+        masks = 3 if multimask else 1
+        assert out.pred_masks.shape == (1, 0, masks, 32, 32) and out.iou_scores.shape == (1, 0, masks)
+        assert out.pred_masks.dtype == out.iou_scores.dtype == torch.float32
+        pixels = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+        out = tiny_model(pixel_values=pixels, multimask_output=multimask, **prompts)
+        assert out.pred_masks.shape == (1, 0, masks, 32, 32)
+        torch.testing.assert_close(out.image_embeddings, tiny_model.get_image_embeddings(pixels))  # still returned
+
+
+def test_float64_embeddings_are_decoded_as_the_model_dtype(tiny_model):
+    with torch.no_grad():
+        wide = tiny_model(image_embeddings=E.double(), input_points=torch.rand(1, 5, 1, 2, generator=torch.Generator().manual_seed(1)) * 128)
+        same = tiny_model(image_embeddings=E, input_points=torch.rand(1, 5, 1, 2, generator=torch.Generator().manual_seed(1)) * 128)
+    assert wide.pred_masks.dtype == torch.float32
+    torch.testing.assert_close(wide.pred_masks, same.pred_masks, rtol=0, atol=0)

@@ -56,6 +56,13 @@ BAD_CALLS = {
     "bad return_tensors": (dict(images=IMG, return_tensors="tf"), ValueError, "return_tensors"),
     "images and sizes": (dict(images=IMG, original_sizes=[(30, 40)]), ValueError, "original_sizes"),
     "bad sizes": (dict(original_sizes=[(30, 0)], input_points=P1), ValueError, "original_sizes[0]"),
+    "infinite size": (dict(original_sizes=[(float("inf"), 40)], input_points=P1), ValueError, "original_sizes[0]"),
+    "string size": (dict(original_sizes=[("a", 40)], input_points=P1), ValueError, "original_sizes[0]"),
+    "point beyond float32": (dict(images=IMG, input_points=[[[[1e39, 2]]]]), ValueError, "float32's range"),
+    "point int beyond float": (dict(images=IMG, input_points=[[[[10**400, 2]]]]), ValueError, "input_points[0][0][0]"),
+    "point array of strings": (dict(images=IMG, input_points=np.array([[[["1", "2"]]]])), TypeError, "input_points"),
+    "point complex tensor": (dict(images=IMG, input_points=torch.zeros(1, 1, 1, 2, dtype=torch.complex64)), TypeError, "input_points"),
+    "box object array": (dict(images=IMG, input_boxes=np.array([[[0, 0, "a", 1]]], dtype=object)), TypeError, "input_boxes"),
 }
 
 
@@ -75,6 +82,8 @@ def test_bad_call_raises(case):
         (dict(longest_edge=128.0), ValueError, "longest_edge"),
         (dict(pixel_mean=[1, 2]), TypeError, "pixel_mean"),
         (dict(pixel_std=[1, 0, 1]), ValueError, "pixel_std"),
+        (dict(pixel_mean=[float("nan"), 1, 2]), ValueError, "pixel_mean must hold finite"),
+        (dict(pixel_std=[1, float("inf"), 1]), ValueError, "pixel_std must hold finite"),
         (dict(size={"longest_edge": 1024}), TypeError, "size"),
     ],
 )
@@ -86,3 +95,23 @@ def test_bad_image_processor_settings(kwargs, error, fragment):
 def test_processor_needs_our_image_processor():
     with pytest.raises(TypeError, match="image_processor"):
         SamHfProcessor(image_processor=object())
+
+
+def test_numpy_settings_and_byte_orders_are_read_as_their_values():
+    """Numbers given as numpy scalars or arrays, and big-endian arrays (as some files hold them), are the same values."""
+    assert SamHfImageProcessor(pixel_mean=np.array([1.0, 2.0, 3.0])).pixel_mean == [1.0, 2.0, 3.0]
+    processor = SamHfImageProcessor(longest_edge=64, pixel_std=[np.float32(2), 2, 2])
+    native = (np.arange(30 * 40 * 3).reshape(30, 40, 3) * 50).astype("<u2")
+    torch.testing.assert_close(processor(native.astype(">u2"))["pixel_values"], processor(native)["pixel_values"], rtol=0, atol=0)
+    mask = np.random.default_rng(0).random((30, 40)) > 0.5
+    torch.testing.assert_close(processor.preprocess_masks(mask.astype(">f4")), processor.preprocess_masks(mask.astype("<f4")))
+    with pytest.raises(TypeError, match="masks must hold bool, integer or float values"):
+        processor.preprocess_masks(np.array([["a"]]))
+
+
+def test_premultiplied_luminance_alpha_image():
+    """PIL's "La" (luminance premultiplied by alpha) reads as its "LA" form does."""
+    rng = np.random.default_rng(0)
+    la = Image.fromarray(np.stack([(rng.random((6, 5)) * 255).astype(np.uint8), np.full((6, 5), 255, np.uint8)], -1), "LA")
+    processor = SamHfImageProcessor(longest_edge=64)
+    torch.testing.assert_close(processor(la.convert("La"))["pixel_values"], processor(la)["pixel_values"], rtol=0, atol=0)

@@ -77,12 +77,42 @@ def test_numpy_logits_accepted():
         (torch.zeros(1, 1, 3, 32, 32), [[40, 0]], [[85, 128]], "original_sizes[0]"),
         (torch.zeros(1, 1, 3, 32, 32), [[40, 60]], [[85, 129]], "reshaped_input_sizes[0]"),
         (torch.zeros(1, 1, 3, 32, 32), [40, 60], [[85, 128]], "original_sizes"),
+        (torch.zeros(1, 1, 3, 32, 32), [[float("inf"), 60]], [[85, 128]], "original_sizes[0]"),
+        (torch.zeros(1, 1, 3, 32, 32), [[float("nan"), 60]], [[85, 128]], "original_sizes[0]"),
+        (torch.zeros(1, 1, 3, 0, 0), [[40, 60]], [[85, 128]], "L >= 1"),
     ],
 )
 def test_post_process_bad_input(masks, sizes, reshaped, fragment):
     with pytest.raises(ValueError) as info:
         SamHfImageProcessor(longest_edge=128).post_process_masks(masks, sizes, reshaped)
     assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "options, masks, fragment",
+    [
+        (dict(pad_size=128.0), None, "pad_size must be a positive int"),
+        (dict(mask_threshold="0"), None, "mask_threshold must be a number"),
+        (dict(mask_threshold=None), None, "mask_threshold must be a number"),
+        (dict(binarize="no"), None, "binarize must be a bool"),
+        ({}, torch.zeros(1, 1, 3, 32, 32, dtype=torch.complex64), "floating-point logits"),
+        ({}, torch.zeros(1, 1, 3, 32, 32, dtype=torch.int64), "floating-point logits"),
+    ],
+)
+def test_post_process_bad_options(options, masks, fragment):
+    masks = torch.zeros(1, 1, 3, 32, 32) if masks is None else masks
+    with pytest.raises(TypeError, match=fragment):
+        SamHfImageProcessor(longest_edge=128).post_process_masks(masks, [[40, 60]], [[85, 128]], **options)
+
+
+@pytest.mark.parametrize("binarize", [True, False])
+def test_post_process_no_prompt_or_no_mask(binarize):
+    """P = 0 or M = 0: empty masks at the original size, in the dtype the non-empty case gives."""
+    processor = SamHfImageProcessor(longest_edge=128)
+    full = processor.post_process_masks(torch.zeros(1, 1, 3, 32, 32), [[40, 60]], [[85, 128]], binarize=binarize)[0]
+    for shape in ((1, 0, 3, 32, 32), (1, 2, 0, 32, 32)):
+        out = processor.post_process_masks(torch.zeros(shape), [[40, 60]], [[85, 128]], binarize=binarize)[0]
+        assert out.shape == (*shape[1:3], 40, 60) and out.dtype == full.dtype
 
 
 # --- ground truth -> low-res frame ----------------------------------------------------------------------------

@@ -3,6 +3,9 @@ what was expected and what came. Nothing is silently corrected."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 
 from .prompt_encoder import PAD_LABEL
@@ -27,13 +30,18 @@ def _require(ok: torch.Tensor, message: str) -> None:
 
 
 def _finite(name: str, value: torch.Tensor) -> None:
-    if not value.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+    _floating(name, value)
     _require(torch.isfinite(value).all(), f"{name} must contain only finite values, got NaN or inf")
+
+
+def _floating(name: str, value: torch.Tensor, what: str = "") -> None:
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor{what}, got dtype {value.dtype}")
 
 
 def check_pixel_values(pixel_values, image_size: int, num_channels: int) -> None:
     pixel_values = _tensor("pixel_values", pixel_values)
+    _floating("pixel_values", pixel_values, " (normalised images, as the processor makes them)")
     expected = (num_channels, image_size, image_size)
     if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
         raise ValueError(
@@ -48,10 +56,25 @@ def check_image_embeddings(image_embeddings, channels: int, grid: int) -> None:
     image_embeddings = _tensor("image_embeddings", image_embeddings)
     if image_embeddings.dim() != 4 or tuple(image_embeddings.shape[1:]) != (channels, grid, grid):
         raise ValueError(f"image_embeddings must have shape (B, {channels}, {grid}, {grid}), got {tuple(image_embeddings.shape)}")
+    _floating("image_embeddings", image_embeddings)
+    if image_embeddings.shape[0] == 0:
+        raise ValueError("image_embeddings must hold at least one image, got batch size 0")
 
 
-def check_prompts(*, batch_size: int, input_points, input_labels, input_boxes, input_masks, mask_size: int) -> None:
-    """Shapes as in the model's docstring; batch sizes must match the images'."""
+def check_decoding_options(multimask_output, mask_iou_threshold) -> None:
+    if not isinstance(multimask_output, (bool, np.bool_)):
+        raise TypeError(f"multimask_output must be a bool, got {type(multimask_output).__name__}")
+    if mask_iou_threshold is None:
+        return
+    if isinstance(mask_iou_threshold, (bool, np.bool_)) or not isinstance(mask_iou_threshold, (int, float, np.integer, np.floating)):
+        raise TypeError(f"mask_iou_threshold must be a float or None, got {type(mask_iou_threshold).__name__}")
+    if not math.isfinite(mask_iou_threshold):
+        raise ValueError(f"mask_iou_threshold must be a finite number or None, got {mask_iou_threshold}")
+
+
+def check_prompts(*, batch_size: int, input_points, input_labels, input_boxes, input_masks, mask_size: int) -> int:
+    """Shapes as in the model's docstring; batch sizes must match the images'. Returns the number of prompts per image
+    (P; 1 when no prompt is given: the image alone)."""
     prompts = None
     if input_labels is not None and input_points is None:
         raise ValueError("input_labels were given without input_points")
@@ -96,3 +119,6 @@ def check_prompts(*, batch_size: int, input_points, input_labels, input_boxes, i
             raise ValueError(f"input_masks has {input_masks.shape[0]} images but the image batch has {batch_size}")
         if prompts is not None and input_masks.shape[1] not in (1, prompts):
             raise ValueError(f"input_masks must have 1 or P={prompts} masks per image, got {input_masks.shape[1]}")
+        if prompts is None:
+            prompts = input_masks.shape[1]
+    return 1 if prompts is None else prompts

@@ -13,7 +13,7 @@ from ..configuration import SamHfConfig
 from .attention import IMPLEMENTATIONS
 from .compile_support import eager_on_cpu_inference
 from .image_encoder import SamHfVisionAttention, SamHfVisionEncoder
-from .inputs import check_image_embeddings, check_pixel_values, check_prompts
+from .inputs import check_decoding_options, check_image_embeddings, check_pixel_values, check_prompts
 from .layers import SamHfPositionalEmbedding
 from .mask_decoder import SamHfMaskDecoder
 from .outputs import SamHfImageSegmentationOutput, SamHfVisionEncoderOutput
@@ -163,8 +163,7 @@ class SamHfModel(SamHfPreTrainedModel):
         return_dict = self.config.return_dict if return_dict is None else return_dict
         if (pixel_values is None) == (image_embeddings is None):
             raise ValueError("give exactly one of pixel_values and image_embeddings")
-        if mask_iou_threshold is not None and (isinstance(mask_iou_threshold, bool) or not isinstance(mask_iou_threshold, (int, float))):
-            raise TypeError(f"mask_iou_threshold must be a float or None, got {type(mask_iou_threshold).__name__}")
+        check_decoding_options(multimask_output, mask_iou_threshold)
 
         if image_cache is not None and pixel_values is not None:
             raise ValueError("image_cache keeps work on given image_embeddings: pass image_embeddings, not pixel_values, with it")
@@ -178,10 +177,15 @@ class SamHfModel(SamHfPreTrainedModel):
             check_image_embeddings(image_embeddings, prompt_cfg.hidden_size, prompt_cfg.image_embedding_size)
 
         batch = image_embeddings.shape[0]
-        check_prompts(
+        prompts = check_prompts(
             batch_size=batch, input_points=input_points, input_labels=input_labels, input_boxes=input_boxes,
             input_masks=input_masks, mask_size=self.config.prompt_encoder_config.mask_input_size,
         )
+        if image_embeddings.dtype == torch.float64:  # wider than any model dtype: computed as the decoder's
+            image_embeddings = image_embeddings.to(self.mask_decoder.iou_token.weight.dtype)
+        if prompts == 0:  # no prompt for any image: empty masks and scores of the usual shapes
+            output = self._no_prompt_output(image_embeddings, bool(multimask_output), computed_embeddings, hidden, vision_attn)
+            return output if return_dict else output.to_tuple()
         if input_points is not None and input_labels is None:
             input_labels = torch.ones(input_points.shape[:3], dtype=torch.long, device=input_points.device)
 
@@ -200,6 +204,16 @@ class SamHfModel(SamHfPreTrainedModel):
             vision_hidden_states=hidden, vision_attentions=vision_attn, mask_decoder_attentions=decoder_attn,
         )
         return output if return_dict else output.to_tuple()
+
+    def _no_prompt_output(self, image_embeddings, multimask_output: bool, computed_embeddings, hidden, vision_attn):
+        masks = self.config.mask_decoder_config.num_multimask_outputs if multimask_output else 1
+        size = 4 * image_embeddings.shape[-1]
+        dtype = self.mask_decoder.iou_token.weight.dtype
+        return SamHfImageSegmentationOutput(
+            iou_scores=image_embeddings.new_empty(image_embeddings.shape[0], 0, masks, dtype=dtype),
+            pred_masks=image_embeddings.new_empty(image_embeddings.shape[0], 0, masks, size, size, dtype=dtype),
+            image_embeddings=computed_embeddings, vision_hidden_states=hidden, vision_attentions=vision_attn,
+        )
 
     # Meta's original checkpoints -------------------------------------------------------------
     @classmethod

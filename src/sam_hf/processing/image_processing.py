@@ -10,6 +10,7 @@ It also maps masks back (`post_process_masks`) and ground-truth masks forward (`
 
 from __future__ import annotations
 
+import math
 from typing import TypedDict
 
 import numpy as np
@@ -37,9 +38,13 @@ class SamHfImageProcessorKwargs(TypedDict, total=False):
 
 
 def _check_triplet(name: str, value) -> tuple[float, float, float]:
-    values = tuple(value) if isinstance(value, (list, tuple)) else None
-    if values is None or len(values) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+    values = tuple(value.tolist()) if isinstance(value, np.ndarray) else tuple(value) if isinstance(value, (list, tuple)) else None
+    if values is None or len(values) != 3 or not all(
+        isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) for v in values
+    ):
         raise TypeError(f"{name} must be a list of 3 numbers (R, G, B on 0..255 values), got {value!r}")
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{name} must hold finite numbers, got {list(values)}")
     return tuple(float(v) for v in values)
 
 

@@ -24,6 +24,11 @@ _PIL_VIA_CONVERT = ("1", "L", "P", "RGBA", "LA", "PA", "La", "RGBa", "RGBX", "CM
 _PIL_16BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
+def native_byte_order(array: np.ndarray) -> np.ndarray:
+    """`array` with the same values in this machine's byte order (a big-endian '>u2' array read from a file, say)."""
+    return array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
+
+
 def _describe(value) -> str:
     if isinstance(value, Image.Image):
         return f"PIL image mode {value.mode!r} size {value.size}"
@@ -81,6 +86,8 @@ def _pil_to_array(image: Image.Image, name: str) -> np.ndarray:
         raise ValueError(f"{name}: image is empty, got (H, W) = ({image.height}, {image.width})")
     if image.mode == "RGB":
         return np.asarray(image)
+    if image.mode == "La":  # luminance premultiplied by alpha: PIL converts it to "LA" only
+        image = image.convert("LA")
     if image.mode in _PIL_VIA_CONVERT:
         return np.asarray(image.convert("RGB"))
     if image.mode in _PIL_16BIT:
@@ -101,7 +108,7 @@ def to_rgb_uint8(image, name: str = "images") -> np.ndarray:
     if isinstance(image, Image.Image):
         array = _pil_to_array(image, name)
     elif isinstance(image, np.ndarray):
-        array = image
+        array = native_byte_order(image)
     elif isinstance(image, torch.Tensor):
         tensor = image.detach().cpu()
         if tensor.dtype in (torch.bfloat16, torch.float16):

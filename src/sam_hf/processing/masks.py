@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .bilinear import resize_with_kernel
+from .images import native_byte_order
 from .resize import get_preprocess_shape
 from .thresholds import greater
 
@@ -29,10 +30,27 @@ def _sizes(value, name: str, batch: int) -> list[tuple[int, int]]:
         raise ValueError(f"{name} must hold one (H, W) per image: {batch} masks, got {len(value)} sizes")
     sizes = []
     for i, (h, w) in enumerate(value):
-        if int(h) != h or int(w) != w or h < 1 or w < 1:
-            raise ValueError(f"{name}[{i}] must be positive integers (H, W), got ({h}, {w})")
+        if not all(is_whole_number(v) and v >= 1 for v in (h, w)):
+            raise ValueError(f"{name}[{i}] must be positive integers (H, W), got ({h!r}, {w!r})")
         sizes.append((int(h), int(w)))
     return sizes
+
+
+def is_whole_number(value) -> bool:
+    """A number with an integer value (int, or a float/numpy number such as 683.0), not a bool, NaN or inf."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return False
+    return math.isfinite(value) and int(value) == value
+
+
+def _check_options(pad_size, mask_threshold, binarize) -> None:
+    if isinstance(pad_size, (bool, np.bool_)) or not isinstance(pad_size, (int, np.integer)) or pad_size < 1:
+        raise TypeError(f"pad_size must be a positive int (the processor's longest_edge), got {pad_size!r}")
+    if isinstance(mask_threshold, (bool, np.bool_)) or not isinstance(mask_threshold, (int, float, np.integer, np.floating)) \
+            or math.isnan(mask_threshold):
+        raise TypeError(f"mask_threshold must be a number, got {mask_threshold!r}")
+    if not isinstance(binarize, (bool, np.bool_)):
+        raise TypeError(f"binarize must be a bool, got {type(binarize).__name__}")
 
 
 def post_process_masks(
@@ -51,6 +69,7 @@ def post_process_masks(
     to (H, W) (bilinear), as Meta's `Sam.postprocess_masks`; computed in float32. With `binarize` the result
     is the bool `logits > mask_threshold`, else the float32 logits.
     """
+    _check_options(pad_size, mask_threshold, binarize)
     if isinstance(masks, np.ndarray):
         masks = torch.from_numpy(masks)
     if isinstance(masks, torch.Tensor):
@@ -67,10 +86,17 @@ def post_process_masks(
         logits = torch.as_tensor(logits)
         if logits.ndim != 4:
             raise ValueError(f"masks[{i}] must be (P, M, L, L), got shape {tuple(logits.shape)}")
+        if logits.is_complex() or not (logits.is_floating_point() or logits.dtype == torch.bool):
+            raise TypeError(f"masks[{i}] must be floating-point logits, got dtype {logits.dtype}")
         if new_h > pad_size or new_w > pad_size:
             raise ValueError(
                 f"reshaped_input_sizes[{i}] = ({new_h}, {new_w}) must fit in the padded input side {pad_size}"
             )
+        if logits.shape[0] * logits.shape[1] == 0:  # no prompt or no mask: nothing to upscale
+            out.append(torch.zeros(*logits.shape[:2], orig_h, orig_w, dtype=torch.bool if binarize else torch.float32))
+            continue
+        if 0 in logits.shape[2:]:
+            raise ValueError(f"masks[{i}] must be (P, M, L, L) logits with L >= 1, got shape {tuple(logits.shape)}")
         threshold = mask_threshold if binarize else None
         full, binary = _at_original_size(logits.to(torch.float32), pad_size, (new_h, new_w), (orig_h, orig_w), threshold)
         out.append(greater(full, mask_threshold) if binarize and not binary else full)
@@ -134,7 +160,9 @@ def masks_to_low_res(
     `binarize` thresholds that fraction at 0.5 (values 0.0 / 1.0).
     """
     if isinstance(mask, np.ndarray):
-        mask = torch.from_numpy(np.ascontiguousarray(mask))
+        if mask.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must hold bool, integer or float values, got dtype {mask.dtype}")
+        mask = torch.from_numpy(np.ascontiguousarray(native_byte_order(mask)))
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"{name} must be a numpy array or torch tensor of shape (K, H, W) or (H, W), got {type(mask).__name__}")
     if mask.ndim == 2:

@@ -35,12 +35,17 @@ class PromptBatch:
     prompt_mask: np.ndarray  # (B, P) bool, False for padded prompts
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _nested(value, name: str):
     """Arrays and tensors anywhere in the structure -> nested Python lists."""
     if isinstance(value, torch.Tensor):
-        return value.detach().cpu().tolist()
+        if value.is_complex():
+            raise TypeError(f"{name} must contain only real numbers, got a tensor of dtype {value.dtype}")
+        return _nested(value.detach().cpu().tolist(), name)  # the leaves checked too
     if isinstance(value, np.ndarray):
-        return value.tolist()
+        return _nested(value.tolist(), name)
     if isinstance(value, (list, tuple)):
         return [_nested(v, name) for v in value]
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
@@ -72,9 +77,14 @@ def _check_structure(value, path: str, levels: list[str], leaf_len: int | None) 
 
 
 def _check_finite(value: list, path: str) -> None:
+    """Finite, and within float32's range (the model's coordinates are float32, scaled by at most the model side)."""
     for i, v in enumerate(value):
-        if not math.isfinite(v):
-            raise ValueError(f"{path}[{i}] must be a finite coordinate, got {v}")
+        try:
+            finite = math.isfinite(v) and abs(v) < FLOAT32_MAX / 2**16
+        except OverflowError:  # an int too large for a float
+            finite = False
+        if not finite:
+            raise ValueError(f"{path}[{i}] must be a finite coordinate within float32's range, got {v}")
 
 
 def parse_points(input_points, name: str = "input_points") -> list[list[np.ndarray]]:
