@@ -75,6 +75,16 @@ def test_transformers_config_converts_field_for_field(tmp_path):
         (dict(prompt_encoder_config=dict(mask_input_channels=10)), ValueError, "mask_input_channels"),
         (dict(vision_config=dict(num_pos_feats=64)), ValueError, "num_pos_feats"),
         (dict(vision_config=3), TypeError, "vision_config"),
+        (dict(vision_config=dict(mlp_ratio=float("inf"))), ValueError, "mlp_ratio must be a finite number"),
+        (dict(vision_config=dict(layer_norm_eps=float("nan"))), ValueError, "layer_norm_eps"),
+        (dict(vision_config=dict(attention_dropout=5)), ValueError, "attention_dropout must be a finite number >= 0 and < 1"),
+        (dict(vision_config=dict(num_hidden_layers=4, global_attn_indexes=[1.7])), TypeError, "global_attn_indexes must be a list of ints"),
+        (dict(vision_config=dict(num_hidden_layers=4, global_attn_indexes=[True])), TypeError, "global_attn_indexes"),
+        (dict(vision_config=dict(num_hidden_layers=4, global_attn_indexes=[1, 1])), ValueError, "each layer once"),
+        (dict(prompt_encoder_config=dict(num_point_embeddings=4.0)), ValueError, "num_point_embeddings"),
+        (dict(mask_decoder_config=dict(attention_downsample_rate=1024)), ValueError, "cross-attention width"),
+        (dict(initializer_range=float("nan")), ValueError, "initializer_range"),
+        (dict(initializer_range="x"), TypeError, "initializer_range"),
     ],
 )
 def test_bad_values_raise_naming_the_field(kwargs, error, words):

@@ -76,6 +76,24 @@ def test_our_pipeline_equals_the_generator(saved_model, image):
     assert {tuple(r["point_coords"][0]) for r in grids} == {(75.0, 55.0)}
 
 
+def test_our_pipeline_batch_size(saved_model, image):
+    """With `batch_size`, transformers collates images: each still gets its own records, in order (arrays, PIL images
+    and channels-first tensors, of different sizes)."""
+    path, _ = saved_model
+    generator = pipeline("mask-generation", model=path, pipeline_class=SamHfMaskGenerationPipeline,
+                         points_per_side=4, pred_iou_thresh=-1.0, stability_score_thresh=0.0)
+    array = np.asarray(image)
+    images = [image, array[:60], torch.from_numpy(array[:, :90].copy()).permute(2, 0, 1)]
+    expected = [generator(one) for one in images]
+    for batch_size in (2, 3):
+        got = generator(images, batch_size=batch_size)
+        assert len(got) == len(images)
+        for records, reference in zip(got, expected):
+            assert len(records) == len(reference) > 0
+            for a, b in zip(records, reference):
+                np.testing.assert_array_equal(a["segmentation"], b["segmentation"])
+
+
 def test_our_pipeline_bad_arguments(saved_model, image):
     path, _ = saved_model
     generator = pipeline("mask-generation", model=path, pipeline_class=SamHfMaskGenerationPipeline)

@@ -8,6 +8,8 @@ what came. Configs are keyword-only dataclasses, as all configs in transformers 
 
 from __future__ import annotations
 
+import math
+
 from transformers import PretrainedConfig
 
 _ACTIVATIONS = ("gelu", "relu", "silu", "gelu_new", "quick_gelu")
@@ -20,11 +22,12 @@ def _check_int(config: str, name: str, value, *, minimum: int = 1) -> None:
         raise ValueError(f"{config}.{name} must be >= {minimum}, got {value}")
 
 
-def _check_positive_float(config: str, name: str, value, *, allow_zero: bool = False) -> None:
+def _check_positive_float(config: str, name: str, value, *, allow_zero: bool = False, below: float | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{config}.{name} must be a number, got {type(value).__name__} ({value!r})")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{config}.{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero) or (below is not None and value >= below):
+        expected = f"a finite number {'>= 0' if allow_zero else '> 0'}" + (f" and < {below}" if below is not None else "")
+        raise ValueError(f"{config}.{name} must be {expected}, got {value}")
 
 
 def _check_activation(config: str, value) -> None:
@@ -82,16 +85,20 @@ class SamHfVisionConfig(PretrainedConfig):
         _check_activation(name, self.hidden_act)
         _check_positive_float(name, "layer_norm_eps", self.layer_norm_eps)
         _check_positive_float(name, "mlp_ratio", self.mlp_ratio)
-        _check_positive_float(name, "attention_dropout", self.attention_dropout, allow_zero=True)
+        _check_positive_float(name, "attention_dropout", self.attention_dropout, allow_zero=True, below=1)
         if self.mlp_dim is None:
             self.mlp_dim = int(self.hidden_size * self.mlp_ratio)
         _check_int(name, "mlp_dim", self.mlp_dim)
         if not isinstance(self.global_attn_indexes, (list, tuple)):
             raise TypeError(f"{name}.global_attn_indexes must be a list of ints, got {type(self.global_attn_indexes).__name__}")
-        self.global_attn_indexes = [int(i) for i in self.global_attn_indexes]
+        if any(isinstance(i, bool) or not isinstance(i, int) for i in self.global_attn_indexes):
+            raise TypeError(f"{name}.global_attn_indexes must be a list of ints, got {list(self.global_attn_indexes)!r}")
+        self.global_attn_indexes = list(self.global_attn_indexes)
         bad = [i for i in self.global_attn_indexes if not 0 <= i < self.num_hidden_layers]
         if bad:
             raise ValueError(f"{name}.global_attn_indexes must lie in [0, num_hidden_layers={self.num_hidden_layers}), got {bad}")
+        if len(set(self.global_attn_indexes)) != len(self.global_attn_indexes):
+            raise ValueError(f"{name}.global_attn_indexes must name each layer once, got {self.global_attn_indexes}")
         super().__post_init__(**kwargs)
 
     @property
@@ -128,7 +135,7 @@ class SamHfPromptEncoderConfig(PretrainedConfig):
         _check_divisible(name, "hidden_size", self.hidden_size, "2 (sin and cos halves)", 2)
         _check_divisible(name, "mask_input_channels", self.mask_input_channels, "4", 4)
         _check_divisible(name, "image_size", self.image_size, "patch_size", self.patch_size)
-        if self.num_point_embeddings != 4:
+        if isinstance(self.num_point_embeddings, bool) or not isinstance(self.num_point_embeddings, int) or self.num_point_embeddings != 4:
             raise ValueError(f"{name}.num_point_embeddings must be 4 (positive, negative, two box corners), got {self.num_point_embeddings}")
         _check_activation(name, self.hidden_act)
         _check_positive_float(name, "layer_norm_eps", self.layer_norm_eps)
@@ -170,6 +177,7 @@ class SamHfMaskDecoderConfig(PretrainedConfig):
         _check_int(name, "iou_head_depth", self.iou_head_depth, minimum=2)
         _check_divisible(name, "hidden_size", self.hidden_size, "8 (upscaling channels)", 8)
         inner = self.hidden_size // self.attention_downsample_rate
+        _check_int(name, "hidden_size // attention_downsample_rate (the cross-attention width)", inner)
         _check_divisible(name, "hidden_size // attention_downsample_rate", inner, "num_attention_heads", self.num_attention_heads)
         _check_divisible(name, "hidden_size", self.hidden_size, "num_attention_heads", self.num_attention_heads)
         _check_activation(name, self.hidden_act)
@@ -212,6 +220,7 @@ class SamHfConfig(PretrainedConfig):
             if isinstance(value, dict):
                 value = {k: v for k, v in value.items() if k not in ("model_type", "transformers_version")}
                 setattr(self, key, value)
+        _check_positive_float("SamHfConfig", "initializer_range", self.initializer_range, allow_zero=True)
         super().__post_init__(**kwargs)
         v, p, d = self.vision_config, self.prompt_encoder_config, self.mask_decoder_config
         if not v.output_channels == p.hidden_size == d.hidden_size:

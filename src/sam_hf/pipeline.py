@@ -70,13 +70,20 @@ class SamHfMaskGenerationPipeline(Pipeline):
         return preprocess, forward, {}
 
     def preprocess(self, image, timeout: float | None = None) -> dict[str, Any]:
+        # in a one-item list: with `batch_size`, transformers' collation lists the items' values as they are (a tensor
+        # it would concatenate)
         if isinstance(image, (np.ndarray, torch.Tensor, Image.Image)):
-            return {"image": image}
+            return {"images": [image]}
         from transformers.image_utils import load_image
 
-        return {"image": load_image(image, timeout=timeout)}
+        return {"images": [load_image(image, timeout=timeout)]}
 
     def _forward(self, model_inputs: dict[str, Any], progress: bool | None = None, **options) -> dict[str, Any]:
+        """One image's records, or with `batch_size` > 1 (items collated: a list of one-image lists) each image's in turn,
+        as a list that transformers' iterator hands out item by item: the generator batches points, not images."""
+        images = model_inputs["images"]
+        if isinstance(images[0], list):
+            return {"records": [self._forward({"images": image}, progress, **options)["records"] for image in images]}
         if options.get("point_grids") is not None:
             options.setdefault("points_per_side", None)  # explicit grids replace the default 32 x 32
         elif "point_grids" in options:
@@ -86,7 +93,7 @@ class SamHfMaskGenerationPipeline(Pipeline):
             per_batch = generator.points_per_batch
             batches = sum(4**layer * -(-len(grid) // per_batch) for layer, grid in enumerate(generator.point_grids[: generator.crop_n_layers + 1]))
             progress = batches >= PROGRESS_MIN_BATCHES
-        return {"records": generator.generate(model_inputs["image"], progress=progress)}
+        return {"records": generator.generate(images[0], progress=progress)}
 
     def postprocess(self, model_outputs: dict[str, Any]) -> list[dict[str, Any]]:
         return model_outputs["records"]

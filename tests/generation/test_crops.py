@@ -36,6 +36,17 @@ def test_crop_boxes(size, layers, ratio):
     assert generate_crop_boxes(size, layers, ratio) == amg.generate_crop_boxes(size, layers, ratio)
 
 
+@pytest.mark.parametrize("size", [(1, 60), (3, 60), (20, 60), (21, 300), (5, 5), (1, 1), (300, 2)])
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_crop_boxes_of_thin_images_hold_pixels(size, layers):
+    """Meta's boxes, less those that start at or past the image's edge (no pixel: Meta's generator fails on them)."""
+    ours = generate_crop_boxes(size, layers, 512 / 1500)
+    boxes, layer_idxs = amg.generate_crop_boxes(size, layers, 512 / 1500)
+    kept = [i for i, (x0, y0, x1, y1) in enumerate(boxes) if x1 > x0 and y1 > y0]
+    assert ours == ([boxes[i] for i in kept], [layer_idxs[i] for i in kept])
+    assert all(x1 > x0 and y1 > y0 for x0, y0, x1, y1 in ours[0])
+
+
 def test_uncrop():
     crop = [10, 20, 60, 50]
     boxes = torch.randint(0, 30, (5, 4))

@@ -179,6 +179,34 @@ def test_bad_arguments(model, kwargs, error, match):
         SamHfAutomaticMaskGenerator(model, **kwargs)
 
 
+def test_meta_attribute_names_set_the_options(model, blocks_image):
+    """As on Meta's generator, `generator.pred_iou_thresh = ...` changes what `generate` does, checked as the
+    constructor checks it; explicit point grids and points_per_side replace each other."""
+    generator = SamHfAutomaticMaskGenerator(model, points_per_side=4, pred_iou_thresh=-1.0, stability_score_thresh=0.0)
+    assert generator.generate(blocks_image)
+    generator.pred_iou_thresh = 100.0
+    assert generator.pred_iou_thresh == generator.options.pred_iou_thresh == 100.0 and generator.generate(blocks_image) == []
+    with pytest.raises(TypeError, match="pred_iou_thresh must be a number"):
+        generator.pred_iou_thresh = "abc"
+    assert generator.pred_iou_thresh == 100.0  # a refused value changes nothing
+    generator.pred_iou_thresh = -1.0
+    generator.point_grids = [np.array([[0.5, 0.5]])]
+    assert generator.points_per_side is None and {tuple(r["point_coords"][0]) for r in generator.generate(blocks_image)} == {
+        (blocks_image.shape[1] / 2, blocks_image.shape[0] / 2)}
+    generator.points_per_side = 3
+    assert len(generator.point_grids[0]) == 9
+    generator.note = "kept"  # other attributes are ordinary ones
+    assert generator.note == "kept"
+
+
+def test_thin_images_with_crop_layers(model):
+    """Crops that would hold no pixel of a thin image are left out; the others are segmented."""
+    generator = SamHfAutomaticMaskGenerator(model, points_per_side=4, crop_n_layers=3, pred_iou_thresh=-1.0, stability_score_thresh=0.0)
+    for size in ((20, 60), (2, 60)):
+        records = generator.generate(np.full((*size, 3), 128, np.uint8))
+        assert all(r["segmentation"].shape == size for r in records)
+
+
 def test_bad_model_and_image(model):
     with pytest.raises(TypeError, match="model must be a SamHfModel"):
         SamHfAutomaticMaskGenerator(object())

@@ -61,7 +61,9 @@ def validate_point_grids(point_grids: Sequence, crop_n_layers: int) -> list[np.n
 def generate_crop_boxes(image_size: tuple[int, int], n_layers: int, overlap_ratio: float) -> tuple[list[list[int]], list[int]]:
     """Crop boxes (XYXY ints) over an image of `image_size` (H, W), and the layer of each.
 
-    Layer i >= 1 has 2**i crops per side overlapping by int(overlap_ratio * short_side * 2 / 2**i) pixels.
+    Layer i >= 1 has 2**i crops per side overlapping by int(overlap_ratio * short_side * 2 / 2**i) pixels. On an image
+    only a few pixels high or wide some of them hold no pixel (they start at or past its edge): those are left out
+    (Meta's generator passes them on and fails on an empty crop).
     """
     im_h, im_w = int(image_size[0]), int(image_size[1])
     short_side = min(im_h, im_w)
@@ -74,8 +76,9 @@ def generate_crop_boxes(image_size: tuple[int, int], n_layers: int, overlap_rati
         lefts = [int((crop_w - overlap) * i) for i in range(per_side)]
         tops = [int((crop_h - overlap) * i) for i in range(per_side)]
         for x0, y0 in product(lefts, tops):  # column of crops after column
-            boxes.append([x0, y0, min(x0 + crop_w, im_w), min(y0 + crop_h, im_h)])
-            layers.append(layer)
+            if x0 < im_w and y0 < im_h:
+                boxes.append([x0, y0, min(x0 + crop_w, im_w), min(y0 + crop_h, im_h)])
+                layers.append(layer)
     return boxes, layers
 
 

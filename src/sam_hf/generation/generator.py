@@ -16,6 +16,7 @@ done (see rle.py); nothing else moves to the host inside the batch loop on other
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -107,6 +108,19 @@ class SamHfAutomaticMaskGenerator:
         if options is not None and name in options.__dataclass_fields__:
             return getattr(options, name if name != "point_grids" else "layer_point_grids")
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Meta's attribute names set the options too, checked as the constructor checks them; explicit point grids
+        # and points_per_side replace each other, as in the constructor (exactly one of them)
+        options = self.__dict__.get("options")
+        if options is None or name not in options.__dataclass_fields__:
+            return super().__setattr__(name, value)
+        changes = {name: value}
+        if name == "point_grids" and value is not None:
+            changes["points_per_side"] = None
+        elif name == "points_per_side" and value is not None:
+            changes["point_grids"] = None
+        self.options = dataclasses.replace(options, **changes)
 
     @property
     def device(self) -> torch.device:
