@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     check = None if args.no_verify else verify_against_meta(model, state_dict)
     if check:
         print(check)
+    if not args.variant and _preset_of(config) is None:
+        # the check builds Meta's model from the same config, so it cannot tell a wrong assumption
+        print("note: the config was read off the checkpoint's shapes; the mask decoder's head count (8) and GELU "
+              "activations cannot be read from shapes and were assumed, as in every checkpoint Meta published")
     model.save_pretrained(args.output)
     variant = args.variant or _preset_of(config)
     if variant:

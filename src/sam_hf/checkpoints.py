@@ -185,7 +185,16 @@ def load_meta_state_dict(model_class, state_dict: dict, config: "SamHfConfig"):
 
 
 def infer_meta_config(state_dict: dict) -> "SamHfConfig":
-    """A `SamHfConfig` read off a Meta state dict's shapes (decoder head counts keep Meta's defaults)."""
+    """A `SamHfConfig` read off a Meta state dict's shapes (decoder head counts keep Meta's defaults). A key the
+    shapes are read from is missing: ValueError naming it."""
+    try:
+        return _config_from_shapes(state_dict)
+    except KeyError as err:
+        raise ValueError(f"state_dict is not a complete Meta SAM checkpoint: {err.args[0]!r} is missing, "
+                         "and the config is read from it (give the variant to convert a checkpoint that lacks it)") from None
+
+
+def _config_from_shapes(state_dict: dict) -> "SamHfConfig":
     from .configuration import SamHfConfig
 
     proj = state_dict["image_encoder.patch_embed.proj.weight"]  # (C, 3, p, p)
