@@ -94,6 +94,16 @@ def test_our_pipeline_batch_size(saved_model, image):
                 np.testing.assert_array_equal(a["segmentation"], b["segmentation"])
 
 
+@pytest.mark.parametrize(
+    "options, error, words",
+    [(dict(points_per_side=-1), ValueError, "points_per_side must be an int >= 1"), (dict(progress="no"), TypeError, "progress"),
+     (dict(timeout="x"), TypeError, "timeout"), (dict(crops_nms_thresh=2.0), ValueError, "crop_nms_thresh")],
+)
+def test_our_pipeline_checks_options_when_built(saved_model, options, error, words):
+    with pytest.raises(error, match=words):
+        pipeline("mask-generation", model=saved_model[0], pipeline_class=SamHfMaskGenerationPipeline, **options)
+
+
 def test_our_pipeline_bad_arguments(saved_model, image):
     path, _ = saved_model
     generator = pipeline("mask-generation", model=path, pipeline_class=SamHfMaskGenerationPipeline)

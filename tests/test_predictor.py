@@ -200,6 +200,11 @@ BAD_PREDICT = {
     "box x1 < x0": (dict(box=np.array([10.0, 0.0, 5.0, 5.0])), ValueError, "x0 <= x1"),
     "mask shape": (dict(box=np.array([0, 0, 5, 5]), mask_input=np.zeros((32, 32))), ValueError, "(1, 32, 32)"),
     "coords strings": (dict(point_coords=[["a", "b"]], point_labels=[1]), TypeError, "point_coords"),
+    "labels numeric strings": (dict(point_coords=[[1.0, 2.0]], point_labels=np.array(["1"])), TypeError, "point_labels must be a numeric array"),
+    "coords complex": (dict(point_coords=np.array([[1 + 1j, 2.0]]), point_labels=[1]), TypeError, "point_coords must be a numeric array"),
+    "coords bool": (dict(point_coords=np.array([[True, False]]), point_labels=[1]), TypeError, "point_coords"),
+    "box beyond float32": (dict(box=[0.0, 0.0, 1e39, 1e39]), ValueError, "box must hold values within float32's range"),
+    "mask bool": (dict(box=[0, 0, 5, 5], mask_input=np.zeros((1, 32, 32), bool)), TypeError, "mask_input must be a floating-point array"),
 }
 
 
@@ -240,6 +245,15 @@ def test_predict_torch_and_set_image_bad_input(models, predictors):
     for size in ((float("inf"), 70), (50.5, 70), ("50", 70), (50,)):
         with pytest.raises(ValueError, match="original_image_size must be"):
             fresh.set_torch_image(torch.zeros(1, 3, 128, 100), size)
+    for coords, labels, word in ((torch.zeros(1, 1, 2, dtype=torch.complex64), torch.ones(1, 1, dtype=torch.long), "point_coords"),
+                                 (torch.zeros(1, 1, 2), torch.ones(1, 1), "point_labels"),
+                                 (torch.zeros(1, 1, 2), torch.ones(1, 1, dtype=torch.bool), "point_labels")):
+        with pytest.raises(TypeError, match=f"{word} must be"):
+            predictor.predict_torch(coords, labels)
+    with pytest.raises(TypeError, match="boxes must be a floating-point tensor"):
+        predictor.predict_torch(None, None, boxes=torch.zeros(1, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="^image: an image of"):
+        fresh.set_image(np.zeros((1, 500, 3), np.uint8))
     with pytest.raises(TypeError, match="return_logits must be a bool"):
         predictor.predict_torch(torch.zeros(1, 1, 2), torch.ones(1, 1, dtype=torch.long), return_logits="yes")
 

@@ -23,7 +23,7 @@ from PIL import Image
 from transformers import Pipeline
 
 from .generation.generator import SamHfAutomaticMaskGenerator
-from .generation.options import OPTION_NAMES
+from .generation.options import OPTION_NAMES, GeneratorOptions
 
 # transformers' MaskGenerationPipeline argument names -> ours (Meta's).
 STOCK_ALIASES = {"points_per_crop": "points_per_side", "crops_n_layers": "crop_n_layers", "crops_nms_thresh": "crop_nms_thresh"}
@@ -66,6 +66,12 @@ class SamHfMaskGenerationPipeline(Pipeline):
             kwargs["points_per_side"] = None
         elif kwargs.get("points_per_side") is not None and "point_grids" not in kwargs:
             kwargs["point_grids"] = None
+        if kwargs:  # checked now, as the generator will check them: a bad option fails when given, not at the first image
+            GeneratorOptions(**{name: value for name, value in kwargs.items()})
+        if "progress" in forward and not isinstance(forward["progress"], (bool, type(None))):
+            raise TypeError(f"progress must be a bool or None, got {type(forward['progress']).__name__}")
+        if preprocess.get("timeout") is not None and (isinstance(preprocess["timeout"], bool) or not isinstance(preprocess["timeout"], (int, float))):
+            raise TypeError(f"timeout must be a number of seconds or None, got {type(preprocess['timeout']).__name__}")
         forward.update(kwargs)
         return preprocess, forward, {}
 

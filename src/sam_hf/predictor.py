@@ -25,15 +25,28 @@ from .processing.resize import ResizeLongestSide, get_preprocess_shape, scale_co
 _NOT_SET = "an image must be set with .set_image(...) (or .set_torch_image(...)) before {what}"
 
 
-def _numpy(value, name: str) -> np.ndarray:
+# coordinates beyond this (float32's range, less the most a model side scales them by) cannot reach the model
+_COORDINATE_LIMIT = float(np.finfo(np.float32).max) / 2**16
+
+
+def _numpy(value, name: str, kinds: str = "iuf") -> np.ndarray:
+    """`value` as a float64 array; its values must be numbers of the numpy kinds `kinds` (i int, u unsigned, f float,
+    b bool): not strings, objects or complex numbers, which a cast would turn into numbers silently."""
     if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        value = value.float().numpy() if value.dtype in (torch.bfloat16, torch.float16) else value.numpy()
     try:
-        array = np.asarray(value, dtype=np.float64)
+        array = np.asarray(value)
     except (TypeError, ValueError) as err:
         raise TypeError(f"{name} must be a numeric array, got {type(value).__name__}") from err
+    if array.dtype.kind not in kinds:
+        expected = "a floating-point array (logits)" if kinds == "f" else "a numeric array"
+        raise TypeError(f"{name} must be {expected}, got {type(value).__name__} of dtype {array.dtype}")
+    array = array.astype(np.float64)
     if not np.isfinite(array).all():
         raise ValueError(f"{name} must hold finite values, got NaN or inf")
+    if np.abs(array).max(initial=0.0) > _COORDINATE_LIMIT:
+        raise ValueError(f"{name} must hold values within float32's range, got {np.abs(array).max()}")
     return array
 
 
@@ -47,6 +60,13 @@ def _check_boxes(boxes: np.ndarray, name: str) -> None:
     bad = (boxes[..., 2] < boxes[..., 0]) | (boxes[..., 3] < boxes[..., 1])
     if bad.any():
         raise ValueError(f"{name} must be x0, y0, x1, y1 with x0 <= x1 and y0 <= y1, got {boxes[bad].tolist()}")
+
+
+def _check_dtype(tensor: torch.Tensor, name: str, *, floating: bool) -> None:
+    """Coordinates and logits are real floating-point tensors, labels integer ones (not bool)."""
+    ok = tensor.is_floating_point() if floating else not (tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool)
+    if not ok:
+        raise TypeError(f"{name} must be {'a floating-point' if floating else 'an integer'} tensor, got dtype {tensor.dtype}")
 
 
 class ImageNotSetError(ValueError, RuntimeError):
@@ -116,7 +136,7 @@ class SamHfPredictor:
                 raise ValueError(f"image_format='BGR' needs an (H, W, 3) numpy array, got {got}")
             image = image[..., ::-1]
         rgb = to_rgb_uint8(image, name="image")  # (H, W, 3) uint8
-        resized = self.image_processor.resize(rgb)  # (h, w, 3) uint8
+        resized = self.image_processor.resize(rgb, name="image")  # (h, w, 3) uint8
         chw = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)[None]  # (1, 3, h, w)
         self.set_torch_image(chw, rgb.shape[:2])
 
@@ -208,7 +228,7 @@ class SamHfPredictor:
             boxes = torch.as_tensor(scaled.reshape(1, 4), dtype=torch.float32, device=self.device)  # (1, 4)
         if mask_input is not None:
             size = self.low_res_size
-            mask_values = _numpy(mask_input, "mask_input")
+            mask_values = _numpy(mask_input, "mask_input", kinds="f")  # logits, as a previous call returned them
             if mask_values.shape != (1, size, size):
                 raise ValueError(f"mask_input must be (1, {size}, {size}) low-res logits, got shape {mask_values.shape}")
             masks = torch.as_tensor(mask_values, dtype=torch.float32, device=self.device)[None]  # (1, 1, L, L)
@@ -248,6 +268,8 @@ class SamHfPredictor:
                 raise ValueError(f"point_coords must be a (P, N, 2) tensor, got {_shape(point_coords)}")
             if not isinstance(point_labels, torch.Tensor) or tuple(point_labels.shape) != tuple(point_coords.shape[:2]):
                 raise ValueError(f"point_labels must be a {tuple(point_coords.shape[:2])} tensor (P, N), got {_shape(point_labels)}")
+            _check_dtype(point_coords, "point_coords", floating=True)
+            _check_dtype(point_labels, "point_labels", floating=False)
             if not torch.isfinite(point_coords).all():
                 raise ValueError("point_coords must hold finite values, got NaN or inf")
             _check_labels(point_labels.cpu(), "point_labels", (1, 0, -1, -10))
@@ -255,6 +277,7 @@ class SamHfPredictor:
         if boxes is not None:
             if not isinstance(boxes, torch.Tensor) or boxes.ndim != 2 or boxes.shape[-1] != 4:
                 raise ValueError(f"boxes must be a (P, 4) tensor, got {_shape(boxes)}")
+            _check_dtype(boxes, "boxes", floating=True)
             if not torch.isfinite(boxes).all():
                 raise ValueError("boxes must hold finite values, got NaN or inf")
             _check_boxes(boxes.detach().cpu().numpy(), "boxes")
@@ -263,6 +286,7 @@ class SamHfPredictor:
             size = self.low_res_size
             if not isinstance(mask_input, torch.Tensor) or mask_input.ndim != 4 or tuple(mask_input.shape[1:]) != (1, size, size):
                 raise ValueError(f"mask_input must be a (P, 1, {size}, {size}) tensor, got {_shape(mask_input)}")
+            _check_dtype(mask_input, "mask_input", floating=True)
             counts["mask_input"] = mask_input.shape[0]
         if len(set(counts.values())) > 1:
             raise ValueError(f"the prompt count P must agree across inputs, got {counts}")

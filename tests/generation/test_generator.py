@@ -205,6 +205,8 @@ def test_thin_images_with_crop_layers(model):
     for size in ((20, 60), (2, 60)):
         records = generator.generate(np.full((*size, 3), 128, np.uint8))
         assert all(r["segmentation"].shape == size for r in records)
+    with pytest.raises(ValueError, match="^image: an image of"):  # too thin for the model as a whole
+        generator.generate(np.zeros((1, 500, 3), np.uint8))
 
 
 def test_bad_model_and_image(model):

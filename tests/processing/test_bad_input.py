@@ -56,6 +56,8 @@ BAD_CALLS = {
     "bad return_tensors": (dict(images=IMG, return_tensors="tf"), ValueError, "return_tensors"),
     "images and sizes": (dict(images=IMG, original_sizes=[(30, 40)]), ValueError, "original_sizes"),
     "bad sizes": (dict(original_sizes=[(30, 0)], input_points=P1), ValueError, "original_sizes[0]"),
+    "size too thin": (dict(original_sizes=[(1, 1000)], input_points=P1), ValueError, "original_sizes[0] = (1, 1000)"),
+    "second image too thin": (dict(images=[IMG, np.zeros((1, 500, 3), np.uint8)]), ValueError, "images[1]: an image"),
     "infinite size": (dict(original_sizes=[(float("inf"), 40)], input_points=P1), ValueError, "original_sizes[0]"),
     "string size": (dict(original_sizes=[("a", 40)], input_points=P1), ValueError, "original_sizes[0]"),
     "point beyond float32": (dict(images=IMG, input_points=[[[[1e39, 2]]]]), ValueError, "float32's range"),

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..processing.masks import upscale_and_crop
+from ..processing.resize import get_preprocess_shape
 from ..processing.thresholds import greater
 from .crops import generate_crop_boxes, uncrop_boxes_xyxy, uncrop_points
 from .filters import is_box_near_crop_edge, stability_score, suppress_duplicates
@@ -137,6 +138,10 @@ class SamHfAutomaticMaskGenerator:
         from ..processing.images import to_rgb_uint8
 
         rgb = to_rgb_uint8(image, name="image")  # (H, W, 3) uint8
+        if not self._fits(*rgb.shape[:2]):
+            side = self.model.config.vision_config.image_size
+            raise ValueError(f"image: an image of (H, W) = {rgb.shape[:2]} has a side of zero pixels once its longest side is "
+                             f"resized to the model's {side}; crop or pad it first")
         data = self._generate_masks(rgb, progress)
         opts = self.options
         if opts.min_mask_region_area > 0:
@@ -161,7 +166,9 @@ class SamHfAutomaticMaskGenerator:
             bar = tqdm(total=total, desc="segment everything", unit="batch")
         data = MaskData()
         for crop_box, layer_idx in zip(crop_boxes, layer_idxs):
-            data.cat(self._process_crop(rgb, crop_box, layer_idx, bar))
+            x0, y0, x1, y1 = crop_box
+            if self._fits(y1 - y0, x1 - x0):  # a crop of a very thin image can be thinner than one resized pixel: no mask
+                data.cat(self._process_crop(rgb, crop_box, layer_idx, bar))
         if bar is not None:
             bar.close()
         if len(crop_boxes) > 1 and len(data) > 0:
@@ -170,6 +177,10 @@ class SamHfAutomaticMaskGenerator:
             keep = batched_nms(data["boxes"].float(), scores, torch.zeros(len(data)), iou_threshold=self.options.crop_nms_thresh)
             data.filter(keep)
         return data.to_numpy()
+
+    def _fits(self, height: int, width: int) -> bool:
+        """Whether an image of this size keeps at least one pixel a side once resized to the model's input side."""
+        return min(get_preprocess_shape(height, width, self.model.config.vision_config.image_size)) >= 1
 
     def _process_crop(self, rgb: np.ndarray, crop_box: list[int], layer_idx: int, bar) -> MaskData:
         opts, device = self.options, self.device

@@ -120,13 +120,14 @@ class SamHfImageProcessor(MaskGenerationSupportMixin, BaseImageProcessor):
         """(new_h, new_w) an (height, width) image is resized to before padding."""
         return get_preprocess_shape(height, width, self.longest_edge)
 
-    def resize(self, image: np.ndarray) -> np.ndarray:
-        """(H, W, 3) uint8 -> (new_h, new_w, 3) uint8, Meta's `ResizeLongestSide.apply_image`."""
+    def resize(self, image: np.ndarray, *, name: str = "images") -> np.ndarray:
+        """(H, W, 3) uint8 -> (new_h, new_w, 3) uint8, Meta's `ResizeLongestSide.apply_image`. `name`: the caller's
+        argument, for errors."""
         height, width = image.shape[:2]
         new_size = self.get_preprocess_shape(height, width)
         if min(new_size) < 1:
             raise ValueError(
-                f"images: an image of (H, W) = ({height}, {width}) becomes {new_size} when its longest side "
+                f"{name}: an image of (H, W) = ({height}, {width}) becomes {new_size} when its longest side "
                 f"is resized to {self.longest_edge}: a side of zero pixels; crop or pad it first"
             )
         return resize_uint8_rgb(image, new_size)
@@ -140,7 +141,7 @@ class SamHfImageProcessor(MaskGenerationSupportMixin, BaseImageProcessor):
         pixel_values, original_sizes, reshaped_sizes = [], [], []
         for i, image in enumerate(make_image_list(images)):
             rgb = to_rgb_uint8(image, name=f"images[{i}]")  # (H, W, 3) uint8
-            resized = self.resize(rgb)  # (h, w, 3) uint8
+            resized = self.resize(rgb, name=f"images[{i}]")  # (h, w, 3) uint8
             chw = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)  # (3, h, w)
             padded = normalize_and_pad(
                 chw[None], pad_size=self.pad_size, pixel_mean=self.pixel_mean, pixel_std=self.pixel_std

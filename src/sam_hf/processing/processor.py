@@ -66,6 +66,10 @@ class SamHfProcessor(ProcessorMixin):
         elif original_sizes is not None:
             count = len(original_sizes) if hasattr(original_sizes, "__len__") else -1
             sizes = _sizes(original_sizes, "original_sizes", count)
+            for i, (h, w) in enumerate(sizes):
+                if min(self.image_processor.get_preprocess_shape(h, w)) < 1:
+                    raise ValueError(f"original_sizes[{i}] = ({h}, {w}) has a side of zero pixels once its longest side is "
+                                     f"resized to {self.longest_edge}, as images of that size are refused")
             data = {
                 "original_sizes": torch.tensor(sizes, dtype=torch.int64),  # (B, 2)
                 "reshaped_input_sizes": torch.tensor(
