@@ -68,8 +68,8 @@ def check_decoding_options(multimask_output, mask_iou_threshold) -> None:
         return
     if isinstance(mask_iou_threshold, (bool, np.bool_)) or not isinstance(mask_iou_threshold, (int, float, np.integer, np.floating)):
         raise TypeError(f"mask_iou_threshold must be a float or None, got {type(mask_iou_threshold).__name__}")
-    if not math.isfinite(mask_iou_threshold):
-        raise ValueError(f"mask_iou_threshold must be a finite number or None, got {mask_iou_threshold}")
+    if math.isnan(mask_iou_threshold):  # +-inf are meaningful: no prompt's masks upscaled, or every prompt's
+        raise ValueError(f"mask_iou_threshold must be a number (+-inf included) or None, got {mask_iou_threshold}")
 
 
 def check_prompts(*, batch_size: int, input_points, input_labels, input_boxes, input_masks, mask_size: int) -> int:
