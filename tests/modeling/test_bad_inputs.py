@@ -38,6 +38,7 @@ L = torch.ones(1, 1, 2, dtype=torch.long)
         (dict(image_embeddings=E, input_masks=torch.full((1, 1, 32, 32), float("nan"))), ValueError, "input_masks must contain only finite"),
         (dict(image_embeddings=E, bogus=1), TypeError, "unexpected arguments"),
         (dict(pixel_values=torch.zeros(1, 3, 128, 128, dtype=torch.uint8)), TypeError, "pixel_values must be a floating-point tensor"),
+        (dict(pixel_values=torch.full((1, 3, 128, 128), float("nan"))), ValueError, "pixel_values must contain only finite"),
         (dict(image_embeddings=E.long()), TypeError, "image_embeddings must be a floating-point tensor"),
         (dict(image_embeddings=torch.zeros(0, 32, 8, 8), input_points=torch.zeros(0, 1, 1, 2)), ValueError, "image_embeddings must hold at least one image"),
         (dict(image_embeddings=E, multimask_output="no"), TypeError, "multimask_output must be a bool, got str"),

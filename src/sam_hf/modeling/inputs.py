@@ -50,6 +50,7 @@ def check_pixel_values(pixel_values, image_size: int, num_channels: int) -> None
         )
     if pixel_values.shape[0] == 0:
         raise ValueError("pixel_values must hold at least one image, got batch size 0")
+    _finite("pixel_values", pixel_values)  # a pass over the input: nothing next to the encoder's work
 
 
 def check_image_embeddings(image_embeddings, channels: int, grid: int) -> None:
