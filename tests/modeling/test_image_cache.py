@@ -113,3 +113,53 @@ def test_bad_arguments(model):
         model(image_embeddings=_embeddings(), input_points=_points(0), image_cache=[])
     with pytest.raises(ValueError, match="image_cache keeps work on given image_embeddings"):
         model(pixel_values=torch.zeros(1, 3, 128, 128), input_points=_points(0), image_cache={})
+
+
+def test_calls_sharing_a_cache_from_two_threads_take_turns(model, monkeypatch):
+    """A call leaves notes in the shared dict while it runs (its route, its passes' records): calls on one dict from
+    two threads must not interleave, and each gets what it gets alone. Calls on other dicts still overlap."""
+    import threading
+    import time
+
+    spans, decode = [], mask_decoder.SamHfMaskDecoder._decode
+
+    def slow_decode(self, *args, **kwargs):  # the GIL is released while sleeping: the other thread could step in
+        start = time.perf_counter()
+        time.sleep(0.05)
+        out = decode(self, *args, **kwargs)
+        spans.append((threading.get_ident(), start, time.perf_counter()))
+        return out
+
+    monkeypatch.setattr(mask_decoder.SamHfMaskDecoder, "_decode", slow_decode)
+    embeddings = _embeddings()
+    expected = {prompts: model(image_embeddings=embeddings, input_points=_points(prompts, prompts)) for prompts in (1, 6)}
+
+    def overlapping(caches):
+        spans.clear()
+        results, errors = {}, []
+
+        def run(prompts, cache):
+            try:
+                with torch.no_grad():
+                    for _ in range(3):
+                        results[prompts] = model(image_embeddings=embeddings, input_points=_points(prompts, prompts), image_cache=cache)
+            except Exception as error:  # noqa: BLE001 (reported below)
+                errors.append(error)
+
+        threads = [threading.Thread(target=run, args=(prompts, cache)) for prompts, cache in zip((1, 6), caches)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors
+        for prompts in (1, 6):
+            torch.testing.assert_close(results[prompts].pred_masks, expected[prompts].pred_masks, rtol=1e-5, atol=1e-4)
+        return any(a[0] != b[0] and a[1] < b[2] and b[1] < a[2] for a in spans for b in spans)
+
+    shared = {}
+    assert not overlapping([shared, shared])
+    separate = [{}, {}]
+    while id(separate[0]) >> 4 & 63 == id(separate[1]) >> 4 & 63:  # dicts that happen to share a lock take turns too
+        separate.append({})
+        separate = separate[-2:]
+    assert overlapping(separate)

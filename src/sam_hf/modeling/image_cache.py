@@ -21,9 +21,19 @@ positional encoding (compared by value) or other decoder weights (changed in pla
 `.data`, or swapped for other tensors): `tensor_state.py` says how changes are told, and which writes it can miss.
 It is used only where autograd records nothing (a cached projection must not carry one call's graph into the next);
 elsewhere a call keeps its work to itself.
+
+A decoder call also leaves its own notes in the dict while it runs (its prompt count, its route, the records its
+passes leave for the upscaling), so calls that share one dict from several threads (a server's predictor, clicked
+from two requests at once) take turns: each holds one of `_LOCKS`, picked by the dict's identity, for its whole call
+(`holding_image_cache`). Calls with other dicts, or none, run side by side (two dicts may share a lock now and then:
+they then take turns too). The locks live outside the dicts, which stay plain dicts of tensors (copied and pickled as
+before).
 """
 
 from __future__ import annotations
+
+import functools
+import threading
 
 import torch
 
@@ -31,6 +41,24 @@ from .layers import records_nothing
 from .tensor_state import TensorsState
 
 _KEY = "sam_hf.image_cache.key"
+
+
+_LOCKS = tuple(threading.RLock() for _ in range(64))
+
+
+def holding_image_cache(forward):
+    """Decorator for the decoder's `forward`: a call given `image_cache=` holds that dict's lock throughout (see the
+    module's notes); re-entrant, so nested calls in one thread pass. Not while `torch.compile` traces (no cache then)."""
+
+    @functools.wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        image_cache = kwargs.get("image_cache")
+        if image_cache is None or torch.compiler.is_compiling():
+            return forward(self, *args, **kwargs)
+        with _LOCKS[(id(image_cache) >> 4) % len(_LOCKS)]:
+            return forward(self, *args, **kwargs)
+
+    return wrapper
 
 
 def call_cache(image_cache: dict | None, image_embeddings: torch.Tensor, image_pe: torch.Tensor, parameters, *tensors) -> dict:

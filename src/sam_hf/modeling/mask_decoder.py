@@ -23,7 +23,7 @@ from .bf16_compute import fp32_for_bf16
 from .compile_support import eager_on_cpu_inference
 from .export_form import convolutions as exports_convolutions
 from .module_calls import active as calling_modules, when_wrapped
-from .image_cache import cached, call_cache, kept
+from .image_cache import cached, call_cache, holding_image_cache, kept
 from .layers import SamHfFeedForward, SamHfLayerNorm2d, linear_activation, records_nothing
 from .prompt_groups import prompt_group
 from .decoder_attention import folds
@@ -250,6 +250,7 @@ class SamHfMaskDecoder(nn.Module):
         return upscale(self.upscale_layer_norm, image, hyper_in, grid, weights)
 
     @eager_on_cpu_inference
+    @holding_image_cache
     @in_own_dtype
     @fp32_for_bf16(keep_weights=True, kept_inputs=("image_embeddings", "image_pe"))
     @when_wrapped
