@@ -86,7 +86,13 @@ def test_bad_call_raises(case):
         (dict(pixel_std=[1, 0, 1]), ValueError, "pixel_std"),
         (dict(pixel_mean=[float("nan"), 1, 2]), ValueError, "pixel_mean must hold finite"),
         (dict(pixel_std=[1, float("inf"), 1]), ValueError, "pixel_std must hold finite"),
-        (dict(size={"longest_edge": 1024}), TypeError, "size"),
+        (dict(size={"height": 1024, "width": 1024}), ValueError, "size must be a dict with keys"),
+        (dict(size={"longest_edge": 64}, pad_size={"height": 128, "width": 128}), ValueError, "pad_size"),
+        (dict(size={"longest_edge": 64}, mask_size={"longest_edge": 32}), ValueError, "mask_size"),
+        (dict(do_normalize=False), ValueError, "do_normalize=False"),
+        (dict(resample=3), ValueError, "resample=3"),
+        (dict(longest_edge=128, size={"longest_edge": 64}), ValueError, "disagree"),
+        (dict(do_reduce_labels=True), TypeError, "do_reduce_labels"),
     ],
 )
 def test_bad_image_processor_settings(kwargs, error, fragment):
@@ -117,3 +123,23 @@ def test_premultiplied_luminance_alpha_image():
     la = Image.fromarray(np.stack([(rng.random((6, 5)) * 255).astype(np.uint8), np.full((6, 5), 255, np.uint8)], -1), "LA")
     processor = SamHfImageProcessor(longest_edge=64)
     torch.testing.assert_close(processor(la.convert("La"))["pixel_values"], processor(la)["pixel_values"], rtol=0, atol=0)
+
+
+def test_transformers_processor_folder_loads_as_ours(tmp_path):
+    """A transformers `SamProcessor` folder (as `facebook/sam-vit-*` ship) loads into SamHfProcessor with the same
+    settings, and both give the same inputs for the same image and prompts."""
+    from transformers import SamImageProcessor, SamProcessor
+
+    theirs = SamProcessor(image_processor=SamImageProcessor(size={"longest_edge": 128}, pad_size={"height": 128, "width": 128},
+                                                            mask_size={"longest_edge": 32}, mask_pad_size={"height": 32, "width": 32}))
+    theirs.save_pretrained(tmp_path)
+    ours = SamHfProcessor.from_pretrained(tmp_path)
+    assert isinstance(ours.image_processor, SamHfImageProcessor) and ours.longest_edge == 128
+    np.testing.assert_allclose(ours.image_processor.pixel_mean, [123.675, 116.28, 103.53], rtol=1e-9)
+    np.testing.assert_allclose(ours.image_processor.pixel_std, [58.395, 57.12, 57.375], rtol=1e-9)
+    image = (np.random.default_rng(0).random((50, 70, 3)) * 255).astype(np.uint8)
+    got = ours(image, input_points=[[[10, 20]]], input_boxes=[[[5, 6, 40, 30]]])
+    expected = theirs(image, input_points=[[[10, 20]]], input_boxes=[[[5, 6, 40, 30]]], return_tensors="pt")
+    torch.testing.assert_close(got["pixel_values"], expected["pixel_values"], rtol=0, atol=1e-6)
+    for key in ("input_points", "input_boxes", "original_sizes", "reshaped_input_sizes"):
+        torch.testing.assert_close(got[key].double(), expected[key].double())

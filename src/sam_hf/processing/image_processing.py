@@ -21,6 +21,7 @@ from ..generation.pipeline_support import MaskGenerationSupportMixin
 from .images import make_image_list, to_rgb_uint8
 from .masks import masks_to_low_res, post_process_masks
 from .resize import get_preprocess_shape, resize_uint8_rgb
+from .transformers_settings import TRANSFORMERS_KEYS, read_transformers_settings
 
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)  # Meta's Sam.pixel_mean, on 0..255 values
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)  # Meta's Sam.pixel_std
@@ -46,6 +47,12 @@ def _check_triplet(name: str, value) -> tuple[float, float, float]:
     if not all(math.isfinite(v) for v in values):
         raise ValueError(f"{name} must hold finite numbers, got {list(values)}")
     return tuple(float(v) for v in values)
+
+
+def _same_setting(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(math.isclose(x, y, rel_tol=1e-6) for x, y in zip(a, b))
+    return a == b
 
 
 def normalize_and_pad(
@@ -84,17 +91,28 @@ class SamHfImageProcessor(MaskGenerationSupportMixin, BaseImageProcessor):
     def __init__(
         self,
         *,
-        longest_edge: int = 1024,
-        pixel_mean: list[float] | tuple[float, ...] = SAM_PIXEL_MEAN,
-        pixel_std: list[float] | tuple[float, ...] = SAM_PIXEL_STD,
+        longest_edge: int | None = None,
+        pixel_mean: list[float] | tuple[float, ...] | None = None,
+        pixel_std: list[float] | tuple[float, ...] | None = None,
         **kwargs,
     ) -> None:
-        unknown = sorted(k for k in kwargs if k not in _METADATA_KEYS)
+        unknown = sorted(k for k in kwargs if k not in _METADATA_KEYS and k not in TRANSFORMERS_KEYS)
         if unknown:
             raise TypeError(
-                f"SamHfImageProcessor got unexpected settings {unknown}; "
-                "expected only longest_edge, pixel_mean, pixel_std"
+                f"SamHfImageProcessor got unexpected settings {unknown}; expected longest_edge, pixel_mean, pixel_std "
+                f"(or transformers' SamImageProcessor settings: {sorted(TRANSFORMERS_KEYS)})"
             )
+        theirs = {k: kwargs.pop(k) for k in list(kwargs) if k in TRANSFORMERS_KEYS}
+        if theirs:  # a transformers-format config (transformers_settings.py): the same settings in its terms
+            ours = dict(longest_edge=longest_edge, pixel_mean=pixel_mean, pixel_std=pixel_std)
+            for name, value in read_transformers_settings(theirs).items():
+                if ours[name] is not None and not _same_setting(ours[name], value):
+                    raise ValueError(f"{name}={ours[name]!r} and transformers' settings {theirs} disagree (they give {value!r})")
+                ours[name] = value
+            longest_edge, pixel_mean, pixel_std = ours["longest_edge"], ours["pixel_mean"], ours["pixel_std"]
+        longest_edge = 1024 if longest_edge is None else longest_edge
+        pixel_mean = SAM_PIXEL_MEAN if pixel_mean is None else pixel_mean
+        pixel_std = SAM_PIXEL_STD if pixel_std is None else pixel_std
         metadata = {k: v for k, v in kwargs.items() if k != "image_processor_type"}
         super().__init__(**metadata)
         if isinstance(longest_edge, bool) or not isinstance(longest_edge, int) or longest_edge < 16:

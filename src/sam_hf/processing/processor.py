@@ -37,6 +37,12 @@ class SamHfProcessor(ProcessorMixin):
             )
         super().__init__(image_processor, **kwargs)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "SamHfProcessor":
+        """A saved sam_hf processor, or a transformers `SamProcessor` folder (`facebook/sam-vit-*`): its image
+        processor's settings are read as sam_hf's (`transformers_settings.py`). Hub arguments as transformers'."""
+        return cls(image_processor=SamHfImageProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs))
+
     @property
     def longest_edge(self) -> int:
         return self.image_processor.longest_edge
