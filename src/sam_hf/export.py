@@ -40,7 +40,7 @@ class SamHfEncoderForExport(nn.Module):
         self.model = model
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model.get_image_embeddings(pixel_values)
+        return self.model.get_image_features(pixel_values).image_embeddings
 
 
 class SamHfDecoderForExport(nn.Module):

@@ -82,3 +82,21 @@ def test_float64_embeddings_are_decoded_as_the_model_dtype(tiny_model):
         same = tiny_model(image_embeddings=E, input_points=torch.rand(1, 5, 1, 2, generator=torch.Generator().manual_seed(1)) * 128)
     assert wide.pred_masks.dtype == torch.float32
     torch.testing.assert_close(wide.pred_masks, same.pred_masks, rtol=0, atol=0)
+
+
+def test_transformers_persam_inputs_are_accepted_as_none_only(tiny_model):
+    with torch.no_grad():
+        out = tiny_model(image_embeddings=E, input_points=P, attention_similarity=None, target_embedding=None)
+        assert out.pred_masks.shape == (1, 1, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"\['target_embedding'\]: transformers' PerSAM inputs"):
+        tiny_model(image_embeddings=E, input_points=P, target_embedding=torch.zeros(1, 1, 32))
+
+
+def test_a_transformers_config_is_refused_with_the_conversion():
+    from transformers import SamConfig
+
+    from sam_hf import SamHfConfig, SamHfModel
+
+    with pytest.raises(TypeError, match="config must be a SamHfConfig, got SamConfig"):
+        SamHfModel(SamConfig())
+    assert SamHfConfig(**SamConfig().to_dict()).vision_config.hidden_size == 768  # the conversion the message gives

@@ -55,3 +55,26 @@ def test_boxes_and_masks_match_transformers(tiny_model, transformers_tiny, with_
 @torch.no_grad()
 def test_image_wide_positional_embeddings_match_transformers(tiny_model, transformers_tiny):
     assert_close(tiny_model.get_image_wide_positional_embeddings(), transformers_tiny.get_image_wide_positional_embeddings()[0])
+
+
+@pytest.mark.parametrize("hidden", [False, True])
+@torch.no_grad()
+def test_tuple_outputs_unpack_as_transformers(tiny_model, transformers_tiny, hidden):
+    """`return_dict=False` gives transformers' tuple: iou_scores, pred_masks, then the optional fields it has, in its
+    order (sam_hf's extra image_embeddings field stays in the dict form only)."""
+    pixels, points = torch.randn(1, 3, 128, 128), torch.rand(1, 2, 1, 2) * 128
+    ours = tiny_model(pixels, input_points=points, return_dict=False, output_hidden_states=hidden)
+    ref = transformers_tiny(pixel_values=pixels, input_points=points, return_dict=False, output_hidden_states=hidden)
+    assert len(ours) == len(ref) == (3 if hidden else 2)
+    for a, b in zip(ours[:2], ref[:2]):
+        assert_close(a, b, rtol=1e-4, atol=1e-4)
+    if hidden:
+        assert len(ours[2]) == len(ref[2]) and all(a.shape == b.shape for a, b in zip(ours[2], ref[2]))
+    assert tiny_model(pixels, input_points=points).image_embeddings.shape == (1, 32, 8, 8)
+
+
+def test_image_embeddings_keep_no_graph_as_transformers(tiny_model, transformers_tiny):
+    pixels = torch.randn(1, 3, 128, 128)
+    ours, ref = tiny_model.get_image_embeddings(pixels), transformers_tiny.get_image_embeddings(pixels)
+    assert not ours.requires_grad and not ref.requires_grad
+    assert tiny_model.get_image_features(pixels).image_embeddings.requires_grad  # the route that trains the encoder

@@ -102,3 +102,29 @@ def test_gradient_checkpointing_recomputes_the_vit_layers_with_the_same_gradient
         model._set_gradient_checkpointing(True, every_n_layers=0)
     with pytest.raises(TypeError, match="every_n_layers"):
         model._set_gradient_checkpointing(True, every_n_layers=2.0)
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+def test_dropped_hypernetworks_get_zero_gradients_as_in_meta(multimask):
+    """Meta's decoder runs all four hypernetwork MLPs and drops the masks not returned: their weights get zero
+    gradients, which optimizers apply (weight decay, momentum). sam_hf runs only the kept MLPs and gives the others
+    zero gradients too; the kept ones' gradients equal Meta's."""
+    from references import meta_from_ours
+
+    model = randomize(SamHfModel(config_for_variant("tiny")), seed=4).train()
+    meta = meta_from_ours(model).train()
+    embeddings, points = torch.randn(1, 32, 8, 8), torch.rand(1, 3, 1, 2) * 128
+    out = model(image_embeddings=embeddings, input_points=points, multimask_output=multimask)
+    (out.pred_masks.pow(2).mean() + out.iou_scores.pow(2).mean()).backward()
+    sparse, dense = meta.prompt_encoder(points=(points[0], torch.ones(3, 1, dtype=torch.long)), boxes=None, masks=None)
+    masks, iou = meta.mask_decoder(image_embeddings=embeddings, image_pe=meta.prompt_encoder.get_dense_pe(),
+                                   sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask)
+    (masks.pow(2).mean() + iou.pow(2).mean()).backward()
+    kept = range(1, 4) if multimask else range(1)
+    for i in range(4):
+        ours = [p.grad for p in model.mask_decoder.output_hypernetworks_mlps[i].parameters()]
+        theirs = [p.grad for p in meta.mask_decoder.output_hypernetworks_mlps[i].parameters()]
+        assert all(g is not None for g in ours + theirs)
+        for a, b in zip(ours, theirs):
+            assert_close(a, b, rtol=1e-4, atol=1e-7)
+        assert all(bool((g == 0).all()) != (i in kept) for g in ours)

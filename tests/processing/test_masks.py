@@ -92,6 +92,7 @@ def test_post_process_bad_input(masks, sizes, reshaped, fragment):
     "options, masks, fragment",
     [
         (dict(pad_size=128.0), None, "pad_size must be a positive int"),
+        (dict(pad_size={"height": 128, "width": 96}), None, "pad_size must be a positive int"),
         (dict(mask_threshold="0"), None, "mask_threshold must be a number"),
         (dict(mask_threshold=None), None, "mask_threshold must be a number"),
         (dict(binarize="no"), None, "binarize must be a bool"),
@@ -158,3 +159,10 @@ def test_preprocess_masks_bad_input(mask, error, fragment):
     with pytest.raises(error) as info:
         SamHfImageProcessor(longest_edge=128).preprocess_masks(mask)
     assert fragment in str(info.value)
+
+
+def test_post_process_takes_transformers_pad_size():
+    processor = SamHfImageProcessor(longest_edge=128)
+    logits = torch.randn(1, 1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    expected = processor.post_process_masks(logits, [[40, 60]], [[85, 128]])[0]
+    torch.testing.assert_close(processor.post_process_masks(logits, [[40, 60]], [[85, 128]], pad_size={"height": 128, "width": 128})[0], expected)

@@ -69,6 +69,10 @@ class SamHfPreTrainedModel(PreTrainedModel):
                 module.checkpoint_function = gradient_checkpointing_func
 
 
+# transformers' SamModel.forward takes these for PerSAM; sam_hf accepts them only as None
+_PERSAM_ARGUMENTS = ("attention_similarity", "target_embedding")
+
+
 class SamHfModel(SamHfPreTrainedModel):
     """Segment Anything: `get_image_embeddings` once per image, then `forward` with prompts.
 
@@ -79,6 +83,11 @@ class SamHfModel(SamHfPreTrainedModel):
     mask_threshold: float = 0.0
 
     def __init__(self, config: SamHfConfig) -> None:
+        if not isinstance(config, SamHfConfig):
+            raise TypeError(
+                f"config must be a SamHfConfig, got {type(config).__name__}; a transformers SamConfig converts with "
+                "SamHfConfig(**sam_config.to_dict()), and from_pretrained reads transformers-format folders as they are"
+            )
         super().__init__(config)
         self.shared_image_embedding = SamHfPositionalEmbedding(num_pos_feats=config.vision_config.num_pos_feats)
         self.vision_encoder = SamHfVisionEncoder(config.vision_config)
@@ -113,8 +122,11 @@ class SamHfModel(SamHfPreTrainedModel):
         )
         return SamHfVisionEncoderOutput(image_embeddings=embeddings, hidden_states=hidden, attentions=attentions)
 
+    @torch.no_grad()
     def get_image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """pixel_values (B, 3, S, S) -> image embeddings (B, C, g, g)."""
+        """pixel_values (B, 3, S, S) -> image embeddings (B, C, g, g), without autograd, as transformers' `SamModel`
+        (no graph of the ViT is kept: at 1024 pixels it would hold gigabytes). To train through the encoder, call the
+        model on `pixel_values` or `get_image_features(pixel_values).image_embeddings`."""
         return self.get_image_features(pixel_values).image_embeddings
 
     @eager_on_cpu_inference
@@ -155,9 +167,13 @@ class SamHfModel(SamHfPreTrainedModel):
             records nothing. Segment everything passes one per crop, the predictor one per image, filled by
             `set_image` (see `modeling/image_cache.py`).
         """
-        unknown = set(kwargs) - {"original_sizes", "reshaped_input_sizes", "prompt_mask"}
+        unknown = set(kwargs) - {"original_sizes", "reshaped_input_sizes", "prompt_mask", *_PERSAM_ARGUMENTS}
         if unknown:
             raise TypeError(f"SamHfModel.forward got unexpected arguments {sorted(unknown)}")
+        given = sorted(name for name in _PERSAM_ARGUMENTS if kwargs.get(name) is not None)
+        if given:
+            raise ValueError(f"{given}: transformers' PerSAM inputs (attention_similarity, target_embedding) are not "
+                             "supported by SamHfModel; None (their default) is accepted")
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         return_dict = self.config.return_dict if return_dict is None else return_dict
@@ -185,7 +201,7 @@ class SamHfModel(SamHfPreTrainedModel):
             image_embeddings = image_embeddings.to(self.mask_decoder.iou_token.weight.dtype)
         if prompts == 0:  # no prompt for any image: empty masks and scores of the usual shapes
             output = self._no_prompt_output(image_embeddings, bool(multimask_output), computed_embeddings, hidden, vision_attn)
-            return output if return_dict else output.to_tuple()
+            return output if return_dict else output.transformers_tuple()
         if input_points is not None and input_labels is None:
             input_labels = torch.ones(input_points.shape[:3], dtype=torch.long, device=input_points.device)
 
@@ -203,7 +219,7 @@ class SamHfModel(SamHfPreTrainedModel):
             iou_scores=iou, pred_masks=masks, image_embeddings=computed_embeddings,
             vision_hidden_states=hidden, vision_attentions=vision_attn, mask_decoder_attentions=decoder_attn,
         )
-        return output if return_dict else output.to_tuple()
+        return output if return_dict else output.transformers_tuple()
 
     def _no_prompt_output(self, image_embeddings, multimask_output: bool, computed_embeddings, hidden, vision_attn):
         masks = self.config.mask_decoder_config.num_multimask_outputs if multimask_output else 1

@@ -43,9 +43,17 @@ def is_whole_number(value) -> bool:
     return math.isfinite(value) and int(value) == value
 
 
-def _check_options(pad_size, mask_threshold, binarize) -> None:
+def _pad_side(pad_size) -> int:
+    """pad_size as an int: an int, or transformers' {"height": S, "width": S} of a square."""
+    if isinstance(pad_size, dict) and set(pad_size) == {"height", "width"} and pad_size["height"] == pad_size["width"]:
+        pad_size = pad_size["height"]
     if isinstance(pad_size, (bool, np.bool_)) or not isinstance(pad_size, (int, np.integer)) or pad_size < 1:
-        raise TypeError(f"pad_size must be a positive int (the processor's longest_edge), got {pad_size!r}")
+        raise TypeError(f"pad_size must be a positive int (the processor's longest_edge) or transformers' "
+                        f"{{'height': S, 'width': S}}, got {pad_size!r}")
+    return int(pad_size)
+
+
+def _check_options(mask_threshold, binarize) -> None:
     if isinstance(mask_threshold, (bool, np.bool_)) or not isinstance(mask_threshold, (int, float, np.integer, np.floating)) \
             or math.isnan(mask_threshold):
         raise TypeError(f"mask_threshold must be a number, got {mask_threshold!r}")
@@ -69,7 +77,8 @@ def post_process_masks(
     to (H, W) (bilinear), as Meta's `Sam.postprocess_masks`; computed in float32. With `binarize` the result
     is the bool `logits > mask_threshold`, else the float32 logits.
     """
-    _check_options(pad_size, mask_threshold, binarize)
+    pad_size = _pad_side(pad_size)
+    _check_options(mask_threshold, binarize)
     if isinstance(masks, np.ndarray):
         masks = torch.from_numpy(masks)
     if isinstance(masks, torch.Tensor):
