@@ -83,7 +83,7 @@ class SamHfModel(SamHfPreTrainedModel):
     mask_threshold: float = 0.0
 
     def __init__(self, config: SamHfConfig) -> None:
-        if not isinstance(config, SamHfConfig):
+        if getattr(config, "model_type", None) != SamHfConfig.model_type:  # by type name: remote code has its own class
             raise TypeError(
                 f"config must be a SamHfConfig, got {type(config).__name__}; a transformers SamConfig converts with "
                 "SamHfConfig(**sam_config.to_dict()), and from_pretrained reads transformers-format folders as they are"
