@@ -141,7 +141,7 @@ def load_model(model: str, model_type: str | None, device: str | None, precision
         if model_type is None:
             raise ValueError(f"--model-type (vit_b, vit_l or vit_h) is needed with a Meta checkpoint, got --model {model}")
         sam = SamHfModel.from_meta_checkpoint(model, variant=model_type)
-        processor = SamHfImageProcessor(longest_edge=sam.config.vision_config.image_size)
+        processor = SamHfImageProcessor.for_model(sam.config)
     else:
         try:
             sam = SamHfModel.from_pretrained(model)
@@ -150,7 +150,7 @@ def load_model(model: str, model_type: str | None, device: str | None, precision
         try:
             processor = SamHfProcessor.from_pretrained(model).image_processor
         except (OSError, ValueError):
-            processor = SamHfImageProcessor(longest_edge=sam.config.vision_config.image_size)
+            processor = SamHfImageProcessor.for_model(sam.config)
     sam = sam.to(device).eval()
     if precision == "bf16":
         sam = sam.to(torch.bfloat16)

@@ -88,7 +88,7 @@ class SamHfPredictor:
             raise TypeError(f"model must be a SamHfModel, got {type(model).__name__}")
         image_size = model.config.vision_config.image_size
         if processor is None:
-            processor = SamHfImageProcessor(longest_edge=image_size)
+            processor = SamHfImageProcessor.for_model(model.config)
         if isinstance(processor, SamHfProcessor):
             processor = processor.image_processor
         if not isinstance(processor, SamHfImageProcessor):

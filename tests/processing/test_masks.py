@@ -166,3 +166,27 @@ def test_post_process_takes_transformers_pad_size():
     logits = torch.randn(1, 1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     expected = processor.post_process_masks(logits, [[40, 60]], [[85, 128]])[0]
     torch.testing.assert_close(processor.post_process_masks(logits, [[40, 60]], [[85, 128]], pad_size={"height": 128, "width": 128})[0], expected)
+
+
+def test_ground_truth_lands_in_the_models_low_res_frame_for_any_patch_size(tmp_path):
+    """The low-resolution side is 4 x the embedding grid (S / patch): S / 2 for 8-pixel patches, as the shipped model's.
+    The processor a model saves (and `for_model`) knows it, so `preprocess_masks` output feeds `input_masks`."""
+    from sam_hf import SamHfModel, SamHfProcessor, config_for_variant
+
+    torch.manual_seed(0)
+    model = SamHfModel(config_for_variant("tiny", image_size=64)).eval()
+    config = model.config
+    config.vision_config.patch_size = config.prompt_encoder_config.patch_size = 8
+    model = SamHfModel(config).eval()
+    assert model.config.prompt_encoder_config.mask_input_size == 32 == 64 // 2
+    model.save_pretrained(tmp_path)
+    for processor in (SamHfImageProcessor.for_model(model.config), SamHfProcessor.from_pretrained(tmp_path).image_processor):
+        assert processor.low_res_size == 32
+        truth = np.zeros((40, 60), bool)
+        truth[10:30, 20:50] = True
+        low = processor.preprocess_masks(truth)
+        assert low.shape == (1, 32, 32)
+        with torch.no_grad():
+            out = model(pixel_values=torch.zeros(1, 3, 64, 64), input_points=torch.tensor([[[[30.0, 20.0]]]]), input_masks=low[None])
+        assert out.pred_masks.shape == (1, 1, 3, 32, 32)
+    assert SamHfImageProcessor(longest_edge=64).low_res_size == 16  # without it: 16-pixel patches

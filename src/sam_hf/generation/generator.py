@@ -50,7 +50,7 @@ def _image_processor(model, processor):
     if processor is None:
         from ..processing import SamHfImageProcessor
 
-        return SamHfImageProcessor(longest_edge=model.config.vision_config.image_size)
+        return SamHfImageProcessor.for_model(model.config)
     image_processor = getattr(processor, "image_processor", processor)
     for method in ("preprocess", "post_process_masks"):
         if not callable(getattr(image_processor, method, None)):

@@ -272,5 +272,5 @@ class SamHfModel(SamHfPreTrainedModel):
         if processor is None:
             from ..processing import SamHfImageProcessor, SamHfProcessor
 
-            processor = SamHfProcessor(image_processor=SamHfImageProcessor(longest_edge=self.config.vision_config.image_size))
+            processor = SamHfProcessor(image_processor=SamHfImageProcessor.for_model(self.config))
         processor.save_pretrained(save_directory)

@@ -36,6 +36,7 @@ class SamHfImageProcessorKwargs(TypedDict, total=False):
     longest_edge: int
     pixel_mean: list[float]
     pixel_std: list[float]
+    mask_input_size: int
 
 
 def _check_triplet(name: str, value) -> tuple[float, float, float]:
@@ -80,6 +81,8 @@ class SamHfImageProcessor(MaskGenerationSupportMixin, BaseImageProcessor):
         longest_edge: side of the model's square input (`config.vision_config.image_size`; 1024 for Meta's
             models). Images are resized so their longest side is this, then padded to a square of this side.
         pixel_mean, pixel_std: per-channel normalization on 0..255 values (SAM's by default).
+        mask_input_size: the model's low-resolution mask side (`config.prompt_encoder_config.mask_input_size`), for
+            `preprocess_masks`; default longest_edge // 4, right for 16-pixel patches (`for_model` sets it).
 
     Calling it returns a `BatchFeature` with `pixel_values` (B, 3, S, S) float32, `original_sizes` (B, 2)
     and `reshaped_input_sizes` (B, 2) as (H, W) int64.
@@ -94,22 +97,24 @@ class SamHfImageProcessor(MaskGenerationSupportMixin, BaseImageProcessor):
         longest_edge: int | None = None,
         pixel_mean: list[float] | tuple[float, ...] | None = None,
         pixel_std: list[float] | tuple[float, ...] | None = None,
+        mask_input_size: int | None = None,
         **kwargs,
     ) -> None:
         unknown = sorted(k for k in kwargs if k not in _METADATA_KEYS and k not in TRANSFORMERS_KEYS)
         if unknown:
             raise TypeError(
-                f"SamHfImageProcessor got unexpected settings {unknown}; expected longest_edge, pixel_mean, pixel_std "
+                f"SamHfImageProcessor got unexpected settings {unknown}; expected longest_edge, pixel_mean, pixel_std, mask_input_size "
                 f"(or transformers' SamImageProcessor settings: {sorted(TRANSFORMERS_KEYS)})"
             )
         theirs = {k: kwargs.pop(k) for k in list(kwargs) if k in TRANSFORMERS_KEYS}
         if theirs:  # a transformers-format config (transformers_settings.py): the same settings in its terms
-            ours = dict(longest_edge=longest_edge, pixel_mean=pixel_mean, pixel_std=pixel_std)
+            ours = dict(longest_edge=longest_edge, pixel_mean=pixel_mean, pixel_std=pixel_std, mask_input_size=mask_input_size)
             for name, value in read_transformers_settings(theirs).items():
                 if ours[name] is not None and not _same_setting(ours[name], value):
                     raise ValueError(f"{name}={ours[name]!r} and transformers' settings {theirs} disagree (they give {value!r})")
                 ours[name] = value
-            longest_edge, pixel_mean, pixel_std = ours["longest_edge"], ours["pixel_mean"], ours["pixel_std"]
+            longest_edge, pixel_mean, pixel_std, mask_input_size = (
+                ours["longest_edge"], ours["pixel_mean"], ours["pixel_std"], ours["mask_input_size"])
         longest_edge = 1024 if longest_edge is None else longest_edge
         pixel_mean = SAM_PIXEL_MEAN if pixel_mean is None else pixel_mean
         pixel_std = SAM_PIXEL_STD if pixel_std is None else pixel_std
@@ -118,6 +123,11 @@ class SamHfImageProcessor(MaskGenerationSupportMixin, BaseImageProcessor):
         if isinstance(longest_edge, bool) or not isinstance(longest_edge, int) or longest_edge < 16:
             raise ValueError(f"longest_edge must be an int >= 16 (the model's input side), got {longest_edge!r}")
         self.longest_edge = longest_edge
+        if mask_input_size is not None and (isinstance(mask_input_size, bool) or not isinstance(mask_input_size, int)
+                                            or mask_input_size < 1 or longest_edge % mask_input_size):
+            raise ValueError(f"mask_input_size must be an int that divides longest_edge ({longest_edge}): the model's "
+                             f"low-resolution mask side, config.prompt_encoder_config.mask_input_size; got {mask_input_size!r}")
+        self.mask_input_size = mask_input_size
         self.pixel_mean = list(_check_triplet("pixel_mean", pixel_mean))
         std = _check_triplet("pixel_std", pixel_std)
         if min(std) <= 0:
@@ -131,8 +141,14 @@ class SamHfImageProcessor(MaskGenerationSupportMixin, BaseImageProcessor):
 
     @property
     def low_res_size(self) -> int:
-        """Side of the low-resolution mask logits (4 x the 16-pixel-patch embedding grid: 256 for 1024)."""
-        return self.longest_edge // 4
+        """Side of the model's low-resolution mask logits, 4 x its embedding grid: `mask_input_size` where set (the
+        processor a model saves sets it), else longest_edge // 4, that of 16-pixel patches (256 for 1024)."""
+        return self.longest_edge // 4 if self.mask_input_size is None else self.mask_input_size
+
+    @classmethod
+    def for_model(cls, config) -> "SamHfImageProcessor":
+        """The processor of a model with this `SamHfConfig`: its input side and its low-resolution mask side."""
+        return cls(longest_edge=config.vision_config.image_size, mask_input_size=config.prompt_encoder_config.mask_input_size)
 
     def get_preprocess_shape(self, height: int, width: int) -> tuple[int, int]:
         """(new_h, new_w) an (height, width) image is resized to before padding."""

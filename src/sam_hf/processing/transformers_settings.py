@@ -3,8 +3,8 @@ config of `facebook/sam-vit-*`) loads into `SamHfImageProcessor` / `SamHfProcess
 
 transformers rescales 0..255 values by `rescale_factor` and then normalizes by `image_mean` / `image_std`, which is
 normalizing the 0..255 values by `image_mean / rescale_factor` and `image_std / rescale_factor`: sam_hf's
-`pixel_mean` / `pixel_std`. Its `size={"longest_edge": S}` is `longest_edge`; its padded and mask sizes must be the
-ones sam_hf uses for that side (S x S, and S / 4 for the low-resolution masks), and its switches (`do_resize`,
+`pixel_mean` / `pixel_std`. Its `size={"longest_edge": S}` is `longest_edge` and `mask_size` the low-resolution mask
+side (`mask_input_size`); its padded sizes must be squares of those sides, and its switches (`do_resize`,
 `do_pad`, `do_normalize`, `do_convert_rgb`) on, with bilinear resampling: a setting sam_hf does not follow raises a
 `ValueError` naming it, nothing is dropped silently.
 """
@@ -34,7 +34,8 @@ def _side(value, name: str, keys: tuple[str, ...]) -> int:
 
 
 def read_transformers_settings(settings: dict) -> dict:
-    """transformers' settings (a subset of `TRANSFORMERS_KEYS`) -> sam_hf's: {"longest_edge"?, "pixel_mean", "pixel_std"}."""
+    """transformers' settings (a subset of `TRANSFORMERS_KEYS`) -> sam_hf's: {"longest_edge"?, "mask_input_size"?,
+    "pixel_mean", "pixel_std"}."""
     out = {}
     for switch in _SWITCHES:
         if settings.get(switch, True) is not True:
@@ -48,9 +49,11 @@ def read_transformers_settings(settings: dict) -> dict:
     side = out.get("longest_edge")
     if "pad_size" in settings and side is not None and _side(settings["pad_size"], "pad_size", ("height", "width")) != side:
         raise ValueError(f"pad_size={settings['pad_size']!r} must be the resized side {side} (sam_hf pads to that square)")
-    for name, keys, factor in (("mask_size", ("longest_edge",), 4), ("mask_pad_size", ("height", "width"), 4)):
-        if name in settings and side is not None and _side(settings[name], name, keys) * factor != side:
-            raise ValueError(f"{name}={settings[name]!r} must be a quarter of the side {side} (the low-resolution masks)")
+    if "mask_size" in settings:  # the low-resolution mask side (transformers pads masks to mask_pad_size)
+        out["mask_input_size"] = _side(settings["mask_size"], "mask_size", ("longest_edge",))
+        if "mask_pad_size" in settings and _side(settings["mask_pad_size"], "mask_pad_size", ("height", "width")) != out["mask_input_size"]:
+            raise ValueError(f"mask_pad_size={settings['mask_pad_size']!r} must be the mask side {out['mask_input_size']} "
+                             "(sam_hf's low-resolution masks are square)")
     rescale = settings.get("rescale_factor", _DEFAULTS["rescale_factor"]) if settings.get("do_rescale", True) else 1.0
     if isinstance(rescale, bool) or not isinstance(rescale, (int, float)) or not math.isfinite(rescale) or rescale <= 0:
         raise ValueError(f"rescale_factor must be a positive number, got {rescale!r}")
