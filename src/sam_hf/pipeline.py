@@ -67,7 +67,7 @@ class SamHfMaskGenerationPipeline(Pipeline):
         elif kwargs.get("points_per_side") is not None and "point_grids" not in kwargs:
             kwargs["point_grids"] = None
         if kwargs:  # checked now, as the generator will check them: a bad option fails when given, not at the first image
-            GeneratorOptions(**{name: value for name, value in kwargs.items()})
+            GeneratorOptions(**kwargs)
         if "progress" in forward and not isinstance(forward["progress"], (bool, type(None))):
             raise TypeError(f"progress must be a bool or None, got {type(forward['progress']).__name__}")
         if preprocess.get("timeout") is not None and (isinstance(preprocess["timeout"], bool) or not isinstance(preprocess["timeout"], (int, float))):

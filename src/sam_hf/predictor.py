@@ -19,14 +19,11 @@ from .modeling.module_calls import weights_readable
 from .processing.image_processing import SamHfImageProcessor, normalize_and_pad
 from .processing.images import to_rgb_uint8
 from .processing.masks import is_whole_number, post_process_masks
+from .processing.prompts import COORDINATE_LIMIT
 from .processing.processor import SamHfProcessor
 from .processing.resize import ResizeLongestSide, get_preprocess_shape, scale_coords
 
 _NOT_SET = "an image must be set with .set_image(...) (or .set_torch_image(...)) before {what}"
-
-
-# coordinates beyond this (float32's range, less the most a model side scales them by) cannot reach the model
-_COORDINATE_LIMIT = float(np.finfo(np.float32).max) / 2**16
 
 
 def _numpy(value, name: str, kinds: str = "iuf") -> np.ndarray:
@@ -45,7 +42,7 @@ def _numpy(value, name: str, kinds: str = "iuf") -> np.ndarray:
     array = array.astype(np.float64)
     if not np.isfinite(array).all():
         raise ValueError(f"{name} must hold finite values, got NaN or inf")
-    if np.abs(array).max(initial=0.0) > _COORDINATE_LIMIT:
+    if np.abs(array).max(initial=0.0) > COORDINATE_LIMIT:
         raise ValueError(f"{name} must hold values within float32's range, got {np.abs(array).max()}")
     return array
 

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import torch
 
+from ..real_numbers import is_real
 from .prompt_encoder import PAD_LABEL
 
 VALID_LABELS = (1, 0, -1, PAD_LABEL)
@@ -67,7 +68,7 @@ def check_decoding_options(multimask_output, mask_iou_threshold) -> None:
         raise TypeError(f"multimask_output must be a bool, got {type(multimask_output).__name__}")
     if mask_iou_threshold is None:
         return
-    if isinstance(mask_iou_threshold, (bool, np.bool_)) or not isinstance(mask_iou_threshold, (int, float, np.integer, np.floating)):
+    if not is_real(mask_iou_threshold):
         raise TypeError(f"mask_iou_threshold must be a float or None, got {type(mask_iou_threshold).__name__}")
     if math.isnan(mask_iou_threshold):  # +-inf are meaningful: no prompt's masks upscaled, or every prompt's
         raise ValueError(f"mask_iou_threshold must be a number (+-inf included) or None, got {mask_iou_threshold}")

@@ -322,9 +322,13 @@ class SamHfMaskDecoder(nn.Module):
         iou_pred = torch.cat([r[1] for r in results], dim=1) if len(results) > 1 else results[0][1]
         return masks, iou_pred, results[0][2]
 
-    def _unused_hypernetwork_weights(self, chosen: range) -> list[torch.Tensor]:
-        """The weights of the hypernetwork MLPs whose masks are not returned (`zero_gradients.py`)."""
-        return [w for i, mlp in enumerate(self.output_hypernetworks_mlps) if i not in chosen for w in mlp.parameters()]
+    def _dropped_hypernetworks_tied(self, iou_pred: torch.Tensor, chosen: range) -> torch.Tensor:
+        """`iou_pred`, through which the hypernetwork MLPs whose masks are not returned get zero gradients, as in the
+        original (`zero_gradients.py`); where autograd records nothing (every inference call) `iou_pred` itself."""
+        if not torch.is_grad_enabled():
+            return iou_pred
+        dropped = [w for i, mlp in enumerate(self.output_hypernetworks_mlps) if i not in chosen for w in mlp.parameters()]
+        return with_zero_gradients(iou_pred, dropped)
 
     def _decode(self, tokens, token_mask, image, pe, mask_slice, output_attentions, cache, mask_iou_threshold=None, out=None):
         """One group of prompts: tokens (B, p, T', C), image (B, p or 1, g*g, C) -> masks, iou, weights; the masks
@@ -342,7 +346,7 @@ class SamHfMaskDecoder(nn.Module):
         folded = self.folded_operands(cache, image.dtype)
         position = {token: row for row, token in enumerate(read)}  # token index -> row of `tokens`
         iou_pred = self.iou_prediction_head(tokens[:, :, position[0]])[..., mask_slice]  # (B, p, M)
-        iou_pred = with_zero_gradients(iou_pred, self._unused_hypernetwork_weights(chosen))  # as the original's
+        iou_pred = self._dropped_hypernetworks_tied(iou_pred, chosen)
         hyper_in = torch.stack([self.output_hypernetworks_mlps[i](tokens[:, :, position[1 + i]]) for i in chosen], dim=2)  # (B, p, M, C/8)
         image, hyper_in = image.reshape(batch * prompts, grid * grid, channels), hyper_in.flatten(0, 1)
         if mask_iou_threshold is None:
@@ -366,7 +370,7 @@ class SamHfMaskDecoder(nn.Module):
         # (B, p, T, C), (B, p, HW, C) and the IoU token through the final attention
         queries, image, _, fold, (iou_token, _) = transformer.blocks(tokens, image, pe, token_mask, False, cache, final_rows=slice(0, 1))
         iou_pred = self.iou_prediction_head(iou_token[:, :, 0])[..., mask_slice]  # (B, p, M)
-        iou_pred = with_zero_gradients(iou_pred, self._unused_hypernetwork_weights(chosen))  # as the original's
+        iou_pred = self._dropped_hypernetworks_tied(iou_pred, chosen)
         needed = (iou_pred > mask_iou_threshold).any(-1).flatten()  # (B * p,)
         masks = _skipped_masks(image, (batch * prompts, len(chosen), 4 * grid, 4 * grid), out)
         if bool(needed.any()):

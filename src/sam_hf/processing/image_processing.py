@@ -18,6 +18,7 @@ import torch
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 
 from ..generation.pipeline_support import MaskGenerationSupportMixin
+from ..real_numbers import is_real
 from .images import make_image_list, to_rgb_uint8
 from .masks import masks_to_low_res, post_process_masks
 from .resize import get_preprocess_shape, resize_uint8_rgb
@@ -41,9 +42,7 @@ class SamHfImageProcessorKwargs(TypedDict, total=False):
 
 def _check_triplet(name: str, value) -> tuple[float, float, float]:
     values = tuple(value.tolist()) if isinstance(value, np.ndarray) else tuple(value) if isinstance(value, (list, tuple)) else None
-    if values is None or len(values) != 3 or not all(
-        isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) for v in values
-    ):
+    if values is None or len(values) != 3 or not all(is_real(v) for v in values):
         raise TypeError(f"{name} must be a list of 3 numbers (R, G, B on 0..255 values), got {value!r}")
     if not all(math.isfinite(v) for v in values):
         raise ValueError(f"{name} must hold finite numbers, got {list(values)}")

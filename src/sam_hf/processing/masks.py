@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..real_numbers import is_real
 from .bilinear import resize_with_kernel
 from .images import native_byte_order
 from .resize import get_preprocess_shape
@@ -38,9 +39,7 @@ def _sizes(value, name: str, batch: int) -> list[tuple[int, int]]:
 
 def is_whole_number(value) -> bool:
     """A number with an integer value (int, or a float/numpy number such as 683.0), not a bool, NaN or inf."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        return False
-    return math.isfinite(value) and int(value) == value
+    return is_real(value) and math.isfinite(value) and int(value) == value
 
 
 def _pad_side(pad_size) -> int:
@@ -54,8 +53,7 @@ def _pad_side(pad_size) -> int:
 
 
 def _check_options(mask_threshold, binarize) -> None:
-    if isinstance(mask_threshold, (bool, np.bool_)) or not isinstance(mask_threshold, (int, float, np.integer, np.floating)) \
-            or math.isnan(mask_threshold):
+    if not is_real(mask_threshold) or math.isnan(mask_threshold):
         raise TypeError(f"mask_threshold must be a number, got {mask_threshold!r}")
     if not isinstance(binarize, (bool, np.bool_)):
         raise TypeError(f"binarize must be a bool, got {type(binarize).__name__}")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..real_numbers import is_real
 from .resize import scale_coords
 
 PAD_LABEL = -10
@@ -35,7 +36,8 @@ class PromptBatch:
     prompt_mask: np.ndarray  # (B, P) bool, False for padded prompts
 
 
-FLOAT32_MAX = float(np.finfo(np.float32).max)
+# coordinates beyond this (float32's range, less the most a model side scales them by) cannot reach the model
+COORDINATE_LIMIT = float(np.finfo(np.float32).max) / 2**16
 
 
 def _nested(value, name: str):
@@ -48,7 +50,7 @@ def _nested(value, name: str):
         return _nested(value.tolist(), name)
     if isinstance(value, (list, tuple)):
         return [_nested(v, name) for v in value]
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+    if not is_real(value):
         raise TypeError(f"{name} must contain only numbers, got {type(value).__name__} ({value!r})")
     return value
 
@@ -80,7 +82,7 @@ def _check_finite(value: list, path: str) -> None:
     """Finite, and within float32's range (the model's coordinates are float32, scaled by at most the model side)."""
     for i, v in enumerate(value):
         try:
-            finite = math.isfinite(v) and abs(v) < FLOAT32_MAX / 2**16
+            finite = math.isfinite(v) and abs(v) < COORDINATE_LIMIT
         except OverflowError:  # an int too large for a float
             finite = False
         if not finite:
