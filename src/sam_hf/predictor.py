@@ -18,10 +18,11 @@ import torch
 from .modeling.module_calls import weights_readable
 from .processing.image_processing import SamHfImageProcessor, normalize_and_pad
 from .processing.images import to_rgb_uint8
-from .processing.masks import is_whole_number, post_process_masks
+from .processing.masks import post_process_masks
 from .processing.prompts import COORDINATE_LIMIT
 from .processing.processor import SamHfProcessor
 from .processing.resize import ResizeLongestSide, get_preprocess_shape, scale_coords
+from .real_numbers import is_whole_number
 
 _NOT_SET = "an image must be set with .set_image(...) (or .set_torch_image(...)) before {what}"
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..real_numbers import is_real
+from ..real_numbers import is_real, is_whole_number
 from .bilinear import resize_with_kernel
 from .images import native_byte_order
 from .resize import get_preprocess_shape
@@ -35,11 +35,6 @@ def _sizes(value, name: str, batch: int) -> list[tuple[int, int]]:
             raise ValueError(f"{name}[{i}] must be positive integers (H, W), got ({h!r}, {w!r})")
         sizes.append((int(h), int(w)))
     return sizes
-
-
-def is_whole_number(value) -> bool:
-    """A number with an integer value (int, or a float/numpy number such as 683.0), not a bool, NaN or inf."""
-    return is_real(value) and math.isfinite(value) and int(value) == value
 
 
 def _pad_side(pad_size) -> int:
