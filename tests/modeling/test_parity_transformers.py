@@ -78,3 +78,32 @@ def test_image_embeddings_keep_no_graph_as_transformers(tiny_model, transformers
     ours, ref = tiny_model.get_image_embeddings(pixels), transformers_tiny.get_image_embeddings(pixels)
     assert not ours.requires_grad and not ref.requires_grad
     assert tiny_model.get_image_features(pixels).image_embeddings.requires_grad  # the route that trains the encoder
+
+
+@pytest.mark.parametrize("prompts", ["points", "boxes", "all", "masks", "none"])
+@torch.no_grad()
+def test_prompt_embeddings_match_transformers(tiny_model, transformers_tiny, prompts):
+    points = torch.rand(2, 3, 2, 2) * 128
+    labels = torch.tensor([[[1, 0], [1, -10], [0, 1]]] * 2)  # with a padding slot
+    boxes = torch.sort(torch.rand(2, 3, 2, 2) * 128, dim=2).values.reshape(2, 3, 4)
+    masks = torch.randn(2, 1, 32, 32)
+    given = {
+        "points": dict(input_points=points, input_labels=labels), "boxes": dict(input_boxes=boxes),
+        "all": dict(input_points=points, input_labels=labels, input_boxes=boxes, input_masks=masks),
+        "masks": dict(input_masks=masks), "none": {},
+    }[prompts]
+    ours, ref = tiny_model.get_prompt_embeddings(**given), transformers_tiny.get_prompt_embeddings(**given)
+    assert (ours[0] is None) == (ref[0] is None) == (prompts in ("masks", "none"))
+    if ref[0] is not None:
+        assert_close(ours[0], ref[0])
+    assert ours[1].shape == ref[1].shape == ((1 if prompts == "none" else 2), 32, 8, 8)
+    assert_close(ours[1], ref[1])
+
+
+def test_prompt_embeddings_check_their_prompts(tiny_model):
+    with pytest.raises(ValueError, match="input_points must have shape"):
+        tiny_model.get_prompt_embeddings(input_points=torch.rand(2, 2))
+    with pytest.raises(TypeError, match="input_boxes must be a torch.Tensor"):
+        tiny_model.get_prompt_embeddings(input_boxes=[[0, 0, 1, 1]])
+    with pytest.raises(ValueError, match="input_boxes has 1 images"):
+        tiny_model.get_prompt_embeddings(input_points=torch.rand(2, 1, 1, 2), input_boxes=torch.rand(1, 1, 4))

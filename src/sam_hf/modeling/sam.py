@@ -129,6 +129,25 @@ class SamHfModel(SamHfPreTrainedModel):
         model on `pixel_values` or `get_image_features(pixel_values).image_embeddings`."""
         return self.get_image_features(pixel_values).image_embeddings
 
+    def get_prompt_embeddings(self, input_points: torch.Tensor | None = None, input_labels: torch.Tensor | None = None,
+                              input_boxes: torch.Tensor | None = None, input_masks: torch.Tensor | None = None):
+        """The prompt encoder's outputs, as transformers' `SamModel.get_prompt_embeddings` gives them: (sparse
+        (B, P, T, C), or None without points and boxes; dense (B, C, g, g), or (B, P, C, g, g) for masks given per
+        prompt). Prompts as `forward` takes them, checked alike: labels default to 1, and a point and box prompt
+        ends in the box's two corners; padding slots (label -10) embed as zeros, as in transformers (`forward`
+        also leaves them out of the attention). B is the prompts' batch size (1 without any prompt)."""
+        given = next((value for value in (input_points, input_boxes, input_masks) if value is not None), None)
+        batch = given.shape[0] if isinstance(given, torch.Tensor) and given.dim() > 0 else 1  # else check_prompts raises
+        check_prompts(batch_size=batch, input_points=input_points, input_labels=input_labels, input_boxes=input_boxes,
+                      input_masks=input_masks, mask_size=self.config.prompt_encoder_config.mask_input_size)
+        if input_points is not None and input_labels is None:
+            input_labels = torch.ones(input_points.shape[:3], dtype=torch.long, device=input_points.device)
+        sparse, _, dense = self.prompt_encoder(
+            positional_embedding=self.shared_image_embedding, batch_size=batch, input_points=input_points,
+            input_labels=input_labels, input_boxes=input_boxes, input_masks=input_masks,
+        )  # sparse (B, P, T, C), dense (B, P or 1, C, g, g)
+        return (None if input_points is None and input_boxes is None else sparse), (dense[:, 0] if dense.shape[1] == 1 else dense)
+
     @eager_on_cpu_inference
     def forward(
         self,
