@@ -72,6 +72,38 @@ def test_dtype_round_trip(model, tmp_path):
     assert out.pred_masks.dtype == torch.bfloat16 and torch.isfinite(out.pred_masks.float()).all()
 
 
+@pytest.mark.parametrize("auto", [{"dtype": "auto"}, {"torch_dtype": "auto"}])
+def test_mixed_precision_round_trip_with_auto_dtype(tmp_path, auto):
+    mixed = randomize(SamHfModel(config_for_variant("tiny")), seed=6).eval().mixed_precision()
+    mixed.save_pretrained(tmp_path)
+    assert SamHfConfig.from_pretrained(tmp_path).encoder_dtype == "bfloat16"
+    for loaded in (SamHfModel.from_pretrained(tmp_path, **auto), AutoModelForMaskGeneration.from_pretrained(tmp_path, **auto)):
+        assert isinstance(loaded, SamHfModel)
+        assert {p.dtype for p in loaded.vision_encoder.parameters()} == {torch.bfloat16}
+        assert {p.dtype for name, p in loaded.named_parameters() if not name.startswith("vision_encoder.")} == {torch.float32}
+        assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), mixed.state_dict().values()))
+        assert torch.equal(_outputs(loaded).pred_masks, _outputs(mixed).pred_masks)
+    loaded, info = SamHfModel.from_pretrained(tmp_path, output_loading_info=True, **auto)
+    assert loaded.vision_encoder.patch_embed.projection.weight.dtype == torch.bfloat16 and not info["missing_keys"]
+    # without "auto", transformers' rule: the default dtype (float32) for every weight, or the one asked for
+    assert {p.dtype for p in SamHfModel.from_pretrained(tmp_path).parameters()} == {torch.float32}
+    assert {p.dtype for p in SamHfModel.from_pretrained(tmp_path, dtype=torch.bfloat16).parameters()} == {torch.bfloat16}
+
+
+def test_encoder_dtype_is_written_from_the_weights(model, tmp_path):
+    mixed = randomize(SamHfModel(config_for_variant("tiny")), seed=6).eval().mixed_precision(torch.float16)
+    mixed.float().save_pretrained(tmp_path / "float")  # back to one dtype: no split recorded
+    assert SamHfConfig.from_pretrained(tmp_path / "float").encoder_dtype is None
+    mixed.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")  # one dtype throughout: config.dtype says it
+    assert SamHfConfig.from_pretrained(tmp_path / "bf16").encoder_dtype is None
+    mixed.float().mixed_precision(torch.float16).save_pretrained(tmp_path / "fp16")
+    loaded = SamHfModel.from_pretrained(tmp_path / "fp16", dtype="auto")
+    assert loaded.vision_encoder.neck.conv1.weight.dtype == torch.float16 and loaded.mask_decoder.iou_token.weight.dtype == torch.float32
+    for bad in ("int8", "bfloat17", 16):
+        with pytest.raises(ValueError, match="encoder_dtype"):
+            SamHfConfig(encoder_dtype=bad)
+
+
 def test_import_registers_only(model):
     assert "sam_hf" in AutoConfig.for_model("sam_hf").model_type
     assert sam_hf.__all__ and all(hasattr(sam_hf, name) for name in sam_hf.__all__)

@@ -9,6 +9,7 @@ what came. Configs are keyword-only dataclasses, as all configs in transformers 
 from __future__ import annotations
 
 import math
+import torch
 
 from transformers import PretrainedConfig
 
@@ -205,6 +206,9 @@ class SamHfConfig(PretrainedConfig):
     mask_decoder_config: dict | PretrainedConfig | None = None
     initializer_range: float = 0.02
     tie_word_embeddings: bool = True
+    # Written by SamHfModel.save_pretrained: the vision encoder's dtype ("bfloat16", ...) where its weights are in
+    # another dtype than the rest (`mixed_precision()`), else None; from_pretrained(dtype="auto") restores that split.
+    encoder_dtype: str | None = None
 
     def __post_init__(self, **kwargs):
         kwargs.pop("model_type", None)  # a transformers "sam" config.json becomes ours
@@ -221,6 +225,12 @@ class SamHfConfig(PretrainedConfig):
                 value = {k: v for k, v in value.items() if k not in ("model_type", "transformers_version")}
                 setattr(self, key, value)
         _check_positive_float("SamHfConfig", "initializer_range", self.initializer_range, allow_zero=True)
+        if self.encoder_dtype is not None and not (
+            isinstance(self.encoder_dtype, str) and isinstance(getattr(torch, self.encoder_dtype, None), torch.dtype)
+            and getattr(torch, self.encoder_dtype).is_floating_point
+        ):
+            raise ValueError(f"SamHfConfig.encoder_dtype must be None or a floating torch dtype's name such as 'bfloat16', "
+                             f"got {self.encoder_dtype!r}")
         super().__post_init__(**kwargs)
         v, p, d = self.vision_config, self.prompt_encoder_config, self.mask_decoder_config
         if not v.output_channels == p.hidden_size == d.hidden_size:

@@ -108,6 +108,26 @@ class SamHfModel(SamHfPreTrainedModel):
             module.to(torch.float32)
         return self
 
+    def _mixed_encoder_dtype(self) -> str | None:
+        """The vision encoder's dtype name where all its weights are in one dtype and all others in another, else None."""
+        encoder = {p.dtype for p in self.vision_encoder.parameters()}
+        rest = {p.dtype for name, p in self.named_parameters() if not name.startswith("vision_encoder.")}
+        if len(encoder) == 1 and len(rest) == 1 and encoder != rest:
+            return str(encoder.pop()).removeprefix("torch.")
+        return None
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """transformers' `from_pretrained`; with `dtype="auto"` (or `torch_dtype="auto"`) a model saved after
+        `mixed_precision()` loads as it was saved: its vision encoder in `config.encoder_dtype`, the rest in float32
+        (loaded in float32, the encoder cast back: its weights are the saved ones, bit for bit)."""
+        auto = kwargs.get("dtype", kwargs.get("torch_dtype")) == "auto"
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True: (model, info)
+        if auto and model.config.encoder_dtype is not None:
+            model.mixed_precision(getattr(torch, model.config.encoder_dtype))
+        return loaded
+
     def get_image_wide_positional_embeddings(self) -> torch.Tensor:
         """Positional encoding of the image-embedding grid -> (C, g, g)."""
         return self.shared_image_embedding.grid(self.config.prompt_encoder_config.image_embedding_size)
@@ -281,7 +301,10 @@ class SamHfModel(SamHfPreTrainedModel):
 
     # Saving: a saved folder is complete (model, config and processor) --------------------------
     def save_pretrained(self, save_directory, *args, processor=None, **kwargs):
-        """Save the model and, unless the folder already has one, a matching `SamHfProcessor`."""
+        """Save the model and, unless the folder already has one, a matching `SamHfProcessor`. A model whose vision
+        encoder is in another dtype than the rest (`mixed_precision()`) records that dtype (`config.encoder_dtype`), so
+        that `from_pretrained(..., dtype="auto")` restores the split."""
+        self.config.encoder_dtype = self._mixed_encoder_dtype()
         super().save_pretrained(save_directory, *args, **kwargs)
         has_processor = any(
             os.path.exists(os.path.join(save_directory, name)) for name in ("processor_config.json", "preprocessor_config.json")
