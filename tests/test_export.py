@@ -123,6 +123,10 @@ def test_decoder_program_checks_values_when_called(model, embeddings, decoder_pr
     labels[0, 0, 0] = 7
     with pytest.raises(RuntimeError, match=r"input_labels must be in \(1, 0, -1, -10\)"):
         decoder_program.module()(image_embeddings=embeddings[:1], input_points=inputs["input_points"], input_labels=labels)
+    bad = embeddings[:1].clone()
+    bad[0, 3, 2, 1] = float("inf")
+    with pytest.raises(RuntimeError, match="image_embeddings must contain only finite values"):
+        decoder_program.module()(image_embeddings=bad, input_points=inputs["input_points"], input_labels=inputs["input_labels"])
 
 
 @pytest.mark.parametrize("choice", [dict(boxes=True), dict(points=False, boxes=True, masks=True), dict(masks=True, multimask_output=False)])

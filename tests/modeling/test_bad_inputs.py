@@ -40,6 +40,10 @@ L = torch.ones(1, 1, 2, dtype=torch.long)
         (dict(pixel_values=torch.zeros(1, 3, 128, 128, dtype=torch.uint8)), TypeError, "pixel_values must be a floating-point tensor"),
         (dict(pixel_values=torch.full((1, 3, 128, 128), float("nan"))), ValueError, "pixel_values must contain only finite"),
         (dict(image_embeddings=E.long()), TypeError, "image_embeddings must be a floating-point tensor"),
+        (dict(image_embeddings=torch.cat([E, E.clone().index_fill_(2, torch.tensor([3]), float("nan"))])), ValueError,
+         "image_embeddings must contain only finite"),
+        (dict(image_embeddings=E.clone().index_fill_(3, torch.tensor([0]), float("-inf")), image_cache={}), ValueError,
+         "image_embeddings must contain only finite"),
         (dict(image_embeddings=torch.zeros(0, 32, 8, 8), input_points=torch.zeros(0, 1, 1, 2)), ValueError, "image_embeddings must hold at least one image"),
         (dict(image_embeddings=E, multimask_output="no"), TypeError, "multimask_output must be a bool, got str"),
         (dict(image_embeddings=E, multimask_output=None), TypeError, "multimask_output must be a bool"),
@@ -100,3 +104,28 @@ def test_a_transformers_config_is_refused_with_the_conversion():
     with pytest.raises(TypeError, match="config must be a SamHfConfig, got SamConfig"):
         SamHfModel(SamConfig())
     assert SamHfConfig(**SamConfig().to_dict()).vision_config.hidden_size == 768  # the conversion the message gives
+
+
+def test_embeddings_are_checked_once_per_kept_image_cache(tiny_model, monkeypatch):
+    """A kept image_cache was filled for embeddings it checked: its later calls do not pass over them again; a call
+    without one checks every time; a refused call leaves the dict as it was."""
+    from sam_hf.modeling import inputs
+
+    checked = []
+    finite = inputs._finite
+    monkeypatch.setattr(inputs, "_finite", lambda name, value: (checked.append(name), finite(name, value))[1])
+    embeddings, cache = E.clone(), {}
+    with torch.no_grad():
+        for _ in range(3):
+            tiny_model(image_embeddings=embeddings, input_points=P, image_cache=cache)
+        assert checked.count("image_embeddings") == 1
+        for _ in range(2):
+            tiny_model(image_embeddings=embeddings, input_points=P)
+        assert checked.count("image_embeddings") == 3
+        kept = dict(cache)
+        with pytest.raises(ValueError, match="image_embeddings must contain only finite"):
+            tiny_model(image_embeddings=torch.full_like(E, float("nan")), input_points=P, image_cache=cache)
+        assert cache.keys() == kept.keys() and all(cache[k] is kept[k] for k in kept)
+        embeddings[0, 0, 0, 0] = float("inf")  # in place: the kept dict is refilled, so checked again
+        with pytest.raises(ValueError, match="image_embeddings must contain only finite"):
+            tiny_model(image_embeddings=embeddings, input_points=P, image_cache=cache)

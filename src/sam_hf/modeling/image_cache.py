@@ -37,6 +37,7 @@ import threading
 
 import torch
 
+from .inputs import check_finite_embeddings
 from .layers import records_nothing
 from .tensor_state import TensorsState
 
@@ -64,13 +65,13 @@ def holding_image_cache(forward):
 def call_cache(image_cache: dict | None, image_embeddings: torch.Tensor, image_pe: torch.Tensor, parameters, *tensors) -> dict:
     """The dict a decoder call keeps its prompt-independent work in: `image_cache` where it may (see the module's
     notes), emptied first unless filled for these embeddings, this positional encoding and these weights; else a
-    new dict for this call. `tensors`: the call's other inputs, for the autograd check."""
-    if image_cache is None:
-        return {}
-    if not isinstance(image_cache, dict):
+    new dict for this call. `tensors`: the call's other inputs, for the autograd check. The embeddings' values are
+    checked (NaN or inf raise a ValueError) unless a kept dict was filled for them, which checked them then."""
+    if image_cache is not None and not isinstance(image_cache, dict):
         raise TypeError(f"image_cache must be a dict (empty at first, then kept for the same image) or None, got {type(image_cache).__name__}")
     parameters = tuple(parameters)
-    if not records_nothing(image_embeddings, image_pe, *tensors, *parameters):
+    if image_cache is None or not records_nothing(image_embeddings, image_pe, *tensors, *parameters):
+        check_finite_embeddings(image_embeddings)
         return {}
     watched = (image_embeddings, *parameters)  # changed in place, or swapped: see `tensor_state.py`
     held = image_cache.get(_KEY)
@@ -80,6 +81,7 @@ def call_cache(image_cache: dict | None, image_embeddings: torch.Tensor, image_p
         and (held[2] is image_pe or (held[2].shape == image_pe.shape and held[2].dtype == image_pe.dtype and torch.equal(held[2], image_pe)))
         and held[1].holds(watched)
     ):
+        check_finite_embeddings(image_embeddings)  # before the dict changes: a refused call leaves it as it was
         image_cache.clear()
         image_cache[_KEY] = (image_embeddings, TensorsState(watched), image_pe)
     return image_cache
