@@ -44,6 +44,7 @@ from sam_hf.training import (
 
 logger = logging.getLogger("finetune")
 TRAINABLE = {"decoder": ("mask_decoder",), "prompt_decoder": ("prompt_encoder", "mask_decoder"), "all": None}
+UNLOGGED_FILE = "unlogged_losses_{}.json"  # in each step_N folder, one per process index (save_checkpoint)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -139,14 +140,40 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def save_checkpoint(accelerator, model, processor, path: str) -> None:
+def save_checkpoint(accelerator, model, processor, path: str, *, unlogged: list[list[float]]) -> None:
     """`save_state` (weights, optimizer, scheduler, random states: exact resume), plus the model's config and the
     processor, so that the folder also loads as a model: `SamHfModel.from_pretrained(path)` (accelerate writes
-    the weights as model.safetensors with the model's own key names)."""
+    the weights as model.safetensors with the model's own key names).
+
+    `unlogged` is this process's [loss, mask_iou] per micro-batch since the last training-loss record; every
+    process writes its own (the record averages over processes), so that the first record after a resume
+    averages the same micro-batches as in a run that was not interrupted (`load_unlogged`)."""
     accelerator.save_state(path)
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).config.save_pretrained(path)
         processor.save_pretrained(path)
+    os.makedirs(path, exist_ok=True)
+    record = {"process_index": accelerator.process_index, "num_processes": accelerator.num_processes, "unlogged": unlogged}
+    with open(os.path.join(path, UNLOGGED_FILE.format(accelerator.process_index)), "w") as f:
+        json.dump(record, f)
+
+
+def load_unlogged(accelerator, path: str) -> list[list[float]]:
+    """This process's [loss, mask_iou] pairs that `save_checkpoint` wrote to `path` and no record had logged yet.
+    A checkpoint without them (written before they were saved) resumes with none, as it did then: the first
+    record after the resume averages only the micro-batches since the resume, which this says."""
+    file = os.path.join(path, UNLOGGED_FILE.format(accelerator.process_index))
+    if not os.path.exists(file):
+        logger.warning(f"{path} holds no {os.path.basename(file)} (a checkpoint from before the unlogged training losses "
+                       "were saved, or from fewer processes): the first loss record after this resume averages only the "
+                       "micro-batches since the resume, not all of those since the previous record")
+        return []
+    with open(file) as f:
+        record = json.load(f)
+    if record["num_processes"] != accelerator.num_processes:
+        logger.warning(f"{file} was written by process {record['process_index']} of {record['num_processes']}, resumed "
+                       f"on {accelerator.num_processes} processes: the first loss record after this resume mixes the two")
+    return [[float(loss), float(iou)] for loss, iou in record["unlogged"]]
 
 
 def build_config(args) -> SamHfConfig:
@@ -292,7 +319,7 @@ def main(argv=None) -> None:
     if accelerator.is_main_process:
         accelerator.init_trackers("sam_hf_finetune", {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
 
-    step, start_epoch, skip_batches = 0, 0, 0
+    step, start_epoch, skip_batches, running = 0, 0, 0, []
     if args.resume_from_checkpoint:
         path = args.resume_from_checkpoint
         if path == "latest":
@@ -300,6 +327,7 @@ def main(argv=None) -> None:
             path = os.path.join(args.output_dir, max(found, key=lambda d: int(d[5:]))) if found else None
         if path is not None:
             accelerator.load_state(path)
+            running = load_unlogged(accelerator, path)
             step = int(re.search(r"step_(\d+)", path).group(1))
             start_epoch, skip_batches = step // steps_per_epoch, (step % steps_per_epoch) * args.gradient_accumulation_steps
             logger.info(f"resumed from {path} at step {step} (epoch {start_epoch}, skipping {skip_batches} batches)")
@@ -309,7 +337,7 @@ def main(argv=None) -> None:
     simulation = PromptSimulationConfig(max_prompts=args.max_prompts_per_image, point_probability=args.point_probability,
                                         max_rounds=args.max_refinement_rounds)
     log_path = os.path.join(args.output_dir, "log.jsonl")
-    metrics, running, micro = {}, [], 0
+    metrics, micro = {}, 0
     stop_at = min(max_steps, step + args.stop_after_steps) if args.stop_after_steps else max_steps
     model.train()
     for epoch in range(start_epoch, num_epochs):
@@ -334,14 +362,17 @@ def main(argv=None) -> None:
             step += 1
             if step % args.logging_steps == 0 or step == stop_at:
                 mean = accelerator.reduce(torch.tensor(running, device=accelerator.device).mean(0), "mean").tolist()
-                running = []
+                if step % args.logging_steps == 0:
+                    # A stop between two records logs a partial one but keeps its micro-batches for the checkpoint:
+                    # the resumed run's next record averages them again, as the uninterrupted run's does.
+                    running = []
                 record = {"step": step, "epoch": epoch, "loss": mean[0], "train_mask_iou": mean[1], "lr": scheduler.get_last_lr()[0]}
                 _log(accelerator, record, log_path)
             if args.eval_steps and step % args.eval_steps == 0 and step < max_steps:
                 metrics = evaluate(model, eval_loader, processor, accelerator)
                 _log(accelerator, {"step": step, **metrics}, log_path)
             if args.checkpointing_steps and step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, model, processor, os.path.join(args.output_dir, f"step_{step}"))
+                save_checkpoint(accelerator, model, processor, os.path.join(args.output_dir, f"step_{step}"), unlogged=running)
             if step >= stop_at:
                 break
         if step >= stop_at:
@@ -349,7 +380,7 @@ def main(argv=None) -> None:
 
     if step < max_steps:
         if not (args.checkpointing_steps and step % args.checkpointing_steps == 0):
-            save_checkpoint(accelerator, model, processor, os.path.join(args.output_dir, f"step_{step}"))
+            save_checkpoint(accelerator, model, processor, os.path.join(args.output_dir, f"step_{step}"), unlogged=running)
         logger.info(f"stopped at step {step} of {max_steps}; continue with --resume_from_checkpoint latest")
         accelerator.end_training()
         return

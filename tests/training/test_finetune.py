@@ -1,6 +1,7 @@
 """examples/finetune.py end to end on the tiny config: learning, exact resume, two CPU processes."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -90,6 +91,44 @@ def test_interrupted_run_resumes_exactly(tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_resumed_run_logs_the_loss_records_of_an_uninterrupted_one(tmp_path):
+    # Checkpoints between two loss records (every 3 steps, records every 2): the micro-batches not yet logged are
+    # saved with the checkpoint, so the first record after a resume averages those since the previous record.
+    common = ["--synthetic", "12", *TINY, "--max_train_steps", "6", "--per_device_train_batch_size", "2",
+              "--gradient_accumulation_steps", "2", "--learning_rate", "1e-3", "--logging_steps", "2",
+              "--checkpointing_steps", "3"]
+    straight, resumed, legacy = str(tmp_path / "straight"), str(tmp_path / "resumed"), str(tmp_path / "legacy")
+    _run(common + ["--output_dir", straight])
+    _run(common + ["--output_dir", resumed, "--stop_after_steps", "3"])  # saved by --checkpointing_steps
+    shutil.copytree(resumed, legacy)
+    _run(common + ["--output_dir", resumed, "--resume_from_checkpoint", "latest", "--stop_after_steps", "2"])  # saved at the stop
+    _run(common + ["--output_dir", resumed, "--resume_from_checkpoint", "latest"])
+    for checkpoint, pairs in (("step_3", 2), ("step_5", 2)):  # step 3's and step 5's two micro-batches, not yet logged
+        with open(os.path.join(resumed, checkpoint, "unlogged_losses_0.json")) as f:
+            assert len(json.load(f)["unlogged"]) == pairs
+    expected = [r for r in _log(straight) if "loss" in r]
+    assert [r["step"] for r in expected] == [2, 4, 6]
+    records = [r for r in _log(resumed) if "loss" in r]
+    assert [r["step"] for r in records] == [2, 3, 4, 5, 6]  # 3 and 5: the partial records of the two stopped runs
+    got = [r for r in records if r["step"] % 2 == 0]
+    for a, b in zip(expected, got):
+        assert a.keys() == b.keys() and a["epoch"] == b["epoch"]
+        for key in ("loss", "train_mask_iou", "lr"):
+            assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-9), (a["step"], key)
+
+    # A checkpoint from before the unlogged losses were saved resumes as it did then, and says so: the first
+    # record after it averages step 4 only (the stopped run's partial record at step 3 had step 3).
+    os.remove(os.path.join(legacy, "step_3", "unlogged_losses_0.json"))
+    result = _run(common + ["--output_dir", legacy, "--resume_from_checkpoint", "latest"])
+    assert "holds no unlogged_losses_0.json" in result.stderr
+    old = {r["step"]: r for r in _log(legacy) if "loss" in r}
+    assert sorted(old) == [2, 3, 4, 6]
+    for key in ("loss", "train_mask_iou"):
+        assert old[4][key] != pytest.approx(expected[1][key], rel=1e-4)
+        assert (old[3][key] + old[4][key]) / 2 == pytest.approx(expected[1][key], rel=1e-5)
+        assert old[6][key] == pytest.approx(expected[2][key], rel=1e-6, abs=1e-9)
 
 
 def test_two_cpu_processes(tmp_path):
