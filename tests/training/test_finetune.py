@@ -13,8 +13,8 @@ SCRIPT = os.path.join(ROOT, "examples", "finetune.py")
 TINY = ["--config_variant", "tiny", "--synthetic_eval", "4", "--synthetic_image_size", "64", "96"]
 
 
-def _run(args, *, launcher=None, timeout=600):
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_DATASETS_DISABLE_PROGRESS_BARS="1")
+def _run(args, *, launcher=None, env=None, timeout=600):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", **(env or {})}
     command = (launcher or [sys.executable]) + [SCRIPT] + args
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -131,18 +131,56 @@ def test_resumed_run_logs_the_loss_records_of_an_uninterrupted_one(tmp_path):
         assert old[6][key] == pytest.approx(expected[2][key], rel=1e-6, abs=1e-9)
 
 
+# Two gloo processes on the CPU, as docs/training.md says: torchrun, with Accelerate's CPU switch. Not
+# `accelerate launch --cpu --num_processes 2`: accelerate 1.16 starts CPU processes only through mpirun
+# (--mpirun_hostfile), so that runs ONE process. Nor torchrun (or `accelerate launch --multi_gpu`) without
+# ACCELERATE_USE_CPU=true on a machine without GPUs: each process is then DistributedType.NO, an independent run.
+TWO_CPU_PROCESSES = {"launcher": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+                     "env": {"ACCELERATE_USE_CPU": "true"}}
+
+
 def test_two_cpu_processes(tmp_path):
     pytest.importorskip("accelerate")
-    out = str(tmp_path / "ddp")
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-                "--cpu", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    _run(["--synthetic", "8", *TINY, "--max_train_steps", "3", "--per_device_train_batch_size", "2",
-          "--logging_steps", "1", "--eval_steps", "2", "--output_dir", out], launcher=launcher)
+    out, single = str(tmp_path / "ddp"), str(tmp_path / "single")
+    # 8 training images, 2 per process and step: 2 steps per epoch. 5 held-out images, 2 per process and batch: the
+    # last batch is padded on one process, and gather_for_metrics must drop the padding.
+    data = ["--synthetic", "8", "--synthetic_eval", "5", "--synthetic_image_size", "64", "96", "--per_device_eval_batch_size", "2"]
+    result = _run([*data, "--config_variant", "tiny", "--max_train_steps", "3", "--per_device_train_batch_size", "2", "--logging_steps", "2",
+                   "--eval_steps", "2", "--checkpointing_steps", "3", "--output_dir", out], **TWO_CPU_PROCESSES)
+    log = result.stdout + result.stderr
+    assert log.count("Distributed environment: DistributedType.MULTI_CPU  Backend: gloo") == 2, log[-3000:]
+    assert log.count("Num processes: 2") == 2 and "Process index: 0" in log and "Process index: 1" in log
+
+    # Each process saved its own state: random states and the losses not yet logged (step 3's micro-batch).
+    checkpoint = os.path.join(out, "step_3")
+    unlogged = []
+    for index in (0, 1):
+        assert os.path.exists(os.path.join(checkpoint, f"random_states_{index}.pkl"))
+        with open(os.path.join(checkpoint, f"unlogged_losses_{index}.json")) as f:
+            record = json.load(f)
+        assert record["process_index"] == index and record["num_processes"] == 2 and len(record["unlogged"]) == 1
+        unlogged.append(record["unlogged"][0])
+    assert not os.path.exists(os.path.join(checkpoint, "unlogged_losses_2.json"))
+    assert unlogged[0][0] != unlogged[1][0]  # different shards of the data
+
+    # log.jsonl is written by the main process only, once per record; a record averages the two processes' losses
+    # (step 3's record is partial: the run ends between two records, so it holds step 3's micro-batches only).
     log = _log(out)
-    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3]
+    train = [r for r in log if "loss" in r]
+    assert [r["step"] for r in train] == [2, 3]
+    assert train[1]["loss"] == pytest.approx((unlogged[0][0] + unlogged[1][0]) / 2, rel=1e-6)
+    assert train[1]["train_mask_iou"] == pytest.approx((unlogged[0][1] + unlogged[1][1]) / 2, rel=1e-6, abs=1e-9)
     evals = [r for r in log if "eval_instances" in r]
-    assert len(evals) == 2 and evals[0]["eval_instances"] == evals[1]["eval_instances"] > 0
-    assert os.path.exists(os.path.join(out, "model.safetensors"))
+    assert [r["step"] for r in evals] == [2, 3] and evals[0]["eval_instances"] == evals[1]["eval_instances"] > 0
+    assert os.path.exists(os.path.join(out, "model.safetensors")) and os.path.exists(os.path.join(out, "README.md"))
+
+    # One process evaluating the saved model on the same held-out images measures what the two processes measured:
+    # every instance counted once, none twice.
+    _run([*data, "--model_name_or_path", out, "--max_train_steps", "0", "--output_dir", single])
+    (alone,) = _log(single)
+    assert alone["eval_instances"] == evals[1]["eval_instances"]
+    for key in ("eval_point_miou", "eval_box_miou"):
+        assert alone[key] == pytest.approx(evals[1][key], rel=1e-5), key
 
 
 def test_fan_in_init_gives_mask_logits_that_can_learn():
