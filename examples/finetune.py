@@ -2,7 +2,8 @@
 """Fine-tune (or train from scratch) a SamHf model on an instance-segmentation dataset with Accelerate.
 
     python examples/finetune.py --synthetic 512 --config_variant tiny --max_train_steps 200 --output_dir out
-    accelerate launch --num_processes 2 --cpu examples/finetune.py ...   # same script, several processes
+    accelerate launch --num_processes 2 examples/finetune.py ...   # same script, one process per GPU
+    ACCELERATE_USE_CPU=true torchrun --standalone --nproc_per_node 2 examples/finetune.py ...   # two CPU processes
     python examples/finetune.py --dataset_path my_ds --mask_column objects.segmentation \
         --model_name_or_path path/to/sam-hf-vit-base --trainable decoder --output_dir out
 
