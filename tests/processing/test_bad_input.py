@@ -52,7 +52,7 @@ BAD_CALLS = {
     "boxes per image mismatch": (dict(images=[IMG, IMG], input_boxes=[[[0, 0, 5, 5]]]), ValueError, "one entry per image"),
     "points and boxes disagree": (dict(images=IMG, input_points=P1, input_boxes=[[[0, 0, 1, 1], [0, 0, 2, 2]]]), ValueError, "same prompts"),
     # call
-    "unknown argument": (dict(images=IMG, segmentation_maps=IMG), TypeError, "segmentation_maps"),
+    "unknown argument": (dict(images=IMG, text="a cat"), TypeError, "unexpected arguments ['text']"),
     "bad return_tensors": (dict(images=IMG, return_tensors="tf"), ValueError, "return_tensors"),
     "images and sizes": (dict(images=IMG, original_sizes=[(30, 40)]), ValueError, "original_sizes"),
     "bad sizes": (dict(original_sizes=[(30, 0)], input_points=P1), ValueError, "original_sizes[0]"),

@@ -22,6 +22,7 @@ from ..real_numbers import is_real
 from .images import make_image_list, to_rgb_uint8
 from .masks import masks_to_low_res, post_process_masks
 from .resize import get_preprocess_shape, resize_uint8_rgb
+from .segmentation_maps import segmentation_labels
 from .transformers_settings import TRANSFORMERS_KEYS, read_transformers_settings
 
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)  # Meta's Sam.pixel_mean, on 0..255 values
@@ -165,11 +166,13 @@ class SamHfImageProcessor(MaskGenerationSupportMixin, BaseImageProcessor):
             )
         return resize_uint8_rgb(image, new_size)
 
-    def __call__(self, images, **kwargs) -> BatchFeature:
-        return self.preprocess(images, **kwargs)
+    def __call__(self, images, segmentation_maps=None, **kwargs) -> BatchFeature:
+        return self.preprocess(images, segmentation_maps, **kwargs)
 
-    def preprocess(self, images, *, return_tensors: str | None = "pt") -> BatchFeature:
-        """One image or a list of images -> pixel_values, original_sizes, reshaped_input_sizes."""
+    def preprocess(self, images, segmentation_maps=None, *, return_tensors: str | None = "pt") -> BatchFeature:
+        """One image or a list of images -> pixel_values, original_sizes, reshaped_input_sizes; with
+        `segmentation_maps` (one (H, W) map of integer labels per image) also `labels` (B, L, L) int64 in the
+        low-resolution frame, as transformers' SamImageProcessor makes them (`segmentation_maps.py`)."""
         return_tensors = _check_return_tensors(return_tensors)
         pixel_values, original_sizes, reshaped_sizes = [], [], []
         for i, image in enumerate(make_image_list(images)):
@@ -187,9 +190,16 @@ class SamHfImageProcessor(MaskGenerationSupportMixin, BaseImageProcessor):
             "original_sizes": torch.tensor(original_sizes, dtype=torch.int64),  # (B, 2)
             "reshaped_input_sizes": torch.tensor(reshaped_sizes, dtype=torch.int64),  # (B, 2)
         }
+        if segmentation_maps is not None:
+            data["labels"] = self.segmentation_labels(segmentation_maps, count=len(pixel_values))  # (B, L, L)
         if return_tensors == "np":
             data = {k: v.numpy() for k, v in data.items()}
         return BatchFeature(data=data)
+
+    def segmentation_labels(self, segmentation_maps, *, count: int) -> torch.Tensor:
+        """`count` maps of integer labels (one (H, W) map, a list, or a (B, H, W) array) -> (count, L, L) int64, L =
+        `low_res_size`: transformers' `labels` (nearest neighbour at pixel centres, padded with 0)."""
+        return segmentation_labels(segmentation_maps, low_res_size=self.low_res_size, count=count)
 
     def post_process_masks(
         self,

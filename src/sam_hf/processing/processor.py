@@ -54,6 +54,7 @@ class SamHfProcessor(ProcessorMixin):
         input_labels=None,
         input_boxes=None,
         *,
+        segmentation_maps=None,
         original_sizes=None,
         return_tensors: str | None = "pt",
         **kwargs,
@@ -61,7 +62,7 @@ class SamHfProcessor(ProcessorMixin):
         if kwargs:
             raise TypeError(
                 f"SamHfProcessor got unexpected arguments {sorted(kwargs)}; expected images, input_points, "
-                "input_labels, input_boxes, original_sizes, return_tensors"
+                "input_labels, input_boxes, segmentation_maps, original_sizes, return_tensors"
             )
         return_tensors = _check_return_tensors(return_tensors)
         if images is not None:
@@ -85,6 +86,8 @@ class SamHfProcessor(ProcessorMixin):
         else:
             raise ValueError("images (or original_sizes, to process prompts alone) must be given, got neither")
 
+        if segmentation_maps is not None:  # one map of integer labels per image -> labels (B, L, L) int64
+            data["labels"] = self.image_processor.segmentation_labels(segmentation_maps, count=len(sizes))
         prompts = prepare_prompts(
             sizes,
             longest_edge=self.longest_edge,
