@@ -9,8 +9,8 @@ what came. Configs are keyword-only dataclasses, as all configs in transformers 
 from __future__ import annotations
 
 import math
-import torch
 
+import torch
 from transformers import PretrainedConfig
 
 _ACTIVATIONS = ("gelu", "relu", "silu", "gelu_new", "quick_gelu")

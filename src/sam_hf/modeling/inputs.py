@@ -69,8 +69,9 @@ def check_image_embeddings(image_embeddings, channels: int, grid: int) -> None:
 
 
 def check_finite_embeddings(image_embeddings: torch.Tensor) -> None:
-    """NaN or inf in given image embeddings raise. One reduction over them (ViT-B, 2 cores: about 0.15 ms): the decoder makes it once per
-    embeddings it keeps work for (`image_cache.call_cache`), so clicks on a kept `image_cache` do not repeat it."""
+    """NaN or inf in given image embeddings raise. One reduction over them (ViT-B, 2 cores: about 0.15 ms), which the
+    decoder makes once per embeddings it keeps work for (`image_cache.call_cache`): clicks on a kept `image_cache` do
+    not repeat it."""
     _finite("image_embeddings", image_embeddings)
 
 
