@@ -88,12 +88,10 @@ def test_float64_embeddings_are_decoded_as_the_model_dtype(tiny_model):
     torch.testing.assert_close(wide.pred_masks, same.pred_masks, rtol=0, atol=0)
 
 
-def test_transformers_persam_inputs_are_accepted_as_none_only(tiny_model):
+def test_transformers_persam_inputs_as_none_change_nothing(tiny_model):
     with torch.no_grad():
         out = tiny_model(image_embeddings=E, input_points=P, attention_similarity=None, target_embedding=None)
-        assert out.pred_masks.shape == (1, 1, 3, 32, 32)
-    with pytest.raises(ValueError, match=r"\['target_embedding'\]: transformers' PerSAM inputs"):
-        tiny_model(image_embeddings=E, input_points=P, target_embedding=torch.zeros(1, 1, 32))
+        assert torch.equal(out.pred_masks, tiny_model(image_embeddings=E, input_points=P).pred_masks)
 
 
 def test_a_transformers_config_is_refused_with_the_conversion():

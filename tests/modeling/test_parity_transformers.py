@@ -107,3 +107,52 @@ def test_prompt_embeddings_check_their_prompts(tiny_model):
         tiny_model.get_prompt_embeddings(input_boxes=[[0, 0, 1, 1]])
     with pytest.raises(ValueError, match="input_boxes has 1 images"):
         tiny_model.get_prompt_embeddings(input_points=torch.rand(2, 1, 1, 2), input_boxes=torch.rand(1, 1, 4))
+
+
+def _persam_inputs(kind: str, batch: int, prompts: int, tokens: int, heads: int, seed: int = 3) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    similarity = {"one map": (1, 1, 1, 64), "per prompt and head": (batch * prompts, heads, tokens, 64)}
+    target = {"one vector": (1, 1, 1, 32), "per token": (batch, prompts, tokens, 32)}
+    given = {}
+    if kind in similarity or kind == "both":
+        given["attention_similarity"] = 3 * torch.randn(similarity.get(kind, (1, 1, 1, 64)), generator=generator)
+    if kind in target or kind == "both":
+        given["target_embedding"] = torch.randn(target.get(kind, (1, 1, 1, 32)), generator=generator)
+    return given
+
+
+@pytest.mark.parametrize("kind", ["one map", "per prompt and head", "one vector", "per token", "both"])
+@pytest.mark.parametrize("multimask", [True, False])
+@torch.no_grad()
+def test_persam_inputs_match_transformers(tiny_model, transformers_tiny, kind, multimask):
+    """PerSAM's attention_similarity (added to each block's token -> image logits) and target_embedding (added to the
+    tokens before each block, and, as transformers adds it in place, to their positional encoding from the first on)."""
+    embeddings = torch.randn(2, 32, 8, 8, generator=torch.Generator().manual_seed(1))
+    points = torch.rand(2, 3, 2, 2, generator=torch.Generator().manual_seed(2)) * 128
+    labels = torch.tensor([[[1, 0], [1, 1], [0, 1]]] * 2)
+    heads = tiny_model.config.mask_decoder_config.num_attention_heads
+    given = _persam_inputs(kind, 2, 3, 1 + 4 + 3, heads)  # IoU token, 4 mask tokens, 2 points and Meta's padding point
+    inputs = dict(image_embeddings=embeddings, input_points=points, input_labels=labels, multimask_output=multimask)
+    ours = tiny_model(**inputs, **given)
+    ref = transformers_tiny(**inputs, **{name: value.clone() for name, value in given.items()})  # it adds in place
+    plain = tiny_model(**inputs)
+    assert_close(ours.pred_masks, ref.pred_masks, rtol=1e-4, atol=1e-4)
+    assert_close(ours.iou_scores, ref.iou_scores, rtol=1e-4, atol=1e-4)
+    assert (ours.pred_masks - plain.pred_masks).abs().max() > 0.05  # the inputs change the masks
+    skipped = tiny_model(**inputs, **given, mask_iou_threshold=float("-inf"))  # segment everything's route
+    assert_close(skipped.pred_masks, ours.pred_masks, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "given,error,words",
+    [
+        (dict(attention_similarity=torch.zeros(4, 1, 1, 64)), ValueError, r"attention_similarity must be broadcastable to \(B\*P, heads, T, HW\)"),
+        (dict(attention_similarity=torch.zeros(1, 1, 1, 1, 64)), ValueError, "attention_similarity must be broadcastable"),
+        (dict(attention_similarity=torch.zeros(1, 64, dtype=torch.long)), TypeError, "attention_similarity must be a floating-point"),
+        (dict(target_embedding=torch.zeros(1, 1, 1, 16)), ValueError, r"target_embedding must be broadcastable to the tokens \(B, P, T, C\)"),
+        (dict(target_embedding=[0.0] * 32), TypeError, "target_embedding must be a torch.Tensor"),
+    ],
+)
+def test_bad_persam_inputs(tiny_model, given, error, words):
+    with pytest.raises(error, match=words):
+        tiny_model(image_embeddings=torch.randn(1, 32, 8, 8), input_points=torch.rand(1, 2, 1, 2) * 128, **given)

@@ -46,12 +46,16 @@ def attention(
     mask: torch.Tensor | None = None,
     implementation: str = "sdpa",
     output_attentions: bool = False,
+    bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Scaled dot-product attention over (..., L, D) tensors.
 
-    mask: boolean, broadcastable to (..., Lq, Lk), True where a key may be attended to.
+    mask: boolean, broadcastable to (..., Lq, Lk), True where a key may be attended to. bias: added to the logits
+    (float, broadcastable to (..., Lq, Lk); PerSAM's attention similarity), with the mask's -inf where both are given.
     Returns the output (..., Lq, Dv) and, for eager with `output_attentions`, the weights (..., Lq, Lk).
     """
+    if bias is not None:  # one additive mask: the bias, -inf where the boolean mask forbids
+        mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
     if implementation == "sdpa" and not output_attentions:
         if query.dim() > 4 and torch.compiler.is_exporting():  # 4-D, as ONNX's exporter takes SDPA: (B*P, h, L, D)
             lead = torch.broadcast_shapes(query.shape[:-3], key.shape[:-3], value.shape[:-3], () if mask is None else mask.shape[:-3])
@@ -65,7 +69,7 @@ def attention(
         raise ValueError(f"attn_implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
     logits = (query * scale) @ key.transpose(-2, -1)  # (..., Lq, Lk)
     if mask is not None:
-        logits = logits.masked_fill(~mask, float("-inf"))
+        logits = logits + mask if mask.is_floating_point() else logits.masked_fill(~mask, float("-inf"))
     weights = torch.softmax(logits, dim=-1)
     return weights @ value, (weights if output_attentions else None)
 

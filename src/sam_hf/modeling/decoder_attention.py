@@ -96,22 +96,24 @@ class SamHfAttention(nn.Module):
         batch, prompts, length, _ = states.shape
         return states.view(batch, prompts, length, self.num_heads, -1).transpose(2, 3)
 
-    def attend(self, q, k, v, key_mask=None, output_attentions=False):
-        """q/k/v (B, P or 1, h, L, d) -> (B, P, L, C) after out_proj; key_mask (B, P, Lk) bool."""
+    def attend(self, q, k, v, key_mask=None, output_attentions=False, bias=None):
+        """q/k/v (B, P or 1, h, L, d) -> (B, P, L, C) after out_proj; key_mask (B, P, Lk) bool; bias broadcastable to
+        (B, P, h, Lq, Lk), added to the logits (PerSAM's attention similarity, persam.py)."""
         mask = None if key_mask is None else key_mask[:, :, None, None, :]  # (B, P, 1, 1, Lk)
-        out, weights = attention(q, k, v, scale=self.scale, mask=mask,
+        out, weights = attention(q, k, v, scale=self.scale, mask=mask, bias=bias,
                                  implementation=self.config._attn_implementation or "sdpa", output_attentions=output_attentions)
         batch, prompts, _, length, _ = out.shape
         out = out.transpose(2, 3).reshape(batch, prompts, length, self.internal_dim)  # (B, P, L, C')
         return self.out_proj(out), weights
 
-    def forward(self, query, key, value, key_mask=None, output_attentions=False):
+    def forward(self, query, key, value, key_mask=None, output_attentions=False, bias=None):
         """Plain attention: query (B, P, Lq, C), key and value (B, P or 1, Lk, C) -> (B, P, Lq, C), weights. The
-        decoder's self-attention, and both cross-attentions where its layers are wrapped (module_calls.py)."""
+        decoder's self-attention, and both cross-attentions where its layers are wrapped (module_calls.py) or PerSAM's
+        `bias` is added to the logits (see `attend`)."""
         q, k, v = self.heads(self.q_proj(query)), self.heads(self.k_proj(key)), self.heads(self.v_proj(value))
         prompts = max(q.shape[1], k.shape[1])  # a shared image side (P' = 1) meets every prompt
         q, k, v = (t.expand(t.shape[0], prompts, *t.shape[2:]) for t in (q, k, v))
-        return self.attend(q, k, v, key_mask, output_attentions)
+        return self.attend(q, k, v, key_mask, output_attentions, bias)
 
     def _head_rows(self, states: torch.Tensor) -> torch.Tensor:
         """(B, P, T, C') -> (B, h, P*T, d): each head's rows of all prompts, for one matmul per head."""
@@ -199,7 +201,7 @@ class SamHfAttention(nn.Module):
         return logits.view(batch * prompts, self.num_heads * length, tokens)
 
     def tokens_to_image(self, tokens, token_pe, image, image_pe, output_attentions=False, cache=None, fold=False, image_with_pe=None,
-                        image_index=None):
+                        image_index=None, attention_bias=None):
         """Each prompt's tokens (B, P, T, C) attend to the image tokens (B, P', HW, C) -> (B, P, T, C). With
         `image_index` ((P,) int64, B = 1): prompt p attends to image side image_index[p] of P' (read in place by the
         compiled kernel, else gathered first).
@@ -209,10 +211,11 @@ class SamHfAttention(nn.Module):
         q_h . (W_k,h (x + pe) + b_k,h) = (q_h W_k,h) . x + q_h . (W_k,h pe + b_k,h); likewise
         sum_x w_x (W_v,h x + b_v,h) = W_v,h (sum_x w_x x) + b_v,h. So the work on the HW image tokens is
         two (h*T, C) x (C, HW) products instead of two (HW, C) x (C, C') projections and the attention.
+        `attention_bias` (PerSAM's, persam.py; its calls run inside `calling_modules()`): added to the logits.
         """
-        if calling_modules():  # layers wrapped (module_calls.py): Meta's form, every projection called
+        if calling_modules() or attention_bias is not None:  # layers wrapped (module_calls.py): Meta's form, every projection called
             image = image if image_index is None else image[:, image_index]
-            return self(tokens + token_pe, image + image_pe, image, None, output_attentions)
+            return self(tokens + token_pe, image + image_pe, image, None, output_attentions, attention_bias)
         batch, prompts, length, _ = tokens.shape
         q = self.project(self.q_proj, tokens + token_pe) * self.scale  # (B, P, T, C')
         module = decoder_kernel(cache, output_attentions, image, q, image_pe, self.k_proj.weight, self.v_proj.weight, self.v_proj.bias,

@@ -23,6 +23,7 @@ from .bf16_compute import fp32_for_bf16
 from .compile_support import eager_on_cpu_inference
 from .export_form import convolutions as exports_convolutions
 from .module_calls import active as calling_modules, when_wrapped
+from .persam import on_reference_path, persam_inputs
 from .image_cache import cached, call_cache, holding_image_cache, kept
 from .layers import SamHfFeedForward, SamHfLayerNorm2d, linear_activation, records_nothing
 from .prompt_groups import prompt_group
@@ -267,19 +268,41 @@ class SamHfMaskDecoder(nn.Module):
         output_attentions: bool = False,
         mask_iou_threshold: float | None = None,
         image_cache: dict | None = None,
+        attention_similarity: torch.Tensor | None = None,
+        target_embedding: torch.Tensor | None = None,
     ):
         """image_embeddings (B, C, g, g), image_pe (C, g, g), sparse (B, P, T, C), sparse_valid (B, P, T),
         dense (B, P or 1, C, g, g) -> masks (B, P, M, 4g, 4g), iou (B, P, M), attention weights.
         Prompts with no IoU prediction above `mask_iou_threshold` (when given) are not upscaled: their masks are
         SKIPPED_MASK_LOGIT everywhere. `image_cache`: a dict kept by the caller across calls on the same embeddings,
-        where the prompt-independent work on the image is kept (see `image_cache.py`)."""
+        where the prompt-independent work on the image is kept (see `image_cache.py`). `attention_similarity`,
+        `target_embedding`: PerSAM's, as transformers takes them (persam.py); a call with either runs the reference
+        path, every layer called."""
         batch, prompts, _, channels = sparse_embeddings.shape
         grid = image_embeddings.shape[-1]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight])  # (1 + M', C)
         tokens = torch.cat([output_tokens.expand(batch, prompts, -1, -1), sparse_embeddings.to(output_tokens.dtype)], dim=2)
+        persam = persam_inputs(attention_similarity, target_embedding, batch=batch, prompts=prompts, tokens=tokens.shape[2],
+                               heads=self.transformer.layers[0].cross_attn_token_to_image.num_heads, image_tokens=grid * grid,
+                               channels=channels, dtype=tokens.dtype)
+        if persam is not None:  # the reference path, every layer called (persam.py)
+            with on_reference_path():
+                return self._decode_all(tokens, output_tokens.shape[0], sparse_embeddings, sparse_valid, image_embeddings, image_pe,
+                                        dense_embeddings, multimask_output, output_attentions, mask_iou_threshold, image_cache, persam)
+        return self._decode_all(tokens, output_tokens.shape[0], sparse_embeddings, sparse_valid, image_embeddings, image_pe,
+                                dense_embeddings, multimask_output, output_attentions, mask_iou_threshold, image_cache, None)
+
+    def _decode_all(self, tokens, output_count, sparse_embeddings, sparse_valid, image_embeddings, image_pe, dense_embeddings,
+                    multimask_output, output_attentions, mask_iou_threshold, image_cache, persam):
+        """`forward` on its tokens (B, P, T, C): the `output_count` output tokens, then the prompts' (`sparse_embeddings`)."""
+        batch, prompts, _, channels = tokens.shape
+        grid = image_embeddings.shape[-1]
+        if persam is not None and persam.target is not None:
+            # transformers adds it in place to the tokens, which are also their own positional encoding (persam.py)
+            tokens = tokens + persam.target
         token_mask = None  # (B, P, T'), only when some slot is padding (always while torch.compile traces: no data-dependent branch)
         if torch.compiler.is_compiling() or not bool(sparse_valid.all()):
-            token_mask = torch.cat([sparse_valid.new_ones(batch, prompts, output_tokens.shape[0]), sparse_valid], dim=2)
+            token_mask = torch.cat([sparse_valid.new_ones(batch, prompts, output_count), sparse_valid], dim=2)
 
         # prompt-independent projections (of the positional encoding, and of an image side shared by all
         # prompts), computed once for all groups, and with `image_cache` once for all calls on these embeddings
@@ -305,7 +328,7 @@ class SamHfMaskDecoder(nn.Module):
         cache["fold_upscaling"] = kernel and mask_iou_threshold is None and self._folds_upscaling(image, prompts, cache)
         cache.pop("upscaling_record", None)  # only this call's groups leave records (a failed call's must not be read)
         # while torch.export traces, one group: a loop over groups would fix P in the exported program
-        one_group = output_attentions or torch.compiler.is_exporting()
+        one_group = output_attentions or torch.compiler.is_exporting() or persam is not None  # PerSAM's inputs span the prompts
         group = prompts if one_group else prompt_group(per_prompt, image.device, kernel=kernel, fold=cache["fold_upscaling"])
         # one image's groups write their masks straight into the output (no concatenation of B x P x M x 4g x 4g logits)
         masks = None
@@ -314,7 +337,7 @@ class SamHfMaskDecoder(nn.Module):
         results = [
             self._decode(tokens[:, i : i + group], None if token_mask is None else token_mask[:, i : i + group],
                          image if image.shape[1] == 1 else image[:, i : i + group], pe, mask_slice, output_attentions, cache,
-                         mask_iou_threshold, out=None if masks is None else masks[0, i : i + group])
+                         mask_iou_threshold, out=None if masks is None else masks[0, i : i + group], persam=persam)
             for i in ([0] if one_group else range(0, prompts, group))
         ]
         if masks is None:
@@ -330,19 +353,19 @@ class SamHfMaskDecoder(nn.Module):
         dropped = [w for i, mlp in enumerate(self.output_hypernetworks_mlps) if i not in chosen for w in mlp.parameters()]
         return with_zero_gradients(iou_pred, dropped)
 
-    def _decode(self, tokens, token_mask, image, pe, mask_slice, output_attentions, cache, mask_iou_threshold=None, out=None):
+    def _decode(self, tokens, token_mask, image, pe, mask_slice, output_attentions, cache, mask_iou_threshold=None, out=None, persam=None):
         """One group of prompts: tokens (B, p, T', C), image (B, p or 1, g*g, C) -> masks, iou, weights; the masks
         written into `out` (B*p, M, 4g, 4g), contiguous, when given."""
         batch, prompts, _, channels = tokens.shape
         grid = int(image.shape[2] ** 0.5)
         chosen = range(self.num_mask_tokens)[mask_slice]
         if mask_iou_threshold is not None and not output_attentions:
-            return self._decode_above(tokens, token_mask, image, pe, mask_slice, cache, mask_iou_threshold, out)
+            return self._decode_above(tokens, token_mask, image, pe, mask_slice, cache, mask_iou_threshold, out, persam)
         # only the IoU token and the chosen mask tokens are read after the transformer (all of them when the
         # attention weights are returned, which keep their full shape)
         read = list(range(tokens.shape[2])) if output_attentions else [0] + [1 + i for i in chosen]
         tokens, image, weights = self.transformer(tokens, image, pe, token_mask, output_attentions, cache,
-                                                  output_tokens=None if output_attentions else read)
+                                                  output_tokens=None if output_attentions else read, persam=persam)
         folded = self.folded_operands(cache, image.dtype)
         position = {token: row for row, token in enumerate(read)}  # token index -> row of `tokens`
         iou_pred = self.iou_prediction_head(tokens[:, :, position[0]])[..., mask_slice]  # (B, p, M)
@@ -358,7 +381,7 @@ class SamHfMaskDecoder(nn.Module):
                 masks[needed] = self.upscale_masks(image[needed], hyper_in[needed], grid)
         return masks.view(batch, prompts, len(chosen), 4 * grid, 4 * grid), iou_pred, weights
 
-    def _decode_above(self, tokens, token_mask, image, pe, mask_slice, cache, mask_iou_threshold, out=None):
+    def _decode_above(self, tokens, token_mask, image, pe, mask_slice, cache, mask_iou_threshold, out=None, persam=None):
         """`_decode` for prompts of which only those with some IoU prediction above `mask_iou_threshold` need masks:
         the final attention runs for the IoU token of every prompt, then for the chosen mask tokens of those prompts
         only, which alone get hypernetworks and upscaling; the others' masks are SKIPPED_MASK_LOGIT. Exact: the
@@ -368,7 +391,8 @@ class SamHfMaskDecoder(nn.Module):
         chosen = range(self.num_mask_tokens)[mask_slice]
         transformer = self.transformer
         # (B, p, T, C), (B, p, HW, C) and the IoU token through the final attention
-        queries, image, _, fold, (iou_token, _) = transformer.blocks(tokens, image, pe, token_mask, False, cache, final_rows=slice(0, 1))
+        queries, image, _, fold, (iou_token, _) = transformer.blocks(tokens, image, pe, token_mask, False, cache, final_rows=slice(0, 1),
+                                                                     persam=persam)
         iou_pred = self.iou_prediction_head(iou_token[:, :, 0])[..., mask_slice]  # (B, p, M)
         iou_pred = self._dropped_hypernetworks_tied(iou_pred, chosen)
         needed = (iou_pred > mask_iou_threshold).any(-1).flatten()  # (B * p,)

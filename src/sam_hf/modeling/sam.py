@@ -69,10 +69,6 @@ class SamHfPreTrainedModel(PreTrainedModel):
                 module.checkpoint_function = gradient_checkpointing_func
 
 
-# transformers' SamModel.forward takes these for PerSAM; sam_hf accepts them only as None
-_PERSAM_ARGUMENTS = ("attention_similarity", "target_embedding")
-
-
 class SamHfModel(SamHfPreTrainedModel):
     """Segment Anything: `get_image_embeddings` once per image, then `forward` with prompts.
 
@@ -183,6 +179,8 @@ class SamHfModel(SamHfPreTrainedModel):
         return_dict: bool | None = None,
         mask_iou_threshold: float | None = None,
         image_cache: dict | None = None,
+        attention_similarity: torch.Tensor | None = None,
+        target_embedding: torch.Tensor | None = None,
         **kwargs,
     ) -> SamHfImageSegmentationOutput | tuple:
         r"""
@@ -205,14 +203,14 @@ class SamHfModel(SamHfPreTrainedModel):
             Refilled when the embeddings, positional encoding or decoder weights change; used only where autograd
             records nothing. Segment everything passes one per crop, the predictor one per image, filled by
             `set_image` (see `modeling/image_cache.py`).
+        attention_similarity (broadcastable to `(B*P, heads, T, HW)`), target_embedding (broadcastable to the decoder's
+            tokens `(B, P, T, C)`): PerSAM's personalisation inputs, as transformers' `SamModel` takes them (T: the IoU
+            token, the mask tokens, then the prompt's; see `modeling/persam.py`). A call with either runs the
+            decoder's reference path.
         """
-        unknown = set(kwargs) - {"original_sizes", "reshaped_input_sizes", "prompt_mask", *_PERSAM_ARGUMENTS}
+        unknown = set(kwargs) - {"original_sizes", "reshaped_input_sizes", "prompt_mask"}
         if unknown:
             raise TypeError(f"SamHfModel.forward got unexpected arguments {sorted(unknown)}")
-        given = sorted(name for name in _PERSAM_ARGUMENTS if kwargs.get(name) is not None)
-        if given:
-            raise ValueError(f"{given}: transformers' PerSAM inputs (attention_similarity, target_embedding) are not "
-                             "supported by SamHfModel; None (their default) is accepted")
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         return_dict = self.config.return_dict if return_dict is None else return_dict
@@ -252,7 +250,7 @@ class SamHfModel(SamHfPreTrainedModel):
             image_embeddings=image_embeddings, image_pe=self.get_image_wide_positional_embeddings(),
             sparse_embeddings=sparse, sparse_valid=sparse_valid, dense_embeddings=dense,
             multimask_output=multimask_output, output_attentions=output_attentions, mask_iou_threshold=mask_iou_threshold,
-            image_cache=image_cache,
+            image_cache=image_cache, attention_similarity=attention_similarity, target_embedding=target_embedding,
         )
         output = SamHfImageSegmentationOutput(
             iou_scores=iou, pred_masks=masks, image_embeddings=computed_embeddings,

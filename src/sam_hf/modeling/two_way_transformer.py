@@ -55,13 +55,15 @@ class SamHfTwoWayAttentionBlock(nn.Module):
         queries = self.layer_norm2(queries + attended)
         return self.layer_norm3(queries + self.mlp(queries))
 
-    def forward(self, queries, keys, query_pe, key_pe, token_mask, output_attentions=False, cache=None, fold=False):
+    def forward(self, queries, keys, query_pe, key_pe, token_mask, output_attentions=False, cache=None, fold=False, attention_bias=None):
         """queries (B, P, T, C) tokens, keys (B, P', HW, C) image, query_pe (B, P, T, C), key_pe (HW, C);
-        `fold`: the attentions take the "fold" route (see `SamHfAttention.route`). PyTorch's path: the compiled
-        kernel's runs in `SamHfTwoWayTransformer.blocks`."""
+        `fold`: the attentions take the "fold" route (see `SamHfAttention.route`); `attention_bias`: PerSAM's, added
+        to the token -> image attention's logits (persam.py). PyTorch's path: the compiled kernel's runs in
+        `SamHfTwoWayTransformer.blocks`."""
         queries, w_self = self.token_attention(queries, query_pe, token_mask, output_attentions)
         with_pe = SamHfAttention.with_positions(keys, key_pe, cache) if fold else None  # read by both cross-attentions
-        out, w_t2i = self.cross_attn_token_to_image.tokens_to_image(queries, query_pe, keys, key_pe, output_attentions, cache, fold, with_pe)
+        out, w_t2i = self.cross_attn_token_to_image.tokens_to_image(queries, query_pe, keys, key_pe, output_attentions, cache, fold, with_pe,
+                                                                    attention_bias=attention_bias)
         queries = self.token_update(queries, out)
 
         # image -> tokens: queries are the image tokens; a shared image side broadcasts over the prompts.
@@ -88,7 +90,7 @@ class SamHfTwoWayTransformer(nn.Module):
         self.final_attn_token_to_image = SamHfAttention(config, downsample_rate=config.attention_downsample_rate)
         self.layer_norm_final_attn = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, tokens, image, image_pe, token_mask=None, output_attentions=False, cache=None, output_tokens=None):
+    def forward(self, tokens, image, image_pe, token_mask=None, output_attentions=False, cache=None, output_tokens=None, persam=None):
         """tokens (B, P, T, C), image (B, P', HW, C) with P' in {1, P}, image_pe (HW, C), token_mask (B, P, T);
         `cache` (a dict for one decoder call) shares the prompt-independent projections across prompt groups; with
         it, on CPU where autograd records nothing, the image tokens returned live in this thread's workspace
@@ -99,28 +101,37 @@ class SamHfTwoWayTransformer(nn.Module):
         the final attention and LayerNorm treat each token on its own, so the tokens nobody reads (the prompt
         tokens, an unused mask token) are not attended with.
 
+        `persam` (`persam.PerSamInputs`, on the reference path): see `blocks`.
+
         Returns tokens (B, P, T or len(output_tokens), C), image (B, P, HW, C) and the attention weights when asked for.
         """
         rows = slice(None) if output_tokens is None else output_tokens
-        _, keys, weights, _, (queries, w_final) = self.blocks(tokens, image, image_pe, token_mask, output_attentions, cache, final_rows=rows)
+        _, keys, weights, _, (queries, w_final) = self.blocks(tokens, image, image_pe, token_mask, output_attentions, cache, final_rows=rows,
+                                                              persam=persam)
         return queries, keys, (weights + (w_final,) if output_attentions else None)
 
-    def blocks(self, tokens, image, image_pe, token_mask=None, output_attentions=False, cache=None, final_rows=None):
+    def blocks(self, tokens, image, image_pe, token_mask=None, output_attentions=False, cache=None, final_rows=None, persam=None):
         """The attention blocks: -> queries (B, P, T, C), image tokens (B, P, HW, C), the blocks' attention weights (a
         tuple; empty without `output_attentions`), `fold` (the route flag for `final`, see `forward`) and, for
         `final_rows` (indices or a slice into T), what `final` gives for those rows: (tokens (B, P, T', C), weights),
         else None. Inside a decoder call in fp32 or bf16 on CPU with autograd recording nothing, the compiled kernel runs
-        them (see `_kernel_blocks`)."""
+        them (see `_kernel_blocks`). `persam` (`persam.PerSamInputs`, on the reference path): its attention bias
+        enters every block's token -> image attention, its target embedding the queries before every block after the
+        first (the caller added it to `tokens` itself, which the first block and every positional use then see, as in
+        transformers)."""
         fold = folds(tokens.shape[1] if cache is None else cache.get("prompts", tokens.shape[1]), cache)
         if cache is not None:
             cache["image"] = image  # the decoder passes the same shared image side for every group of prompts
-        module = self.kernel_for(image, tokens, image_pe, output_attentions) if cache is not None else None
+        module = self.kernel_for(image, tokens, image_pe, output_attentions) if cache is not None and persam is None else None
         if module is not None:
             return self._kernel_blocks(module, tokens, image, image_pe, token_mask, cache, fold, final_rows)
         queries, keys = tokens, image
         weights = ()
-        for layer in self.layers:
-            queries, keys, layer_weights = layer(queries, keys, tokens, image_pe, token_mask, output_attentions, cache, fold)
+        bias = None if persam is None else persam.attention_bias
+        for index, layer in enumerate(self.layers):
+            if index > 0 and persam is not None and persam.target is not None:
+                queries = queries + persam.target
+            queries, keys, layer_weights = layer(queries, keys, tokens, image_pe, token_mask, output_attentions, cache, fold, attention_bias=bias)
             weights += layer_weights
         final = None
         if final_rows is not None:
