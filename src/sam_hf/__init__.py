@@ -2,7 +2,7 @@
 
 Importing defines the public names and registers them with transformers' Auto classes
 (`AutoConfig`, `AutoModel`, `AutoModelForMaskGeneration`, `AutoImageProcessor`, `AutoProcessor`)
-under model_type "sam_hf". It does nothing else.
+under model_type "sam_hf", and the encoder alone (`SamHfVisionModel`) under "sam_hf_vision_model". It does nothing else.
 """
 
 from transformers import (
@@ -17,7 +17,14 @@ from . import allocator, hub, training  # allocator: keep_freed_memory(), which 
 from .checkpoints import convert_meta_state_dict, convert_to_meta_state_dict, infer_meta_config
 from .configuration import SamHfConfig, SamHfMaskDecoderConfig, SamHfPromptEncoderConfig, SamHfVisionConfig
 from .modeling.layers import clear_workspace
-from .modeling import SamHfImageSegmentationOutput, SamHfModel, SamHfPreTrainedModel, SamHfVisionEncoderOutput
+from .modeling import (
+    SamHfImageSegmentationOutput,
+    SamHfModel,
+    SamHfPreTrainedModel,
+    SamHfVisionEncoderOutput,
+    SamHfVisionModel,
+    SamHfVisionModelOutput,
+)
 from .generation import SamHfAutomaticMaskGenerator
 from .pipeline import SamHfMaskGenerationPipeline
 from .predictor import ImageNotSetError, SamHfPredictor
@@ -31,6 +38,8 @@ AutoModel.register(SamHfConfig, SamHfModel, exist_ok=True)
 AutoModelForMaskGeneration.register(SamHfConfig, SamHfModel, exist_ok=True)
 AutoImageProcessor.register(SamHfConfig, image_processor_classes={"pil": SamHfImageProcessor, "torchvision": SamHfImageProcessor}, exist_ok=True)
 AutoProcessor.register(SamHfConfig, SamHfProcessor, exist_ok=True)
+AutoConfig.register(SamHfVisionConfig.model_type, SamHfVisionConfig, exist_ok=True)
+AutoModel.register(SamHfVisionConfig, SamHfVisionModel, exist_ok=True)
 
 __all__ = [
     "VARIANTS",
@@ -50,6 +59,8 @@ __all__ = [
     "SamHfPromptEncoderConfig",
     "SamHfVisionConfig",
     "SamHfVisionEncoderOutput",
+    "SamHfVisionModel",
+    "SamHfVisionModelOutput",
     "clear_workspace",
     "config_for_variant",
     "hub",

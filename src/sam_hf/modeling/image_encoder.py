@@ -31,6 +31,7 @@ from .attention import (
 from .autocast import autocast_dtype, cast_call
 from .bf16_compute import fp32_for_bf16
 from .compile_support import eager_on_cpu_inference
+from .inputs import check_pixel_values
 from .module_calls import when_wrapped
 from .layers import SamHfLayerNorm2d, SamHfLinear, SamHfMLPBlock, autograd_records, linear_add, linear_into, records_nothing, workspace
 
@@ -267,6 +268,13 @@ class SamHfVisionEncoder(nn.Module):
         self.gradient_checkpointing = False  # set by SamHfPreTrainedModel._set_gradient_checkpointing
         self.checkpoint_every = 1
         self.checkpoint_function = None  # None: torch's non-reentrant checkpoint
+
+    def encode(self, pixel_values, *, output_hidden_states: bool = False, output_attentions: bool = False):
+        """`forward` on pixel values as a model takes them: checked (shape, dtype, finite values), then cast to the
+        weights' dtype (read from the layers themselves, any of which may be wrapped: module_calls.py)."""
+        check_pixel_values(pixel_values, self.config.image_size, self.config.num_channels)
+        pixel_values = pixel_values.to(next(self.parameters()).dtype)
+        return self(pixel_values, output_hidden_states=output_hidden_states, output_attentions=output_attentions)
 
     @eager_on_cpu_inference
     @when_wrapped

@@ -52,3 +52,16 @@ class SamHfVisionEncoderOutput(ModelOutput):
     image_embeddings: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class SamHfVisionModelOutput(ModelOutput):
+    """`SamHfVisionModel`'s output, with transformers' `SamVisionModel` field names.
+
+    last_hidden_state (`torch.FloatTensor` of shape `(B, C, g, g)`): the neck's output, the image embeddings.
+    hidden_states / attentions: as `vision_hidden_states` / `vision_attentions` in `SamHfImageSegmentationOutput`.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None

@@ -13,7 +13,7 @@ from ..configuration import SamHfConfig
 from .attention import IMPLEMENTATIONS
 from .compile_support import eager_on_cpu_inference
 from .image_encoder import SamHfVisionAttention, SamHfVisionEncoder
-from .inputs import check_decoding_options, check_image_embeddings, check_pixel_values, check_prompts
+from .inputs import check_decoding_options, check_image_embeddings, check_prompts
 from .layers import SamHfPositionalEmbedding
 from .mask_decoder import SamHfMaskDecoder
 from .outputs import SamHfImageSegmentationOutput, SamHfVisionEncoderOutput
@@ -130,10 +130,7 @@ class SamHfModel(SamHfPreTrainedModel):
 
     @eager_on_cpu_inference
     def get_image_features(self, pixel_values: torch.Tensor, *, output_hidden_states: bool = False, output_attentions: bool = False) -> SamHfVisionEncoderOutput:
-        vision = self.config.vision_config
-        check_pixel_values(pixel_values, vision.image_size, vision.num_channels)
-        pixel_values = pixel_values.to(next(self.vision_encoder.parameters()).dtype)  # any layer may be wrapped (module_calls.py)
-        embeddings, hidden, attentions = self.vision_encoder(
+        embeddings, hidden, attentions = self.vision_encoder.encode(
             pixel_values, output_hidden_states=output_hidden_states, output_attentions=output_attentions
         )
         return SamHfVisionEncoderOutput(image_embeddings=embeddings, hidden_states=hidden, attentions=attentions)
