@@ -104,6 +104,25 @@ def test_encoder_dtype_is_written_from_the_weights(model, tmp_path):
             SamHfConfig(encoder_dtype=bad)
 
 
+@pytest.mark.parametrize("stored", ["prompt encoder's name only", "both names"])
+def test_positional_matrix_under_the_prompt_encoders_tied_name_loads(model, tmp_path, stored):
+    """transformers' SamModel ties prompt_encoder.shared_embedding.positional_embedding to the model's matrix; a
+    checkpoint holding it only under that name loaded a random matrix before (reported as missing)."""
+    from safetensors.torch import load_file, save_file
+
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    matrix = weights["shared_image_embedding.positional_embedding"]
+    weights["prompt_encoder.shared_embedding.positional_embedding"] = matrix.clone()
+    if stored != "both names":
+        del weights["shared_image_embedding.positional_embedding"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded, info = SamHfModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert torch.equal(loaded.shared_image_embedding.positional_embedding, matrix)
+    assert torch.equal(_outputs(loaded).pred_masks, _outputs(model).pred_masks)
+
+
 def test_import_registers_only(model):
     assert "sam_hf" in AutoConfig.for_model("sam_hf").model_type
     assert sam_hf.__all__ and all(hasattr(sam_hf, name) for name in sam_hf.__all__)

@@ -69,6 +69,10 @@ class SamHfPreTrainedModel(PreTrainedModel):
                 module.checkpoint_function = gradient_checkpointing_func
 
 
+# transformers' SamModel ties the prompt encoder's copy of the Fourier matrix to the model's; a checkpoint may hold either
+_TIED_POSITIONAL_KEYS = {r"^prompt_encoder\.shared_embedding\.positional_embedding$": "shared_image_embedding.positional_embedding"}
+
+
 class SamHfModel(SamHfPreTrainedModel):
     """Segment Anything: `get_image_embeddings` once per image, then `forward` with prompts.
 
@@ -114,10 +118,14 @@ class SamHfModel(SamHfPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        """transformers' `from_pretrained`; with `dtype="auto"` (or `torch_dtype="auto"`) a model saved after
+        """transformers' `from_pretrained`. A checkpoint that holds the positional matrix only under the prompt encoder's
+        tied name (transformers' `prompt_encoder.shared_embedding.positional_embedding`) loads it. With `dtype="auto"`
+        (or `torch_dtype="auto"`) a model saved after
         `mixed_precision()` loads as it was saved: its vision encoder in `config.encoder_dtype`, the rest in float32
         (loaded in float32, the encoder cast back: its weights are the saved ones, bit for bit)."""
         auto = kwargs.get("dtype", kwargs.get("torch_dtype")) == "auto"
+        # the Fourier matrix stored only under the prompt encoder's tied name loads too (a key_mapping given wins)
+        kwargs["key_mapping"] = {**_TIED_POSITIONAL_KEYS, **(kwargs.get("key_mapping") or {})}
         loaded = super().from_pretrained(*args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True: (model, info)
         if auto and model.config.encoder_dtype is not None:
