@@ -72,7 +72,7 @@ def test_dtype_round_trip(model, tmp_path):
     assert out.pred_masks.dtype == torch.bfloat16 and torch.isfinite(out.pred_masks.float()).all()
 
 
-@pytest.mark.parametrize("auto", [{"dtype": "auto"}, {"torch_dtype": "auto"}])
+@pytest.mark.parametrize("auto", [{}, {"dtype": "auto"}, {"torch_dtype": "auto"}])
 def test_mixed_precision_round_trip_with_auto_dtype(tmp_path, auto):
     mixed = randomize(SamHfModel(config_for_variant("tiny")), seed=6).eval().mixed_precision()
     mixed.save_pretrained(tmp_path)
@@ -85,15 +85,23 @@ def test_mixed_precision_round_trip_with_auto_dtype(tmp_path, auto):
         assert torch.equal(_outputs(loaded).pred_masks, _outputs(mixed).pred_masks)
     loaded, info = SamHfModel.from_pretrained(tmp_path, output_loading_info=True, **auto)
     assert loaded.vision_encoder.patch_embed.projection.weight.dtype == torch.bfloat16 and not info["missing_keys"]
-    # without "auto", transformers' rule: the default dtype (float32) for every weight, or the one asked for
-    assert {p.dtype for p in SamHfModel.from_pretrained(tmp_path).parameters()} == {torch.float32}
-    assert {p.dtype for p in SamHfModel.from_pretrained(tmp_path, dtype=torch.bfloat16).parameters()} == {torch.bfloat16}
+    # a dtype asked for: every weight in it
+    assert {p.dtype for p in SamHfModel.from_pretrained(tmp_path, dtype=torch.float32).parameters()} == {torch.float32}
+    assert {p.dtype for p in SamHfModel.from_pretrained(tmp_path, torch_dtype=torch.bfloat16).parameters()} == {torch.bfloat16}
+    # the encoder alone loads in the dtype it was saved in
+    from sam_hf import SamHfVisionModel
+
+    assert {p.dtype for p in SamHfVisionModel.from_pretrained(tmp_path, **auto).parameters()} == {torch.bfloat16}
 
 
 def test_encoder_dtype_is_written_from_the_weights(model, tmp_path):
     mixed = randomize(SamHfModel(config_for_variant("tiny")), seed=6).eval().mixed_precision(torch.float16)
-    mixed.float().save_pretrained(tmp_path / "float")  # back to one dtype: no split recorded
+    mixed.save_pretrained(tmp_path / "float")
+    mixed.float().save_pretrained(tmp_path / "float")  # back to one dtype: no split recorded, the encoder's dtype rewritten
     assert SamHfConfig.from_pretrained(tmp_path / "float").encoder_dtype is None
+    from sam_hf import SamHfVisionModel
+
+    assert {p.dtype for p in SamHfVisionModel.from_pretrained(tmp_path / "float").parameters()} == {torch.float32}
     mixed.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")  # one dtype throughout: config.dtype says it
     assert SamHfConfig.from_pretrained(tmp_path / "bf16").encoder_dtype is None
     mixed.float().mixed_precision(torch.float16).save_pretrained(tmp_path / "fp16")

@@ -120,10 +120,11 @@ class SamHfModel(SamHfPreTrainedModel):
     def from_pretrained(cls, *args, **kwargs):
         """transformers' `from_pretrained`. A checkpoint that holds the positional matrix only under the prompt encoder's
         tied name (transformers' `prompt_encoder.shared_embedding.positional_embedding`) loads it. With `dtype="auto"`
-        (or `torch_dtype="auto"`) a model saved after
+        (transformers' default: no dtype given) a model saved after
         `mixed_precision()` loads as it was saved: its vision encoder in `config.encoder_dtype`, the rest in float32
         (loaded in float32, the encoder cast back: its weights are the saved ones, bit for bit)."""
-        auto = kwargs.get("dtype", kwargs.get("torch_dtype")) == "auto"
+        asked = kwargs.get("dtype") if kwargs.get("dtype") is not None else kwargs.get("torch_dtype")
+        auto = asked is None or asked == "auto"  # transformers reads no dtype as "auto"
         # the Fourier matrix stored only under the prompt encoder's tied name loads too (a key_mapping given wins)
         kwargs["key_mapping"] = {**_TIED_POSITIONAL_KEYS, **(kwargs.get("key_mapping") or {})}
         loaded = super().from_pretrained(*args, **kwargs)
@@ -308,6 +309,9 @@ class SamHfModel(SamHfPreTrainedModel):
         encoder is in another dtype than the rest (`mixed_precision()`) records that dtype (`config.encoder_dtype`), so
         that `from_pretrained(..., dtype="auto")` restores the split."""
         self.config.encoder_dtype = self._mixed_encoder_dtype()
+        encoder_dtypes = {p.dtype for p in self.vision_encoder.parameters()}
+        if len(encoder_dtypes) == 1:  # the encoder alone (SamHfVisionModel, dtype "auto") loads in the dtype it is saved in
+            self.config.vision_config.dtype = str(encoder_dtypes.pop()).removeprefix("torch.")
         super().save_pretrained(save_directory, *args, **kwargs)
         has_processor = any(
             os.path.exists(os.path.join(save_directory, name)) for name in ("processor_config.json", "preprocessor_config.json")
