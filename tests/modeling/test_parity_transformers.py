@@ -100,6 +100,23 @@ def test_prompt_embeddings_match_transformers(tiny_model, transformers_tiny, pro
     assert_close(ours[1], ref[1])
 
 
+def test_prompt_embeddings_keep_no_graph_as_transformers(tiny_model, transformers_tiny):
+    points = torch.rand(1, 2, 1, 2) * 128
+    ours, ref = tiny_model.get_prompt_embeddings(input_points=points), transformers_tiny.get_prompt_embeddings(points, torch.ones(1, 2, 1))
+    assert all(t.grad_fn is None for t in (*ours, *ref))  # the dense one is a view of a weight: no graph either
+    assert [t.requires_grad for t in ours] == [t.requires_grad for t in ref] == [False, True]
+
+
+def test_masked_keys_in_attention_similarity(tiny_model, transformers_tiny):
+    """-inf in attention_similarity leaves those image tokens out of the token -> image attentions, as in transformers."""
+    similarity = torch.zeros(1, 1, 1, 64)
+    similarity[..., ::3] = float("-inf")
+    inputs = dict(image_embeddings=torch.randn(1, 32, 8, 8), input_points=torch.rand(1, 2, 1, 2) * 128, attention_similarity=similarity)
+    with torch.no_grad():
+        ours, ref = tiny_model(**inputs), transformers_tiny(**{k: v.clone() for k, v in inputs.items()})
+    assert_close(ours.pred_masks, ref.pred_masks, rtol=1e-4, atol=1e-4)
+
+
 def test_prompt_embeddings_check_their_prompts(tiny_model):
     with pytest.raises(ValueError, match="input_points must have shape"):
         tiny_model.get_prompt_embeddings(input_points=torch.rand(2, 2))
@@ -151,6 +168,9 @@ def test_persam_inputs_match_transformers(tiny_model, transformers_tiny, kind, m
         (dict(attention_similarity=torch.zeros(1, 64, dtype=torch.long)), TypeError, "attention_similarity must be a floating-point"),
         (dict(target_embedding=torch.zeros(1, 1, 1, 16)), ValueError, r"target_embedding must be broadcastable to the tokens \(B, P, T, C\)"),
         (dict(target_embedding=[0.0] * 32), TypeError, "target_embedding must be a torch.Tensor"),
+        (dict(target_embedding=torch.full((32,), float("inf"))), ValueError, "target_embedding must contain only finite"),
+        (dict(attention_similarity=torch.full((64,), float("nan"))), ValueError, r"attention_similarity must hold numbers below \+inf"),
+        (dict(attention_similarity=torch.full((64,), float("inf"))), ValueError, r"attention_similarity must hold numbers below \+inf"),
     ],
 )
 def test_bad_persam_inputs(tiny_model, given, error, words):

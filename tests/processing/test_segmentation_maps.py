@@ -66,7 +66,9 @@ def test_labels_land_in_the_models_low_res_frame():
     "maps,error,words",
     [
         (np.zeros((10, 10), np.float32), TypeError, r"segmentation_maps must hold bool or integer labels, got dtype float32"),
-        (np.zeros((10, 10, 3), np.uint8), ValueError, "one .H, W. map per image: 1 images, got 10 maps"),
+        (np.zeros((10, 10, 3), np.uint8), ValueError, r"1 images, got 10 maps \(an array of shape \(10, 10, 3\), read as \(B, H, W\)\)"),
+        ([[0, 1], [1, 0]], ValueError, r"1 images, got 2 maps \(a list of 2\)"),
+        (np.full((4, 4), 2**63 + 5, np.uint64), ValueError, "labels must fit in int64"),
         ([np.zeros((10, 10, 3), np.uint8)], ValueError, r"segmentation_maps\[0\] must have shape \(H, W\)"),
         ([np.zeros((10, 10), np.uint8)] * 2, ValueError, "1 images, got 2 maps"),
         ("mask.png", TypeError, "segmentation_maps must be a numpy array, torch tensor or PIL image"),

@@ -15,6 +15,7 @@ work) in one group of prompts: a personalisation call decodes a few prompts at m
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,12 @@ def _broadcasts(shape: torch.Size, expected: tuple[int, ...]) -> bool:
         return False
 
 
+def _below_inf(values: torch.Tensor) -> bool:
+    """No NaN and no +inf among `values` (the max propagates NaN)."""
+    top = float(values.max())
+    return not math.isnan(top) and top != math.inf
+
+
 def _floating(name: str, value) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
@@ -56,6 +63,8 @@ def persam_inputs(attention_similarity, target_embedding, *, batch: int, prompts
         expected = (batch * prompts, heads, tokens, image_tokens)
         if not _broadcasts(bias.shape, expected):
             raise ValueError(f"attention_similarity must be broadcastable to (B*P, heads, T, HW) = {expected}, got {tuple(bias.shape)}")
+        if bias.numel() and not _below_inf(bias):  # -inf is a mask value there: it leaves a key out
+            raise ValueError("attention_similarity must hold numbers below +inf (-inf masks a key), got NaN or +inf")
         bias = bias.reshape((1,) * (4 - bias.dim()) + tuple(bias.shape))  # (B*P or 1, h or 1, T or 1, HW or 1)
         bias = bias[None] if bias.shape[0] == 1 else bias.reshape(batch, prompts, *bias.shape[1:])
         bias = bias.to(dtype)
@@ -64,6 +73,8 @@ def persam_inputs(attention_similarity, target_embedding, *, batch: int, prompts
         expected = (batch, prompts, tokens, channels)
         if not _broadcasts(target.shape, expected):
             raise ValueError(f"target_embedding must be broadcastable to the tokens (B, P, T, C) = {expected}, got {tuple(target.shape)}")
+        if target.numel() and not all(math.isfinite(bound) for bound in torch.aminmax(target)):
+            raise ValueError("target_embedding must contain only finite values, got NaN or inf")
         target = target.to(dtype)
     return PerSamInputs(attention_bias=bias, target=target)
 

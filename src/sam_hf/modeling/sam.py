@@ -151,13 +151,15 @@ class SamHfModel(SamHfPreTrainedModel):
         model on `pixel_values` or `get_image_features(pixel_values).image_embeddings`."""
         return self.get_image_features(pixel_values).image_embeddings
 
+    @torch.no_grad()
     def get_prompt_embeddings(self, input_points: torch.Tensor | None = None, input_labels: torch.Tensor | None = None,
                               input_boxes: torch.Tensor | None = None, input_masks: torch.Tensor | None = None):
         """The prompt encoder's outputs, as transformers' `SamModel.get_prompt_embeddings` gives them: (sparse
         (B, P, T, C), or None without points and boxes; dense (B, C, g, g), or (B, P, C, g, g) for masks given per
         prompt). Prompts as `forward` takes them, checked alike: labels default to 1, and a point and box prompt
         ends in the box's two corners; padding slots (label -10) embed as zeros, as in transformers (`forward`
-        also leaves them out of the attention). B is the prompts' batch size (1 without any prompt)."""
+        also leaves them out of the attention). B is the prompts' batch size (1 without any prompt). Without
+        autograd, as transformers' (train through `forward`)."""
         given = next((value for value in (input_points, input_boxes, input_masks) if value is not None), None)
         batch = given.shape[0] if isinstance(given, torch.Tensor) and given.dim() > 0 else 1  # else check_prompts raises
         check_prompts(batch_size=batch, input_points=input_points, input_labels=input_labels, input_boxes=input_boxes,

@@ -35,6 +35,8 @@ def _label_map(value, name: str) -> np.ndarray:
     if value.dtype.kind not in "biu":
         raise TypeError(f"{name} must hold bool or integer labels, got dtype {value.dtype} (for soft masks in [0, 1], "
                         "use preprocess_masks)")
+    if value.dtype == np.uint64 and int(value.max()) > np.iinfo(np.int64).max:
+        raise ValueError(f"{name}: labels must fit in int64 (the labels' dtype), got {int(value.max())}")
     return native_byte_order(value)
 
 
@@ -52,12 +54,16 @@ def segmentation_labels(maps, *, low_res_size: int, count: int) -> torch.Tensor:
     (count, L, L) int64, L = low_res_size (see the module's notes)."""
     if isinstance(maps, (list, tuple)):
         items, names = list(maps), [f"segmentation_maps[{i}]" for i in range(len(maps))]
+        came = f"a {type(maps).__name__} of {len(items)}"
     elif isinstance(maps, (np.ndarray, torch.Tensor)) and maps.ndim == 3:
         items, names = list(maps), [f"segmentation_maps[{i}]" for i in range(maps.shape[0])]
+        came = f"an array of shape {tuple(maps.shape)}, read as (B, H, W)"
     else:
         items, names = [maps], ["segmentation_maps"]
+        came = "one"
     if len(items) != count:
-        raise ValueError(f"segmentation_maps must hold one (H, W) map per image: {count} images, got {len(items)} maps")
+        raise ValueError(f"segmentation_maps must hold one (H, W) map per image: {count} images, got {len(items)} maps "
+                         f"({came})")
     labels = torch.zeros(count, low_res_size, low_res_size, dtype=torch.int64)
     for k, (item, name) in enumerate(zip(items, names)):
         label_map = _label_map(item, name)
