@@ -6,7 +6,7 @@ from references import meta_from_ours, randomize, transformers_from_ours
 from sam_hf import SamHfModel, config_for_variant
 from sam_hf import kernels
 from sam_hf.kernels import kernel, loader, unavailable_reason
-from sam_hf.modeling import kernel_inputs, mask_decoder
+from sam_hf.modeling import kernel_inputs, mask_upscaling
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def decoder_path(request, monkeypatch):
     AVX-512 CPUs, bf16 where AVX512-BF16) and with PyTorch's path alone."""
     if request.param == "pytorch":
         monkeypatch.setattr(kernel_inputs, "kernel_for", lambda name, dtype: None)
-        monkeypatch.setattr(mask_decoder, "kernel_for", lambda name, dtype: None)
+        monkeypatch.setattr(mask_upscaling, "kernel_for", lambda name, dtype: None)
     elif kernel("decoder_attention") is None:
         pytest.skip(f"the decoder_attention kernel cannot be used here: {unavailable_reason('decoder_attention')}")
     return request.param

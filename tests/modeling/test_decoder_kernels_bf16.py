@@ -10,7 +10,7 @@ from torch.testing import assert_close
 from references import random_mask_decoder, randomize
 from sam_hf import SamHfModel, config_for_variant, kernels
 from sam_hf.kernels import loader
-from sam_hf.modeling import kernel_inputs, mask_decoder
+from sam_hf.modeling import kernel_inputs, mask_upscaling
 
 BF16 = torch.bfloat16
 
@@ -142,7 +142,7 @@ def test_bf16_decoder_uses_both_kernels_and_stays_near_fp32(attention, upscaling
     points = torch.rand(1, 6, 1, 2, generator=generator) * 1024
     calls = []
     monkeypatch.setattr(kernel_inputs, "kernel_for", lambda name, dtype: calls.append((name, dtype)) or loader.kernel_for(name, dtype))
-    monkeypatch.setattr(mask_decoder, "kernel_for", lambda name, dtype: calls.append((name, dtype)) or loader.kernel_for(name, dtype))
+    monkeypatch.setattr(mask_upscaling, "kernel_for", lambda name, dtype: calls.append((name, dtype)) or loader.kernel_for(name, dtype))
     ours = model(image_embeddings=embeddings, input_points=points, multimask_output=True)
     assert ("decoder_attention", BF16) in calls and ("mask_upscaling", BF16) in calls
     with kernels.disabled():

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-import sam_hf.modeling.mask_decoder as mask_decoder
+import sam_hf.modeling.mask_upscaling as mask_upscaling
 import sam_hf.modeling.prompt_groups as prompt_groups
 from sam_hf.modeling.layers import add_matmul_nt_, layer_norm_into
 
@@ -55,7 +55,7 @@ def test_inference_paths_equal_the_recording_path(tiny_model, monkeypatch, batch
     labels = torch.tensor([1, -1]).repeat(batch, 5, 1)  # a padded slot: the key-padding mask is used
     for budget_name in ("_TEMPORARY_BUDGET", "_KERNEL_TEMPORARY_BUDGET", "_FOLD_TEMPORARY_BUDGET"):  # groups of two prompts
         monkeypatch.setattr(prompt_groups, budget_name, 2 * batch * 8 * 8 * 32 * 4)
-    monkeypatch.setattr(mask_decoder, "_UPSCALE_BAND_BUDGET", 16 * 8 * 4 * 4 * 3)  # bands of 3 of the 8 grid rows
+    monkeypatch.setattr(mask_upscaling, "_UPSCALE_BAND_BUDGET", 16 * 8 * 4 * 4 * 3)  # bands of 3 of the 8 grid rows
     recorded = _decode(tiny_model, embeddings, points, labels, output_attentions=True)
     assert recorded.pred_masks.requires_grad
     with torch.no_grad():

@@ -9,7 +9,7 @@ from torch.testing import assert_close
 from references import random_mask_decoder, randomize
 from sam_hf import SamHfModel, config_for_variant, kernels
 from sam_hf.kernels import loader
-from sam_hf.modeling import mask_decoder, upscaling_linear
+from sam_hf.modeling import mask_upscaling, upscaling_linear
 from sam_hf.modeling.mask_decoder import SamHfMaskDecoder
 
 KERNEL = "mask_upscaling"  # the `module` fixture (conftest.py) builds it
@@ -175,7 +175,7 @@ def _spy(monkeypatch):
 
             return call
 
-    monkeypatch.setattr(mask_decoder, "kernel_for", lambda name, dtype: None if loader.kernel_for(name, dtype) is None else Spy(loader.kernel_for(name, dtype)))
+    monkeypatch.setattr(mask_upscaling, "kernel_for", lambda name, dtype: None if loader.kernel_for(name, dtype) is None else Spy(loader.kernel_for(name, dtype)))
     return counts
 
 

@@ -9,7 +9,7 @@ from torch.testing import assert_close
 
 from references import random_mask_decoder, randomize
 from sam_hf import SamHfModel, config_for_variant, kernels
-from sam_hf.modeling import mask_decoder
+from sam_hf.modeling import mask_upscaling
 from sam_hf.modeling.mask_decoder import SamHfMaskDecoder
 
 KERNEL = "mask_upscaling"  # the `module` fixture (conftest.py) builds it
@@ -95,7 +95,7 @@ def test_not_used_where_it_does_not_apply(module, monkeypatch):
     as the reference (bf16 throughout takes the kernel where the CPU runs oneDNN's bf16 products:
     test_decoder_kernels_bf16.py)."""
     calls = []
-    monkeypatch.setattr(mask_decoder, "kernel_for", lambda name, dtype: calls.append(name) or module)
+    monkeypatch.setattr(mask_upscaling, "kernel_for", lambda name, dtype: calls.append(name) or module)
     decoder, grid = random_mask_decoder(64), 6
     image, hyper = torch.randn(2, grid * grid, 64), torch.randn(2, 3, 8)
     with torch.no_grad():
