@@ -44,6 +44,8 @@ L = torch.ones(1, 1, 2, dtype=torch.long)
          "image_embeddings must contain only finite"),
         (dict(image_embeddings=E.clone().index_fill_(3, torch.tensor([0]), float("-inf")), image_cache={}), ValueError,
          "image_embeddings must contain only finite"),
+        (dict(image_embeddings=torch.full_like(E, float("nan")), input_points=torch.zeros(1, 0, 1, 2)), ValueError,
+         "image_embeddings must contain only finite"),  # no prompt: checked all the same
         (dict(image_embeddings=torch.zeros(0, 32, 8, 8), input_points=torch.zeros(0, 1, 1, 2)), ValueError, "image_embeddings must hold at least one image"),
         (dict(image_embeddings=E, multimask_output="no"), TypeError, "multimask_output must be a bool, got str"),
         (dict(image_embeddings=E, multimask_output=None), TypeError, "multimask_output must be a bool"),

@@ -13,7 +13,7 @@ from ..configuration import SamHfConfig
 from .attention import IMPLEMENTATIONS
 from .compile_support import eager_on_cpu_inference
 from .image_encoder import SamHfVisionAttention, SamHfVisionEncoder
-from .inputs import check_decoding_options, check_image_embeddings, check_prompts
+from .inputs import check_decoding_options, check_finite_embeddings, check_image_embeddings, check_prompts
 from .layers import SamHfPositionalEmbedding
 from .mask_decoder import SamHfMaskDecoder
 from .outputs import SamHfImageSegmentationOutput, SamHfVisionEncoderOutput
@@ -245,6 +245,8 @@ class SamHfModel(SamHfPreTrainedModel):
         if image_embeddings.dtype == torch.float64:  # wider than any model dtype: computed as the decoder's
             image_embeddings = image_embeddings.to(self.mask_decoder.iou_token.weight.dtype)
         if prompts == 0:  # no prompt for any image: empty masks and scores of the usual shapes
+            if computed_embeddings is None:  # given embeddings are checked as a decoder call checks them
+                check_finite_embeddings(image_embeddings)
             output = self._no_prompt_output(image_embeddings, bool(multimask_output), computed_embeddings, hidden, vision_attn)
             return output if return_dict else output.transformers_tuple()
         if input_points is not None and input_labels is None:
