@@ -12,6 +12,8 @@ spread over the threads.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -109,12 +111,9 @@ class SamHfMaskDecoder(SamHfMaskUpscaling, nn.Module):
         persam = persam_inputs(attention_similarity, target_embedding, batch=batch, prompts=prompts, tokens=tokens.shape[2],
                                heads=self.transformer.layers[0].cross_attn_token_to_image.num_heads, image_tokens=grid * grid,
                                channels=channels, dtype=tokens.dtype)
-        if persam is not None:  # the reference path, every layer called (persam.py)
-            with on_reference_path():
-                return self._decode_all(tokens, output_tokens.shape[0], sparse_embeddings, sparse_valid, image_embeddings, image_pe,
-                                        dense_embeddings, multimask_output, output_attentions, mask_iou_threshold, image_cache, persam)
-        return self._decode_all(tokens, output_tokens.shape[0], sparse_embeddings, sparse_valid, image_embeddings, image_pe,
-                                dense_embeddings, multimask_output, output_attentions, mask_iou_threshold, image_cache, None)
+        with on_reference_path() if persam is not None else contextlib.nullcontext():  # PerSAM: every layer called (persam.py)
+            return self._decode_all(tokens, output_tokens.shape[0], sparse_embeddings, sparse_valid, image_embeddings, image_pe,
+                                    dense_embeddings, multimask_output, output_attentions, mask_iou_threshold, image_cache, persam)
 
     def _decode_all(self, tokens, output_count, sparse_embeddings, sparse_valid, image_embeddings, image_pe, dense_embeddings,
                     multimask_output, output_attentions, mask_iou_threshold, image_cache, persam):

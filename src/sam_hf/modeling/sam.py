@@ -108,13 +108,16 @@ class SamHfModel(SamHfPreTrainedModel):
             module.to(torch.float32)
         return self
 
-    def _mixed_encoder_dtype(self) -> str | None:
-        """The vision encoder's dtype name where all its weights are in one dtype and all others in another, else None."""
+    def _record_dtypes(self) -> None:
+        """Before saving: `config.vision_config.dtype`, the encoder's dtype where its weights share one (what the encoder
+        alone, `SamHfVisionModel`, loads in with dtype "auto"), and `config.encoder_dtype`, that dtype where every other
+        weight is in another one dtype (`mixed_precision()`), else None."""
         encoder = {p.dtype for p in self.vision_encoder.parameters()}
         rest = {p.dtype for name, p in self.named_parameters() if not name.startswith("vision_encoder.")}
-        if len(encoder) == 1 and len(rest) == 1 and encoder != rest:
-            return str(encoder.pop()).removeprefix("torch.")
-        return None
+        name = str(next(iter(encoder))).removeprefix("torch.") if len(encoder) == 1 else None
+        if name is not None:
+            self.config.vision_config.dtype = name
+        self.config.encoder_dtype = name if len(rest) == 1 and encoder != rest else None
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -312,10 +315,7 @@ class SamHfModel(SamHfPreTrainedModel):
         """Save the model and, unless the folder already has one, a matching `SamHfProcessor`. A model whose vision
         encoder is in another dtype than the rest (`mixed_precision()`) records that dtype (`config.encoder_dtype`), so
         that `from_pretrained(..., dtype="auto")` restores the split."""
-        self.config.encoder_dtype = self._mixed_encoder_dtype()
-        encoder_dtypes = {p.dtype for p in self.vision_encoder.parameters()}
-        if len(encoder_dtypes) == 1:  # the encoder alone (SamHfVisionModel, dtype "auto") loads in the dtype it is saved in
-            self.config.vision_config.dtype = str(encoder_dtypes.pop()).removeprefix("torch.")
+        self._record_dtypes()
         super().save_pretrained(save_directory, *args, **kwargs)
         has_processor = any(
             os.path.exists(os.path.join(save_directory, name)) for name in ("processor_config.json", "preprocessor_config.json")
